@@ -1,0 +1,179 @@
+"""SQLite with one owner: every write goes through one writer thread, reads through a pool.
+
+No sqlite3 call runs on the event loop. Writes queued while the writer is busy are
+committed together (group commit): each in its own SAVEPOINT, so one failing write
+rolls back alone, and one fsync makes the whole batch durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from hub.migrations import MIGRATIONS, apply_migrations
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite_utils.Database], T]
+
+_MAX_BATCH = 256
+_STOP = object()
+
+
+@dataclass
+class _WriteJob:
+    fn: Callable[[sqlite_utils.Database], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+class DatabaseClosed(RuntimeError):
+    """The database was closed; no more reads or writes are taken."""
+
+
+def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
+    # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE) by the writer.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if read_only:
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk before the hub tells a panel its alarm is stored.
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class Database:
+    """The hub's SQLite database: `write(fn)` on the one writer, `read(fn)` on a pool."""
+
+    def __init__(self, path: str | Path, *, readers: int = 4) -> None:
+        self.path = str(path)
+        self._readers = readers
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._read_lock = threading.Lock()
+        self._closed = False
+        self.schema_version = 0
+
+    async def open(self) -> None:
+        """Create the file if needed, bring its schema up to date, start the writer."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = await asyncio.to_thread(_connect, self.path, read_only=False)
+        self.schema_version = await asyncio.to_thread(apply_migrations, conn, MIGRATIONS)
+        self._writer = threading.Thread(
+            target=self._writer_loop, args=(conn,), name="sqlite-writer", daemon=True
+        )
+        self._writer.start()
+        self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-reader")
+
+    async def write(self, fn: WriteFn[T]) -> T:
+        """Run fn(db) in a write transaction on the writer thread; its result once committed."""
+        if self._closed or self._writer is None:
+            raise DatabaseClosed("database is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_WriteJob(fn, future, loop))
+        return await future
+
+    async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run fn(db) on a read-only connection in the reader pool."""
+        if self._closed or self._pool is None:
+            raise DatabaseClosed("database is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = _connect(self.path, read_only=True)
+            with self._read_lock:
+                self._read_conns.append(conn)
+            db = self._local.db = sqlite_utils.Database(conn)
+        return fn(db)
+
+    async def close(self) -> None:
+        """Finish the queued writes, then close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._writer.join)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        with self._read_lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
+
+    def _writer_loop(self, conn: sqlite3.Connection) -> None:
+        db = sqlite_utils.Database(conn)
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < _MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
+                stopping = True
+                batch = [job for job in batch if job is not _STOP]
+            if batch:
+                self._commit_batch(conn, db, batch)
+        conn.close()
+
+    def _commit_batch(
+        self, conn: sqlite3.Connection, db: sqlite_utils.Database, batch: list[_WriteJob]
+    ) -> None:
+        outcomes: list[tuple[_WriteJob, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(db)
+                except BaseException as exc:  # the job's own failure: undo only its writes
+                    conn.execute("ROLLBACK TO SAVEPOINT job")
+                    conn.execute("RELEASE SAVEPOINT job")
+                    outcomes.append((job, False, exc))
+                else:
+                    conn.execute("RELEASE SAVEPOINT job")
+                    outcomes.append((job, True, result))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            logger.exception("write batch failed; rolled back")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(job, False, exc) for job in batch]
+        for job, ok, value in outcomes:
+            # RuntimeError: the caller's event loop is gone; the write itself stands.
+            with contextlib.suppress(RuntimeError):
+                job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():  # the caller gave up waiting; the write itself stands
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)

@@ -1,0 +1,113 @@
+"""Schema migrations: numbered, applied in order, recorded in `PRAGMA user_version`.
+
+A migration is never edited once released; a change of schema is a new migration.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "alarms, timeline, panel events, outbox",
+        """
+        -- Every event a panel sent that was stored: the key of deduplication.
+        CREATE TABLE panel_events (
+            panel_id    TEXT NOT NULL,
+            seq         INTEGER NOT NULL,
+            type        TEXT NOT NULL,
+            payload     TEXT NOT NULL,          -- canonical JSON, to tell a repeat from a reuse
+            alarm_id    TEXT,
+            status      TEXT NOT NULL,          -- the receipt it got: accepted | rejected
+            error       TEXT,
+            received_at INTEGER NOT NULL,
+            PRIMARY KEY (panel_id, seq)
+        ) WITHOUT ROWID;
+
+        CREATE TABLE alarms (
+            id           TEXT PRIMARY KEY,
+            unit_id      TEXT NOT NULL,
+            household_id TEXT NOT NULL,
+            panel_id     TEXT NOT NULL,
+            kind         TEXT NOT NULL,
+            state        TEXT NOT NULL,
+            raised_at    INTEGER NOT NULL,      -- hub time, ms
+            panel_ts     INTEGER NOT NULL,      -- the panel's own clock, ms
+            seq          INTEGER NOT NULL,
+            updated_at   INTEGER NOT NULL
+        );
+        CREATE INDEX alarms_by_unit ON alarms (unit_id, raised_at);
+        CREATE INDEX alarms_open ON alarms (state) WHERE state NOT IN ('resolved', 'cancelled');
+
+        -- Append-only story of each alarm: rows are added, never changed.
+        CREATE TABLE alarm_timeline (
+            id       INTEGER PRIMARY KEY AUTOINCREMENT,
+            alarm_id TEXT NOT NULL REFERENCES alarms (id),
+            at       INTEGER NOT NULL,
+            entry    TEXT NOT NULL,             -- raised, acknowledged, cancelled, ...
+            state    TEXT NOT NULL,             -- the alarm's state after this entry
+            actor    TEXT,                      -- who: panel:p-1, household:u-1/h-2, user:...
+            channel  TEXT,                      -- through what: panel, sms, voice, push, web
+            detail   TEXT                       -- JSON
+        );
+        CREATE INDEX alarm_timeline_by_alarm ON alarm_timeline (alarm_id, id);
+        CREATE TRIGGER alarm_timeline_no_update BEFORE UPDATE ON alarm_timeline
+        BEGIN SELECT RAISE(ABORT, 'alarm timeline is append-only'); END;
+        CREATE TRIGGER alarm_timeline_no_delete BEFORE DELETE ON alarm_timeline
+        BEGIN SELECT RAISE(ABORT, 'alarm timeline is append-only'); END;
+
+        -- Notifications, written in the transaction of the change that caused them.
+        CREATE TABLE outbox (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            alarm_id        TEXT REFERENCES alarms (id),
+            channel         TEXT NOT NULL,      -- panel, sms, voice, push
+            recipient       TEXT NOT NULL,      -- unit id, phone, subscription id
+            payload         TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            status          TEXT NOT NULL,      -- queued, sending, sent, failed, unknown
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL,
+            created_at      INTEGER NOT NULL,
+            sent_at         INTEGER,
+            last_error      TEXT
+        );
+        CREATE INDEX outbox_due ON outbox (status, next_attempt_at) WHERE status = 'queued';
+        CREATE INDEX outbox_by_recipient ON outbox (channel, recipient, id);
+        CREATE INDEX outbox_by_alarm ON outbox (alarm_id);
+        """,
+    ),
+]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer tenhub than this one."""
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: list[tuple[int, str, str]]) -> int:
+    """Bring the database up to the newest migration; returns the schema version."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    newest = migrations[-1][0] if migrations else 0
+    if current > newest:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this tenhub knows ({newest});"
+            " run a newer tenhub"
+        )
+    for version, title, sql in migrations:
+        if version <= current:
+            continue
+        logger.info("applying migration", extra={"version": version, "title": title})
+        # executescript commits first, so the statements run in an explicit transaction.
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        current = version
+    return current

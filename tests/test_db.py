@@ -1,0 +1,82 @@
+"""The database has one writer: writes are atomic one by one, even when committed together."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from hub.db import Database
+from hub.migrations import MIGRATIONS, SchemaTooNew
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_a_new_database_gets_the_newest_schema_and_keeps_it_on_reopen(tmp_path):
+    db = Database(tmp_path / "t.db")
+    await db.open()
+    assert db.schema_version == MIGRATIONS[-1][0]
+    await db.close()
+    again = Database(tmp_path / "t.db")
+    await again.open()
+    assert again.schema_version == MIGRATIONS[-1][0]
+    tables = await again.read(lambda d: set(d.table_names()))
+    assert {"alarms", "alarm_timeline", "panel_events", "outbox"} <= tables
+    await again.close()
+
+
+async def test_a_database_from_a_newer_tenhub_is_refused(tmp_path):
+    path = tmp_path / "t.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="newer"):
+        await Database(path).open()
+
+
+async def test_writes_committed_together_fail_alone(tmp_path):
+    db = Database(tmp_path / "t.db")
+    await db.open()
+    await db.write(lambda d: d.execute("CREATE TABLE t (v INTEGER UNIQUE)"))
+
+    def insert(v):
+        return lambda d: d.execute("INSERT INTO t (v) VALUES (?)", (v,)).rowcount
+
+    # 1 and 3 twice: the second of each must fail without undoing the others.
+    results = await asyncio.gather(
+        *(db.write(insert(v)) for v in [1, 2, 1, 3, 3, 4]), return_exceptions=True
+    )
+    failures = [r for r in results if isinstance(r, Exception)]
+    assert len(failures) == 2 and all(isinstance(f, sqlite3.IntegrityError) for f in failures)
+    rows = await db.read(lambda d: [r[0] for r in d.execute("SELECT v FROM t ORDER BY v")])
+    assert rows == [1, 2, 3, 4]
+    await db.close()
+
+
+async def test_the_timeline_cannot_be_rewritten(tmp_path):
+    db = Database(tmp_path / "t.db")
+    await db.open()
+    await db.write(
+        lambda d: d.execute(
+            "INSERT INTO alarms VALUES ('a-1', 'u-1', 'h-1', 'p-1', 'fire', 'raised', 1, 1, 1, 1)"
+        )
+    )
+    await db.write(
+        lambda d: d.execute(
+            "INSERT INTO alarm_timeline (alarm_id, at, entry, state) VALUES ('a-1', 1, 'raised',"
+            " 'raised')"
+        )
+    )
+    for sql in ("UPDATE alarm_timeline SET entry = 'x'", "DELETE FROM alarm_timeline"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            await db.write(lambda d, sql=sql: d.execute(sql))
+    await db.close()
+
+
+async def test_reads_do_not_write(tmp_path):
+    db = Database(tmp_path / "t.db")
+    await db.open()
+    with pytest.raises(sqlite3.OperationalError):
+        await db.read(lambda d: d.execute("CREATE TABLE nope (x)"))
+    await db.close()
