@@ -1,0 +1,193 @@
+"""Shared fixtures: real brokers on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.embedded_broker import EmbeddedBroker
+from tests.brokers import Mosquitto, free_port
+
+
+class EmbeddedBrokerThread:
+    """The embedded broker in a thread of its own, so blocking test code cannot stall it."""
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.url = f"mqtt://{self.host}:{self.port}"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._broker: EmbeddedBroker | None = None
+
+    def start(self) -> None:
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._broker = EmbeddedBroker(self.host, self.port)
+            try:
+                loop.run_until_complete(self._broker.start())
+            except BaseException as exc:
+                errors.append(exc)
+                started.set()
+                return
+            started.set()
+            loop.run_forever()
+            loop.run_until_complete(self._broker.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="embedded-broker", daemon=True)
+        self._thread.start()
+        started.wait(10)
+        if errors:
+            raise errors[0]
+
+    def stop(self) -> None:
+        if self._loop and self._thread:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(15)
+        self._loop = self._thread = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real Mosquitto on a free port, persistence on; stopped after the test."""
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def embedded_broker() -> Iterator[EmbeddedBrokerThread]:
+    """The embedded (amqtt) broker on a free port, in its own thread."""
+    broker = EmbeddedBrokerThread()
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def broker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Mosquitto | EmbeddedBrokerThread]:
+    """Each story runs once against Mosquitto and once against the embedded broker."""
+    if request.param == "mosquitto":
+        b: Mosquitto | EmbeddedBrokerThread = Mosquitto(tmp_path / "mosquitto")
+    else:
+        b = EmbeddedBrokerThread()
+    b.start()
+    yield b
+    b.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# A hub in the test's event loop, and reference panels from the example registry.
+
+EXAMPLE_REGISTRY = Path(__file__).resolve().parent.parent / "config" / "registry.example.yaml"
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from hub.registry import load_registry
+
+    return load_registry(EXAMPLE_REGISTRY)
+
+
+class HubRunner:
+    """Starts and stops hubs on one database and broker, as an operator would."""
+
+    def __init__(self, broker_url: str, db_path: Path, registry, **settings) -> None:
+        self.broker_url = broker_url
+        self.db_path = db_path
+        self.registry = registry
+        self.settings = settings
+        self.hub = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self, **overrides):
+        from hub.app import Hub
+        from hub.settings import Settings
+
+        settings = Settings(
+            broker_url=self.broker_url,
+            db_path=str(self.db_path),
+            http_addr="127.0.0.1:0",
+            hub_client_id="tenhub-test-hub",
+            **{**self.settings, **overrides},
+        )
+        self.hub = Hub(settings, self.registry, **({"clock": self.clock} if self.clock else {}))
+        self._task = asyncio.create_task(self.hub.run())
+        started = asyncio.create_task(self.hub.started.wait())
+        await asyncio.wait([self._task, started], return_when=asyncio.FIRST_COMPLETED, timeout=10)
+        if self._task.done():
+            self._task.result()
+        async with asyncio.timeout(10):
+            await self.hub.transport.connected.wait()
+        return self.hub
+
+    clock = None
+
+    async def stop(self) -> None:
+        if self.hub is not None and self._task is not None:
+            self.hub.stop()
+            async with asyncio.timeout(15):
+                await self._task
+        self.hub = self._task = None
+
+
+@pytest.fixture
+async def hub_runner(broker, tmp_path: Path, registry):
+    """A hub runner on the story's broker (Mosquitto, then embedded) and a fresh database."""
+    url = broker.url.replace("mqtt://", "mqtt://tenhub-test-hub@")
+    runner = HubRunner(url, tmp_path / "tenhub.db", registry)
+    yield runner
+    await runner.stop()
+
+
+@pytest.fixture
+async def hub(hub_runner):
+    """A running hub."""
+    return await hub_runner.start()
+
+
+@pytest.fixture
+def panels(broker, tmp_path: Path, registry):
+    """`panels("p-0001-01", ...)` starts reference panels of the example registry."""
+    from devices.panel import ReferencePanel
+
+    started: list[ReferencePanel] = []
+
+    def make(*panel_ids: str, **options) -> list[ReferencePanel]:
+        made = []
+        for panel_id in panel_ids:
+            place = registry.panel_place(panel_id)
+            panel = ReferencePanel(
+                panel_id, broker.host, broker.port,
+                state_dir=tmp_path / "panels",
+                username=panel_id,
+                household_id=place.household.id if place else None,
+                unit_id=place.unit.id if place else None,
+                **{"retry_initial_s": 0.5, **options},
+            )
+            panel.start()
+            started.append(panel)
+            made.append(panel)
+        return made
+
+    yield make
+    for panel in started:
+        with contextlib.suppress(Exception):
+            panel.stop()
