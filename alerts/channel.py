@@ -1,0 +1,40 @@
+"""What every notification channel is: send one message; RetryableError means "try again"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One queued notification, as the sender hands it to a channel."""
+
+    id: int
+    alarm_id: str | None
+    channel: str
+    recipient: str
+    payload: str
+    idempotency_key: str
+    attempts: int
+
+
+class RetryableError(Exception):
+    """The send did not happen and may succeed later (broker down, provider 5xx)."""
+
+
+class PermanentError(Exception):
+    """The send can never succeed as written (bad number, unknown recipient)."""
+
+
+class Channel(Protocol):
+    """A way to reach people: the panel unit alert, SMS, voice, push."""
+
+    name: str
+
+    async def send(self, message: OutboxMessage) -> str | None:
+        """Deliver one message; return the provider's id when there is one.
+
+        Raise RetryableError when it should be attempted again, PermanentError when never.
+        """
+        ...

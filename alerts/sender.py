@@ -1,0 +1,112 @@
+"""The outbox sender: a job that sends queued notifications through their channels.
+
+It knows no channel: each message names one, and the channel says "sent", "try again"
+(RetryableError) or "never" (PermanentError). Retries back off exponentially.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from alerts.channel import Channel, OutboxMessage, PermanentError, RetryableError
+
+logger = logging.getLogger(__name__)
+
+
+class OutboxQueue(Protocol):
+    async def due(self, now: int, limit: int = 200) -> list[OutboxMessage]: ...
+    async def next_due_at(self) -> int | None: ...
+    async def mark_sent(self, message_id: int, now: int) -> None: ...
+    async def mark_retry(self, message_id: int, next_attempt_at: int, error: str) -> None: ...
+    async def mark_failed(self, message_id: int, error: str) -> None: ...
+
+
+class ClockLike(Protocol):
+    def now_ms(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delay before attempt n+1: initial × 2ⁿ, capped, with ±20 % jitter."""
+
+    initial_ms: int = 500
+    max_ms: int = 30_000
+
+    def delay_ms(self, attempts: int) -> int:
+        base = min(self.initial_ms * (2 ** min(attempts, 30)), self.max_ms)
+        return int(base * random.uniform(0.8, 1.2))
+
+
+class OutboxSender:
+    """Sends every due outbox message; named job `outbox-sender`."""
+
+    name = "outbox-sender"
+
+    def __init__(
+        self,
+        queue: OutboxQueue,
+        channels: Mapping[str, Channel],
+        clock: ClockLike,
+        *,
+        backoff: Backoff | None = None,
+        concurrency: int = 32,
+        batch: int = 200,
+        on_result: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.channels = dict(channels)
+        self.clock = clock
+        self.backoff = backoff or Backoff()
+        self.batch = batch
+        self.on_result = on_result or (lambda channel, outcome: None)
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def run_once(self) -> float | None:
+        """Send what is due; seconds until the next message falls due (None: none queued)."""
+        messages = await self.queue.due(self.clock.now_ms(), self.batch)
+        if messages:
+            # due() offers one message per recipient, so sending them together keeps
+            # each recipient's messages in order.
+            await asyncio.gather(*(self._send(m) for m in messages))
+            return 0.0  # a recipient's next message may be waiting behind this one
+        next_at = await self.queue.next_due_at()
+        if next_at is None:
+            return None
+        return max(0.0, (next_at - self.clock.now_ms()) / 1000)
+
+    async def _send(self, message: OutboxMessage) -> None:
+        channel = self.channels.get(message.channel)
+        if channel is None:
+            await self.queue.mark_failed(message.id, f"no channel {message.channel!r}")
+            self.on_result(message.channel, "failed")
+            logger.error("no such channel", extra={"channel": message.channel, "id": message.id})
+            return
+        async with self._limit:
+            try:
+                await channel.send(message)
+            except PermanentError as exc:
+                await self.queue.mark_failed(message.id, str(exc))
+                self.on_result(message.channel, "failed")
+                logger.error(
+                    "notification failed for good",
+                    extra={"channel": message.channel, "id": message.id, "error": str(exc)},
+                )
+                return
+            except (RetryableError, Exception) as exc:
+                # Anything unforeseen is retried too: a bug must not drop an alert.
+                delay = self.backoff.delay_ms(message.attempts)
+                await self.queue.mark_retry(message.id, self.clock.now_ms() + delay, str(exc))
+                self.on_result(message.channel, "retry")
+                logger.warning(
+                    "notification not sent; will retry",
+                    extra={"channel": message.channel, "id": message.id, "error": str(exc),
+                           "retry_in_ms": delay},
+                )
+                return
+        await self.queue.mark_sent(message.id, self.clock.now_ms())
+        self.on_result(message.channel, "sent")

@@ -1,0 +1,165 @@
+"""The one place that wires the hub: broker, database, ingest, jobs and web, started together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import uvicorn
+
+from alerts.panel_channel import PanelChannel
+from alerts.sender import OutboxSender
+from hub.alarm_store import AlarmStore
+from hub.clock import Clock, SystemClock
+from hub.db import Database
+from hub.embedded_broker import EmbeddedBroker
+from hub.ingest import PanelIngest
+from hub.jobs import JobRunner
+from hub.lifecycle import EventOutcome, LifecycleRules, PanelEventHandler
+from hub.metrics import HubMetrics
+from hub.mqtt_transport import MqttTransport
+from hub.outbox_store import OutboxStore
+from hub.presence import PresenceTracker
+from hub.registry import Registry
+from hub.rejects import RejectLog
+from hub.settings import BrokerAddress, Settings, parse_host_port
+from hub.web import create_web_app
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_BROKER_USER = "tenhub-hub"
+
+
+class Hub:
+    """A running hub. `run()` serves until `stop()`; everything it starts, it stops."""
+
+    def __init__(self, settings: Settings, registry: Registry, *, clock: Clock | None = None):
+        self.settings = settings
+        self.registry = registry
+        self.clock = clock or SystemClock()
+        self.metrics = HubMetrics()
+        self.rejects = RejectLog()
+        self.presence = PresenceTracker()
+        self.db = Database(settings.db_path)
+        self.alarms = AlarmStore(self.db)
+        self.outbox = OutboxStore(self.db)
+        self.embedded_broker: EmbeddedBroker | None = None
+        external = settings.broker()
+        if external is None:
+            host, port = parse_host_port(settings.embedded_broker_addr)
+            self.embedded_broker = EmbeddedBroker(host, port)
+            # The embedded broker queues messages only for clients that give a username.
+            external = BrokerAddress(host, port, EMBEDDED_BROKER_USER, None, tls=False)
+        self.broker_address = external
+        self.ingest = PanelIngest(
+            registry=registry,
+            db=self.db,
+            handler=PanelEventHandler(
+                LifecycleRules(
+                    cancel_window_ms=int(settings.cancel_window_s * 1000),
+                    max_wrong_pins=settings.max_wrong_pins,
+                )
+            ),
+            clock=self.clock,
+            publisher=self,
+            metrics=self.metrics,
+            rejects=self.rejects,
+            presence=self.presence,
+            on_stored=self._on_stored,
+            max_payload_bytes=settings.max_payload_bytes,
+        )
+        self.transport = MqttTransport(
+            self.broker_address, settings.hub_client_id, self.ingest.on_message, self.metrics
+        )
+        self.sender = OutboxSender(
+            self.outbox,
+            {"panel": PanelChannel(self.publish)},
+            self.clock,
+            on_result=self._on_send_result,
+        )
+        self.sender_runner = JobRunner(self.sender)
+        self.job_runners = [self.sender_runner]
+        self.web = create_web_app(self)
+        self.http_port: int | None = None
+        self.started = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish through the hub's broker connection."""
+        await self.transport.publish(topic, payload, qos)
+
+    def _on_stored(self, outcome: EventOutcome) -> None:
+        if outcome.notifications_queued:
+            self.sender_runner.wake()
+
+    def _on_send_result(self, channel: str, outcome: str) -> None:
+        if outcome == "sent":
+            self.metrics.outbox_sent.labels(channel).inc()
+        else:
+            self.metrics.outbox_errors.labels(channel, outcome).inc()
+
+    def stop(self) -> None:
+        """Ask `run()` to shut down in order and return."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until stop() (or cancellation), then shut down in order."""
+        http_socket = _bind(self.settings.http_addr)
+        self.http_port = http_socket.getsockname()[1]
+        server = uvicorn.Server(
+            uvicorn.Config(self.web, log_level="warning", lifespan="off", access_log=False)
+        )
+        try:
+            if self.embedded_broker is not None:
+                await self.embedded_broker.start()
+            await self.db.open()
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self.transport.run(), name="mqtt"),
+                    tg.create_task(self.ingest.run(), name="ingest"),
+                    *(
+                        tg.create_task(r.run(), name=r.job.name)
+                        for r in self.job_runners
+                    ),
+                ]
+                web_task = tg.create_task(server.serve(sockets=[http_socket]), name="web")
+                logger.info(
+                    "hub started",
+                    extra={"broker": self.broker_address.display(), "db": self.settings.db_path,
+                           "http": f"{self.settings.http_addr.rpartition(':')[0]}:{self.http_port}",
+                           "schema_version": self.db.schema_version},
+                )
+                self.started.set()
+                await self._stop.wait()
+                # In order: stop taking messages, finish those taken, then stop the rest.
+                tasks[0].cancel()
+                await self.ingest.drain()
+                server.should_exit = True
+                for task in tasks[1:]:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await web_task
+        finally:
+            await self.db.close()
+            if self.embedded_broker is not None:
+                await self.embedded_broker.stop()
+            http_socket.close()
+            logger.info("hub stopped")
+
+
+def _bind(addr: str) -> socket.socket:
+    """Bind the HTTP socket first, so port 0 works and the real port is known."""
+    host, port = parse_host_port(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {addr} for HTTP: {exc.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,73 @@
+"""The embedded MQTT broker (amqtt, in-process) used when no external broker is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from amqtt.broker import Broker
+
+logger = logging.getLogger(__name__)
+
+# amqtt logs every connection and packet at INFO; the hub's own logs say what matters.
+for _name in ("amqtt", "transitions"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class BrokerAddressInUse(RuntimeError):
+    """The embedded broker's address is taken (often by another MQTT broker)."""
+
+
+class EmbeddedBroker:
+    """An amqtt broker listening on host:port inside the running event loop.
+
+    Clients must give a username: amqtt keeps queued messages of persistent sessions
+    only for clients that are not anonymous, and the hub relies on that queue.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883) -> None:
+        self.host = host
+        self.port = port
+        self._broker: Broker | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _config(self) -> dict:
+        return {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
+            },
+        }
+
+    def _check_address_free(self) -> None:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((self.host, self.port))
+            except OSError as exc:
+                raise BrokerAddressInUse(
+                    f"cannot listen on {self.host}:{self.port} for the embedded broker"
+                    f" ({exc.strerror});"
+                    " set TENHUB_EMBEDDED_BROKER_ADDR to a free address, or TENHUB_BROKER_URL"
+                    " to use the broker that is already there"
+                ) from None
+
+    async def start(self) -> None:
+        """Start listening; raises BrokerAddressInUse when the port is taken."""
+        self._check_address_free()
+        self._broker = Broker(self._config())
+        await self._broker.start()
+        logger.info("embedded broker listening", extra={"addr": f"{self.host}:{self.port}"})
+
+    async def stop(self) -> None:
+        """Stop the broker and close every client connection."""
+        if self._broker is not None:
+            broker, self._broker = self._broker, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(broker.shutdown(), timeout=10)
+            logger.info("embedded broker stopped")

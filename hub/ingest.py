@@ -1,0 +1,240 @@
+"""Panel messages in, receipts out: validate, store, answer — in that order, never another.
+
+Events are handed to a fixed set of workers by panel id, so one panel's events are
+handled in the order they came while different panels' events are stored together.
+Status and heartbeat messages only update memory and are handled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from devices import topics
+from devices.protocol import (
+    MAX_PAYLOAD_BYTES,
+    NO_SEQ,
+    Heartbeat,
+    PanelStatus,
+    ProtocolError,
+    Reason,
+    Receipt,
+    ReceiptStatus,
+    canonical_json,
+    encode,
+    load_json_object,
+    parse_model,
+    validate_event,
+)
+from hub.clock import Clock
+from hub.db import Database
+from hub.lifecycle import EventOutcome, PanelEventHandler
+from hub.metrics import HubMetrics
+from hub.presence import PresenceTracker
+from hub.registry import Registry
+from hub.rejects import RejectLog
+
+logger = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish one message; raises when it cannot be handed to the broker."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    panel_id: str
+    topic: str
+    payload: bytes
+    arrived: float  # time.perf_counter()
+
+
+class PanelIngest:
+    """Turns panel messages into stored events and receipts."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        db: Database,
+        handler: PanelEventHandler,
+        clock: Clock,
+        publisher: Publisher,
+        metrics: HubMetrics,
+        rejects: RejectLog,
+        presence: PresenceTracker,
+        on_stored: Callable[[EventOutcome], None],
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        workers: int = 8,
+        queue_size: int = 1000,
+    ) -> None:
+        self.registry = registry
+        self.db = db
+        self.handler = handler
+        self.clock = clock
+        self.publisher = publisher
+        self.metrics = metrics
+        self.rejects = rejects
+        self.presence = presence
+        self.on_stored = on_stored
+        self.max_payload_bytes = max_payload_bytes
+        # Bounded: when the database falls behind, the MQTT reader waits instead of
+        # buffering without limit (the broker keeps the rest for the hub's session).
+        self._queues: list[asyncio.Queue[_Inbound]] = [
+            asyncio.Queue(queue_size) for _ in range(workers)
+        ]
+        self._sends: set[asyncio.Task[None]] = set()
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        """Take one MQTT message; events are queued for their panel's worker."""
+        arrived = time.perf_counter()
+        parsed = topics.parse_panel_topic(topic)
+        if parsed is None:
+            self._unanswerable(topic, payload, "bad_topic", "not a panel topic of protocol v1")
+            return
+        if parsed.channel == "event":
+            queue = self._queues[zlib.crc32(parsed.panel_id.encode()) % len(self._queues)]
+            await queue.put(_Inbound(parsed.panel_id, topic, payload, arrived))
+        elif parsed.channel == "status":
+            self._on_status(parsed.panel_id, topic, payload)
+        elif parsed.channel == "heartbeat":
+            self._on_heartbeat(parsed.panel_id, topic, payload)
+        # receipts are the hub's own messages; a broker may echo them back: nothing to do.
+
+    async def run(self) -> None:
+        """Run the workers until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for i, queue in enumerate(self._queues):
+                tg.create_task(self._worker(queue), name=f"ingest-worker-{i}")
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait until queued events are handled and receipts handed to the broker."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                for queue in self._queues:
+                    await queue.join()
+                if self._sends:
+                    await asyncio.gather(*self._sends, return_exceptions=True)
+
+    async def _worker(self, queue: asyncio.Queue[_Inbound]) -> None:
+        while True:
+            item = await queue.get()
+            try:
+                await self._handle_event(item)
+            except Exception:
+                # Never lose the worker: the panel repeats the event and is answered then.
+                logger.exception("event handling failed", extra={"panel_id": item.panel_id})
+            finally:
+                queue.task_done()
+
+    async def _handle_event(self, item: _Inbound) -> None:
+        now = self.clock.now_ms()
+        try:
+            obj = load_json_object(item.payload, self.max_payload_bytes)
+            event = validate_event(obj)
+        except ProtocolError as exc:
+            self._reject(item, exc.reason, exc.error, exc.seq)
+            return
+        place = self.registry.panel_place(item.panel_id)
+        if place is None:
+            self._reject(
+                item, Reason.UNKNOWN_PANEL,
+                f"unknown_panel: panel {item.panel_id!r} is not in the registry", event.seq,
+            )
+            return
+        payload_text = canonical_json(obj)
+        outcome = await self.db.write(
+            lambda d: self.handler.apply(d, place, event, payload_text, now)
+        )
+        # Stored (committed, fsynced): only now may the panel be told.
+        receipt = outcome.receipt
+        self.metrics.events.labels(event.type.value, receipt.status.value).inc()
+        if receipt.status == ReceiptStatus.REJECTED and receipt.error:
+            reason = receipt.error.split(":", 1)[0]
+            self.metrics.rejected.labels(reason).inc()
+            self.rejects.add(
+                at=now, topic=item.topic, panel_id=item.panel_id, reason=reason,
+                error=receipt.error, payload=item.payload,
+            )
+        self._send_receipt(item, receipt)
+        self.on_stored(outcome)
+        if outcome.new_alarm:
+            logger.info(
+                "alarm raised",
+                extra={"alarm_id": outcome.alarm_id, "panel_id": item.panel_id,
+                       "kind": getattr(event, "kind", None)},
+            )
+
+    def _reject(self, item: _Inbound, reason: Reason, error: str, seq: int | None) -> None:
+        self.metrics.rejected.labels(reason.value).inc()
+        self.metrics.events.labels("invalid", ReceiptStatus.REJECTED.value).inc()
+        self.rejects.add(
+            at=self.clock.now_ms(), topic=item.topic, panel_id=item.panel_id,
+            reason=reason.value, error=error, payload=item.payload,
+        )
+        receipt = Receipt(
+            seq=NO_SEQ if seq is None else seq, status=ReceiptStatus.REJECTED, error=error
+        )
+        self._send_receipt(item, receipt)
+
+    def _send_receipt(self, item: _Inbound, receipt: Receipt) -> None:
+        # Not awaited: waiting for the broker's PUBACK would hold this panel's next event.
+        # The publish itself is handed to the socket in order, at once.
+        task = asyncio.create_task(self._publish_receipt(item, receipt))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _publish_receipt(self, item: _Inbound, receipt: Receipt) -> None:
+        try:
+            await self.publisher.publish(topics.receipt_topic(item.panel_id), encode(receipt), 1)
+        except Exception as exc:
+            # The panel repeats the event until it has a receipt, and gets `duplicate` then.
+            logger.warning(
+                "receipt not published",
+                extra={"panel_id": item.panel_id, "seq": receipt.seq, "error": str(exc)},
+            )
+            return
+        self.metrics.receipt_latency.observe(time.perf_counter() - item.arrived)
+
+    def _on_status(self, panel_id: str, topic: str, payload: bytes) -> None:
+        self.metrics.status_messages.labels("status").inc()
+        if self.registry.panel_place(panel_id) is None:
+            self._unanswerable(topic, payload, "unknown_panel", f"panel {panel_id!r} is unknown")
+            return
+        try:
+            status = parse_model(PanelStatus, payload)
+        except ProtocolError as exc:
+            self._unanswerable(topic, payload, exc.reason.value, exc.error, panel_id)
+            return
+        self.presence.status(panel_id, status.state, self.clock.now_ms(), status.battery, status.fw)
+        self.metrics.panels_online.set(self.presence.online_count())
+
+    def _on_heartbeat(self, panel_id: str, topic: str, payload: bytes) -> None:
+        self.metrics.status_messages.labels("heartbeat").inc()
+        if self.registry.panel_place(panel_id) is None:
+            self._unanswerable(topic, payload, "unknown_panel", f"panel {panel_id!r} is unknown")
+            return
+        try:
+            parse_model(Heartbeat, payload)
+        except ProtocolError as exc:
+            self._unanswerable(topic, payload, exc.reason.value, exc.error, panel_id)
+            return
+        self.presence.heartbeat(panel_id, self.clock.now_ms())
+        self.metrics.panels_online.set(self.presence.online_count())
+
+    def _unanswerable(
+        self, topic: str, payload: bytes, reason: str, error: str, panel_id: str | None = None
+    ) -> None:
+        self.metrics.unanswered.labels(reason).inc()
+        self.rejects.add(
+            at=self.clock.now_ms(), topic=topic, panel_id=panel_id, reason=reason,
+            error=error, payload=payload,
+        )

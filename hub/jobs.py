@@ -1,0 +1,51 @@
+"""Named background jobs over database state, and the loop that runs each one.
+
+A job does all work that is due when asked and says when more falls due; nothing it
+needs lives only in memory, so a restart resumes where the database says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Job(Protocol):
+    name: str
+
+    async def run_once(self) -> float | None:
+        """Do all work due now; return seconds until more falls due (None: nothing known)."""
+        ...
+
+
+class JobRunner:
+    """Runs a job when woken, when its next work falls due, and on a safety tick."""
+
+    def __init__(self, job: Job, *, tick_s: float = 1.0) -> None:
+        self.job = job
+        self.tick_s = tick_s
+        self._wake = asyncio.Event()
+        self.runs = 0
+
+    def wake(self) -> None:
+        """Ask for a run as soon as possible (something changed)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Loop until cancelled; a failing run is logged and retried on the next tick."""
+        while True:
+            self._wake.clear()
+            try:
+                delay = await self.job.run_once()
+            except Exception:
+                logger.exception("job failed", extra={"job": self.job.name})
+                delay = self.tick_s
+            self.runs += 1
+            wait = self.tick_s if delay is None else max(0.0, min(delay, self.tick_s))
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)

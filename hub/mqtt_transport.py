@@ -1,0 +1,116 @@
+"""The hub's one MQTT connection (aiomqtt): persistent session, reconnects by itself.
+
+Fixed client id and clean session off, so events panels publish while the hub is away
+are queued by the broker and delivered when it is back. This is the only hub module
+that imports aiomqtt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+
+from devices import topics
+from hub.metrics import HubMetrics
+from hub.settings import BrokerAddress
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class NotConnected(ConnectionError):
+    """The hub is not connected to the broker right now."""
+
+
+class MqttTransport:
+    """Connects, subscribes to every panel's topics, hands messages on, publishes."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        client_id: str,
+        on_message: MessageHandler,
+        metrics: HubMetrics,
+        *,
+        reconnect_initial_s: float = 0.2,
+        reconnect_max_s: float = 5.0,
+    ) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.on_message = on_message
+        self.metrics = metrics
+        self.reconnect_initial_s = reconnect_initial_s
+        self.reconnect_max_s = reconnect_max_s
+        self.connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._stopping = False
+
+    def _new_client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.address.host,
+            self.address.port,
+            username=self.address.username,
+            password=self.address.password,
+            identifier=self.client_id,
+            clean_session=False,
+            keepalive=30,
+            timeout=10,
+            tls_context=ssl.create_default_context() if self.address.tls else None,
+            # Nagle would hold a receipt up to 40 ms behind a delayed ACK.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            # Receipts and alerts in flight at once; paho's default of 20 throttles bursts.
+            max_inflight_messages=1000,
+        )
+
+    async def run(self) -> None:
+        """Stay connected until cancelled: connect, subscribe, read; on loss, back off and retry."""
+        delay = self.reconnect_initial_s
+        while True:
+            client = self._new_client()
+            try:
+                async with client:
+                    await client.subscribe(list(topics.HUB_SUBSCRIPTIONS))
+                    self._client = client
+                    self.connected.set()
+                    self.metrics.broker_connected.set(1)
+                    self.metrics.broker_connects.inc()
+                    logger.info(
+                        "connected to broker",
+                        extra={"broker": self.address.display(), "client_id": self.client_id},
+                    )
+                    delay = self.reconnect_initial_s
+                    async for message in client.messages:
+                        payload = message.payload
+                        if not isinstance(payload, bytes | bytearray):
+                            payload = str(payload or "").encode()
+                        await self.on_message(message.topic.value, bytes(payload))
+            except aiomqtt.MqttError as exc:
+                logger.warning(
+                    "broker connection lost; reconnecting",
+                    extra={"broker": self.address.display(), "error": str(exc), "retry_s": delay},
+                )
+            finally:
+                self._client = None
+                self.connected.clear()
+                self.metrics.broker_connected.set(0)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_s)
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        timeout: float = 10.0,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement; NotConnected when offline."""
+        client = self._client
+        if client is None:
+            raise NotConnected("not connected to the broker")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+        except aiomqtt.MqttError as exc:
+            raise NotConnected(str(exc)) from exc

@@ -1,0 +1,43 @@
+"""Who is online: panels' status and heartbeats, kept in memory (no write per beat)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class PanelPresence:
+    state: str = "unknown"
+    last_seen: int = 0  # hub time, ms, of the last status or heartbeat
+    battery: int | None = None
+    fw: str | None = None
+
+
+class PresenceTracker:
+    """The last word of every panel: online/offline, last seen, battery, firmware."""
+
+    def __init__(self) -> None:
+        self._panels: dict[str, PanelPresence] = {}
+
+    def status(
+        self, panel_id: str, state: str, now: int, battery: int | None, fw: str | None
+    ) -> None:
+        p = self._panels.setdefault(panel_id, PanelPresence())
+        p.state = state
+        p.last_seen = now
+        if battery is not None:
+            p.battery = battery
+        if fw is not None:
+            p.fw = fw
+
+    def heartbeat(self, panel_id: str, now: int) -> None:
+        p = self._panels.setdefault(panel_id, PanelPresence())
+        p.last_seen = now
+        if p.state == "unknown":
+            p.state = "online"
+
+    def get(self, panel_id: str) -> PanelPresence | None:
+        return self._panels.get(panel_id)
+
+    def online_count(self) -> int:
+        return sum(1 for p in self._panels.values() if p.state == "online")

@@ -1,0 +1,197 @@
+"""Hub settings: a TOML file (`--config`), every key overridable by an environment variable."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hub.problems import ConfigError, Problem
+
+# Keys whose variable is not TENHUB_<KEY>: Twilio's own names, kept as operators know them.
+_ENV_NAMES = {
+    "twilio_account_sid": "TWILIO_ACCOUNT_SID",
+    "twilio_auth_token": "TWILIO_AUTH_TOKEN",
+    "twilio_from": "TWILIO_FROM",
+}
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseModel):
+    """Everything the hub can be told; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    broker_url: str | None = None  # None: start the embedded broker
+    embedded_broker_addr: str = "127.0.0.1:1883"
+    hub_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "tenhub-hub"
+    db_path: str = "tenhub.db"
+    registry: str | None = None
+    policy: str | None = None
+    http_addr: str = "127.0.0.1:8080"
+    public_url: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from: str | None = None
+    twilio_api_base: str | None = None
+    heartbeat_s: Seconds = 30.0
+    cancel_window_s: Seconds = 120.0
+    max_wrong_pins: Annotated[int, Field(ge=1, le=100)] = 5
+    max_payload_bytes: Annotated[int, Field(ge=256, le=262_144)] = 4096
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, v: str | None) -> str | None:
+        if v:
+            BrokerAddress.parse(v)
+        return v or None
+
+    @field_validator("embedded_broker_addr", "http_addr")
+    @classmethod
+    def _check_addr(cls, v: str) -> str:
+        parse_host_port(v)
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, v: str) -> str:
+        if v.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("log_level must be one of debug, info, warning, error")
+        return v.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_format(cls, v: str) -> str:
+        if v not in {"text", "json"}:
+            raise ValueError("log_format must be text or json")
+        return v
+
+    def broker(self) -> BrokerAddress | None:
+        """The external broker, or None for the embedded one."""
+        return BrokerAddress.parse(self.broker_url) if self.broker_url else None
+
+
+def env_name(key: str) -> str:
+    """The environment variable that overrides a settings key."""
+    return _ENV_NAMES.get(key, f"TENHUB_{key.upper()}")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where the broker is and how to log in: `mqtt://user:pass@host:port` (or mqtts://)."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        if parts.scheme not in {"mqtt", "mqtts", "tcp"}:
+            raise ValueError(f"broker URL must start with mqtt:// or mqtts://, not {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"broker URL {url!r} has no host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"broker URL {url!r} has an invalid port") from None
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+    def display(self) -> str:
+        """The URL without its password, for logs."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """`host:port` → (host, port); raises ValueError with a readable message."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (like 127.0.0.1:8080)")
+    return host.strip("[]"), int(port)
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Settings from the TOML file, then the environment, then explicit overrides.
+
+    Relative paths in the file are relative to the file; in the environment, to the
+    working directory. Raises ConfigError listing every problem.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # where each value came from, to point at it in errors
+    text = ""
+    file_name = str(config_path) if config_path else "settings"
+    if config_path is not None:
+        path = Path(config_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            values = tomllib.loads(text)
+        except OSError as exc:
+            raise ConfigError(
+                [Problem(file_name, None, None, "", f"cannot read config file: {exc.strerror}")]
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            problem = Problem(file_name, None, None, "", f"invalid TOML: {exc}")
+            raise ConfigError([problem]) from None
+        origin = dict.fromkeys(values, "file")
+        for key in ("db_path", "registry", "policy"):
+            if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
+                values[key] = str(path.parent / values[key])
+    for key in Settings.model_fields:
+        name = env_name(key)
+        if env.get(name):
+            values[key] = env[name]
+            origin[key] = "env"
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = value
+            origin[key] = "option"
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            key = str(err["loc"][0]) if err["loc"] else ""
+            came_from = origin.get(key, "file")
+            line = _line_of_key(text, key) if came_from == "file" else None
+            where = {"env": f"${env_name(key)}", "option": f"--{key.replace('_', '-')}"}.get(
+                came_from, file_name
+            )
+            message = (
+                f"unknown key {key!r} (allowed: {', '.join(Settings.model_fields)})"
+                if err["type"] == "extra_forbidden"
+                else err["msg"].removeprefix("Value error, ")
+            )
+            problems.append(Problem(where, line, 1 if line else None, key, message))
+        raise ConfigError(problems) from None
+
+
+def _line_of_key(text: str, key: str) -> int | None:
+    if not text or not key:
+        return None
+    match = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.MULTILINE)
+    return text.count("\n", 0, match.start()) + 1 if match else None

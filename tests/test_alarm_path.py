@@ -1,0 +1,165 @@
+"""The walking skeleton as a household and its neighbours live it: alarm, receipt, buzzers.
+
+Every story runs against a real Mosquitto and against the embedded broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+
+from devices.protocol import ReceiptStatus
+from devices.topics import event_topic
+
+pytestmark = pytest.mark.asyncio
+
+UNIT1 = [f"p-0001-{i:02d}" for i in range(1, 11)]
+UNIT2 = [f"p-0002-{i:02d}" for i in range(1, 11)]
+
+
+async def receipt_of(pending, timeout: float = 5.0):
+    """The receipt of a panel's event (waited for off the event loop the hub runs on)."""
+    return await asyncio.to_thread(pending.wait, timeout)
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    """Wait until predicate() holds, or fail after timeout seconds."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - state lives in other threads; polling is simplest
+            await asyncio.sleep(0.02)
+
+
+async def test_alarm_is_stored_receipted_and_sounds_the_nine_neighbours(hub, panels):
+    unit1 = panels(*UNIT1)
+    unit2 = panels(*UNIT2)
+    raiser, neighbours = unit1[0], unit1[1:]
+
+    pending = raiser.raise_alarm("burglary")
+    receipt = await receipt_of(pending)
+
+    assert receipt is not None and receipt.status == ReceiptStatus.ACCEPTED
+    alarm = await hub.alarms.get(receipt.alarm_id)
+    assert alarm is not None
+    assert (alarm.unit_id, alarm.household_id, alarm.kind, alarm.state) == (
+        "u-0001", "h-01", "burglary", "raised",
+    )
+    await until(lambda: all(receipt.alarm_id in p.sounding for p in neighbours))
+    assert all(p.buzzer_on for p in neighbours)
+    assert not raiser.buzzer_on, "a household's own alarm is not a neighbour's alarm"
+    await asyncio.sleep(0.3)  # give a wrongly routed alert time to arrive
+    assert not any(p.buzzer_on for p in unit2), "another unit's panels stay silent"
+    timeline = await hub.alarms.timeline(receipt.alarm_id)
+    assert [e.entry for e in timeline] == ["raised"]
+    assert timeline[0].actor == "household:u-0001/h-01"
+
+
+async def test_the_same_event_twice_is_one_alarm_and_a_duplicate_receipt(hub, broker):
+    answers: list[dict] = []
+    got = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-dup")
+    client.username_pw_set("test-dup")
+
+    def on_message(_c, _u, msg):
+        answers.append(json.loads(msg.payload))
+        if len(answers) == 2:
+            got.set()
+
+    client.on_message = on_message
+    client.connect(broker.host, broker.port)
+    client.subscribe("tenhub/v1/panel/p-0001-03/receipt", 1)
+    client.loop_start()
+    try:
+        await asyncio.sleep(0.3)
+        event = json.dumps({"type": "alarm", "seq": 41, "ts": 1_700_000_000_000, "kind": "fire"})
+        client.publish(event_topic("p-0001-03"), event, qos=1)
+        client.publish(event_topic("p-0001-03"), event, qos=1)
+        assert await asyncio.to_thread(got.wait, 5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+    first, second = answers
+    assert first["status"] == "accepted" and second["status"] == "duplicate"
+    assert first["seq"] == second["seq"] == 41
+    assert second["alarm_id"] == first["alarm_id"]
+    assert await hub.alarms.count() == 1
+
+
+async def test_an_alarm_sent_while_the_hub_is_down_is_handled_when_it_is_back(
+    hub_runner, panels
+):
+    await hub_runner.start()
+    await hub_runner.stop()
+    # A long retry interval: only the broker's queue for the hub's session can deliver it.
+    (panel,) = panels("p-0001-05", retry_initial_s=60)
+    (neighbour,) = panels("p-0001-06")
+    pending = panel.raise_alarm("medical")
+    await asyncio.sleep(0.5)
+    assert pending.receipt is None, "nobody can answer while the hub is down"
+
+    hub = await hub_runner.start()
+    receipt = await receipt_of(pending)
+
+    assert receipt is not None and receipt.status == ReceiptStatus.ACCEPTED
+    assert pending.attempts == 1, "delivered from the broker's queue, not by a repeat"
+    assert (await hub.alarms.get(receipt.alarm_id)).kind == "medical"
+    await until(lambda: receipt.alarm_id in neighbour.sounding)
+
+
+async def test_the_hub_reconnects_by_itself_after_the_broker_restarts(hub, broker, panels):
+    raiser, neighbour = panels("p-0002-01", "p-0002-02")
+    first = await receipt_of(raiser.raise_alarm("panic"))
+    assert first.status == ReceiptStatus.ACCEPTED
+
+    await asyncio.to_thread(broker.restart)
+    await until(
+        lambda: hub.metrics.value("tenhub_broker_connects_total") >= 2
+        and hub.transport.connected.is_set()
+        and raiser.connected,
+        timeout=15,
+    )
+
+    second = await receipt_of(raiser.raise_alarm("fire"), timeout=15)
+    assert second is not None and second.status == ReceiptStatus.ACCEPTED
+    assert second.alarm_id != first.alarm_id
+    await until(lambda: second.alarm_id in neighbour.sounding, timeout=10)
+
+
+async def test_an_event_is_never_receipted_when_it_could_not_be_stored(hub, panels, monkeypatch):
+    (panel,) = panels("p-0003-01", retry_initial_s=0.3)
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(hub.ingest.handler, "apply", broken)
+    pending = panel.raise_alarm("gas")
+    assert await receipt_of(pending, timeout=1.5) is None
+    assert pending.attempts >= 2, "the panel keeps repeating"
+    assert await hub.alarms.count() == 0
+
+    monkeypatch.undo()  # the disk is fixed; the next repeat is stored and answered
+    receipt = await receipt_of(pending)
+    assert receipt is not None and receipt.status == ReceiptStatus.ACCEPTED
+    assert await hub.alarms.count() == 1
+
+
+async def test_health_and_metrics_tell_what_happened(hub, panels):
+    (panel,) = panels("p-0001-02")
+    await receipt_of(panel.raise_alarm("fire"))
+    base = f"http://127.0.0.1:{hub.http_port}"
+    async with httpx.AsyncClient() as client:
+        health = await client.get(f"{base}/healthz")
+        metrics = await client.get(f"{base}/metrics")
+        alarms = await client.get(f"{base}/api/alarms")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    assert health.json()["broker"]["connected"] is True
+    assert 'tenhub_events_total{status="accepted",type="alarm"} 1.0' in metrics.text
+    assert "tenhub_broker_connected 1.0" in metrics.text
+    assert [a["kind"] for a in alarms.json()] == ["fire"]
+    await until(lambda: hub.presence.online_count() >= 1)
