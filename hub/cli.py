@@ -1,0 +1,165 @@
+"""The `tenhub` command: serve, demo, check-config."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from hub.problems import ConfigError, Problem
+from hub.registry import Registry, load_registry
+from hub.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="tenhub: the hub of a ten-household joint alarm network.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# soft_wrap: a problem is one line however narrow the terminal, so it can be grepped.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file; every key can also be set by env."),
+]
+RegistryOption = Annotated[
+    Path | None, typer.Option("--registry", "-r", help="Registry YAML (TENHUB_REGISTRY).")
+]
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    for p in problems:
+        style = "red" if p.is_error else "yellow"
+        err.print(p.format(), style=style, markup=False)
+
+
+def _settings_or_exit(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        raise typer.Exit(2) from None
+
+
+def _registry_or_exit(path: str | Path | None) -> Registry:
+    if path is None:
+        err.print("no registry given: pass --registry FILE or set TENHUB_REGISTRY", style="red")
+        raise typer.Exit(2)
+    try:
+        return load_registry(path)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(config: ConfigOption = None, registry: RegistryOption = None) -> None:
+    """Run the hub: MQTT ingest, storage, notifications and the web API.
+
+    Without TENHUB_BROKER_URL (or broker_url in the config) it starts the embedded broker.
+    """
+    from hub.app import Hub
+    from hub.logs import setup_logging
+
+    settings = _settings_or_exit(config, registry=str(registry) if registry else None)
+    reg = _registry_or_exit(settings.registry)
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(_serve(Hub(settings, reg)))
+    except OSError as exc:
+        err.print(f"tenhub: {exc.strerror or exc}", style="red")
+        raise typer.Exit(1) from None
+
+
+async def _serve(hub: object) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, hub.stop)  # type: ignore[attr-defined]
+    await hub.run()  # type: ignore[attr-defined]
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None, registry: RegistryOption = None) -> None:
+    """Check the settings and the registry; print every problem with its place in the file."""
+    from hub.registry import parse_registry
+
+    try:
+        settings = load_settings(config, registry=str(registry) if registry else None)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        raise typer.Exit(1) from None
+    if config is not None:
+        out.print(f"{config}: OK")
+    if settings.registry is None:
+        err.print("no registry given: pass --registry FILE or set TENHUB_REGISTRY", style="red")
+        raise typer.Exit(1)
+    path = Path(settings.registry)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        err.print(f"{path}: cannot read registry: {exc.strerror}", style="red")
+        raise typer.Exit(1) from None
+    parsed, problems = parse_registry(text, str(path))
+    _print_problems(problems)
+    errors = sum(p.is_error for p in problems)
+    warnings = len(problems) - errors
+    if parsed is None or errors:
+        err.print(
+            f"{path}: {_plural(errors, 'error')}, {_plural(warnings, 'warning')}", style="red"
+        )
+        raise typer.Exit(1)
+    c = parsed.counts()
+    out.print(
+        f"{path}: OK: {_plural(c['units'], 'unit')}, {_plural(c['households'], 'household')},"
+        f" {_plural(c['panels'], 'panel')}, {_plural(c['patrols'], 'patrol')},"
+        f" {_plural(c['police_desks'], 'police desk')}, {_plural(c['command'], 'command post')}"
+        + (f" ({_plural(warnings, 'warning')})" if warnings else "")
+    )
+
+
+@app.command()
+def demo(
+    registry: Annotated[
+        Path, typer.Option("--registry", "-r", help="Registry of the virtual fleet.")
+    ] = Path("config/registry.example.yaml"),
+    every: Annotated[float, typer.Option(help="Seconds between alarms.")] = 4.0,
+    alarms: Annotated[int, typer.Option(help="Stop after this many alarms (0: run on).")] = 0,
+    http_addr: Annotated[str, typer.Option(help="Where the web side listens.")] = (
+        "127.0.0.1:8080"
+    ),
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Keep the database here (default: a new temp dir).")
+    ] = None,
+) -> None:
+    """Everything on one machine: embedded broker, hub, a fleet of virtual panels, alarms."""
+    from simulator.demo import DemoOptions, run_demo
+
+    path = _demo_registry(registry)
+    reg = _registry_or_exit(path)
+    options = DemoOptions(
+        registry=reg, every_s=every, alarms=alarms, http_addr=http_addr, data_dir=data_dir
+    )
+    raise typer.Exit(asyncio.run(run_demo(options, out)))
+
+
+def _demo_registry(path: Path) -> Path:
+    """The given registry; the example one next to the source tree when run from elsewhere."""
+    if path.exists() or path.is_absolute():
+        return path
+    beside_source = Path(__file__).resolve().parent.parent / path
+    return beside_source if beside_source.exists() else path
+
+
+def main() -> None:
+    """Entry point of the `tenhub` console script."""
+    app()

@@ -1,0 +1,138 @@
+"""The `tenhub` command as an operator and a newcomer meet it, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+
+from devices.panel import ReferencePanel
+from tests.brokers import free_port, wait_for_port
+from tests.conftest import EXAMPLE_REGISTRY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tenhub(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "hub", *args], capture_output=True, text=True, cwd=ROOT,
+        env={**clean, **(env or {})}, timeout=timeout,
+    )
+
+
+def test_check_config_accepts_the_example_registry():
+    result = tenhub("check-config", "--registry", str(EXAMPLE_REGISTRY))
+    assert result.returncode == 0, result.stderr
+    assert "OK: 3 units, 30 households, 30 panels, 2 patrols, 2 police desks" in result.stdout
+
+
+def test_check_config_shows_every_mistake_at_its_line(tmp_path):
+    bad = tmp_path / "registry.yaml"
+    bad.write_text(textwrap.dedent("""\
+        units:
+          - id: u-0001
+            name: "Block 1"
+            zone: z-a
+            key_households: [u-0001/h-09]
+            households:
+              - {id: h-01, address: "1-101", panel: p-0001-01, phones: ["+15550000101"]}
+              - {id: h-02, adress: "1-102", panel: p-0001-02, phones: ["+15550000102"]}
+          - id: u-0002
+            name: "Block 2"
+            zone: z-a
+            households:
+              - {id: h-01, address: "2-101", panel: p-0001-01, phones: ["+15550000201"]}
+        patrols:
+          - {id: t-a, zone: z-a, members: [{name: "Team", phone: "+15550009001"}]}
+        police_desks:
+          - {id: d-a, zones: [z-a], phone: "+15550009911"}
+        command:
+          - {id: c-1, phone: "+15550009999"}
+    """))
+    result = tenhub("check-config", "--registry", str(bad))
+    assert result.returncode == 1
+    err = result.stderr
+    assert f"{bad}:5:" in err and "u-0001/h-09" in err  # key household that does not exist
+    assert f"{bad}:8:" in err and "unknown key 'adress'" in err
+    assert f"{bad}:13:" in err and "duplicate panel id 'p-0001-01'" in err  # in two units
+    assert "missing required key 'address'" in err
+    assert "4 errors, 0 warnings" in err
+
+
+def test_check_config_refuses_unknown_settings_keys_with_their_line(tmp_path):
+    config = tmp_path / "tenhub.toml"
+    config.write_text('db_path = "x.db"\nbroker_ulr = "mqtt://localhost"\n')
+    result = tenhub("check-config", "--config", str(config), "--registry", str(EXAMPLE_REGISTRY))
+    assert result.returncode == 1
+    assert f"{config}:2:1: error: broker_ulr: unknown key 'broker_ulr'" in result.stderr
+
+
+def test_serve_without_a_registry_says_what_to_do():
+    result = tenhub("serve")
+    assert result.returncode == 2
+    assert "TENHUB_REGISTRY" in result.stderr
+
+
+def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path):
+    broker_port, http_port = free_port(), free_port()
+    env = {
+        "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
+        "TENHUB_DB_PATH": str(tmp_path / "hub.db"),
+        "TENHUB_HTTP_ADDR": f"127.0.0.1:{http_port}",
+        "TENHUB_EMBEDDED_BROKER_ADDR": f"127.0.0.1:{broker_port}",
+        "TENHUB_LOG_FORMAT": "json",
+    }
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env={**clean, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    panel = None
+    try:
+        wait_for_port(http_port, timeout=20)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"http://127.0.0.1:{http_port}/healthz").status_code != 200:
+            assert time.monotonic() < deadline, "hub never became healthy"
+            time.sleep(0.1)
+        panel = ReferencePanel(
+            "p-0003-02", "127.0.0.1", broker_port, state_dir=tmp_path / "panel",
+            username="p-0003-02", household_id="h-02", unit_id="u-0003",
+        )
+        panel.start()
+        receipt = panel.raise_alarm("fire").wait(5)
+        assert receipt is not None and receipt.status.value == "accepted"
+    finally:
+        if panel:
+            panel.stop()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    messages = [entry["msg"] for entry in logs]
+    assert "hub started" in messages and "alarm raised" in messages and "hub stopped" in messages
+    raised = next(entry for entry in logs if entry["msg"] == "alarm raised")
+    assert raised["panel_id"] == "p-0003-02" and raised["kind"] == "fire"
+
+
+def test_the_demo_shows_alarm_receipt_neighbours_and_cancel(tmp_path):
+    result = tenhub(
+        "demo", "--alarms", "2", "--every", "0.5", "--http-addr", "127.0.0.1:0",
+        "--data-dir", str(tmp_path / "demo"), timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "tenhub demo" in out and "http://127.0.0.1:" in out
+    assert out.count("ALARM") == 2
+    assert out.count("RECEIPT   accepted") == 2
+    assert out.count("SOUNDING  9/9 neighbour panels") == 2
+    assert out.count("cancels with its PIN → accepted; 9 buzzers stopped") == 2
+    assert "2 alarms raised · 2 receipted" in out
+    assert "neighbours sounded 18/18" in out
