@@ -142,8 +142,10 @@ def demo(
     ] = None,
 ) -> None:
     """Everything on one machine: embedded broker, hub, a fleet of virtual panels, alarms."""
+    from hub.logs import setup_logging
     from simulator.demo import DemoOptions, run_demo
 
+    setup_logging("warning")  # the demo's own lines tell the story; logs only for trouble
     path = _demo_registry(registry)
     reg = _registry_or_exit(path)
     options = DemoOptions(

@@ -16,6 +16,27 @@ for _name in ("amqtt", "transitions"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
+class _SnapshotDict(dict):
+    """A dict whose iteration walks a copy.
+
+    amqtt iterates its subscription table with awaits inside the loop; a client that
+    subscribes meanwhile changes the dict's size and kills the other client's connection
+    ("dictionary changed size during iteration"), which a fleet connecting at once hits.
+    """
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(list(super().keys()))
+
+    def keys(self):  # type: ignore[override]
+        return list(super().keys())
+
+    def items(self):  # type: ignore[override]
+        return list(super().items())
+
+    def values(self):  # type: ignore[override]
+        return list(super().values())
+
+
 class BrokerAddressInUse(RuntimeError):
     """The embedded broker's address is taken (often by another MQTT broker)."""
 
@@ -61,6 +82,7 @@ class EmbeddedBroker:
         """Start listening; raises BrokerAddressInUse when the port is taken."""
         self._check_address_free()
         self._broker = Broker(self._config())
+        self._broker._subscriptions = _SnapshotDict()
         await self._broker.start()
         logger.info("embedded broker listening", extra={"addr": f"{self.host}:{self.port}"})
 

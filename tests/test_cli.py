@@ -81,25 +81,19 @@ def test_serve_without_a_registry_says_what_to_do():
     assert "TENHUB_REGISTRY" in result.stderr
 
 
-def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path):
-    broker_port, http_port = free_port(), free_port()
-    env = {
-        "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
-        "TENHUB_DB_PATH": str(tmp_path / "hub.db"),
-        "TENHUB_HTTP_ADDR": f"127.0.0.1:{http_port}",
-        "TENHUB_EMBEDDED_BROKER_ADDR": f"127.0.0.1:{broker_port}",
-        "TENHUB_LOG_FORMAT": "json",
-    }
+def _serve_and_raise_one_alarm(tmp_path, args, env, broker_port, http_port):
+    """Run `tenhub serve`, raise one alarm from a reference panel, SIGTERM; returns its logs."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env={**clean, **env},
+        [sys.executable, "-m", "hub", "serve", *args], cwd=ROOT, env={**clean, **env},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    http = f"http://127.0.0.1:{http_port}"
     panel = None
     try:
         wait_for_port(http_port, timeout=20)
         deadline = time.monotonic() + 10
-        while httpx.get(f"http://127.0.0.1:{http_port}/healthz").status_code != 200:
+        while httpx.get(f"{http}/healthz").status_code != 200:
             assert time.monotonic() < deadline, "hub never became healthy"
             time.sleep(0.1)
         panel = ReferencePanel(
@@ -115,11 +109,60 @@ def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
+    return err
+
+
+def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path):
+    broker_port, http_port = free_port(), free_port()
+    env = {
+        "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
+        "TENHUB_DB_PATH": str(tmp_path / "hub.db"),
+        "TENHUB_HTTP_ADDR": f"127.0.0.1:{http_port}",
+        "TENHUB_EMBEDDED_BROKER_ADDR": f"127.0.0.1:{broker_port}",
+        "TENHUB_LOG_FORMAT": "json",
+    }
+    err = _serve_and_raise_one_alarm(tmp_path, [], env, broker_port, http_port)
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     messages = [entry["msg"] for entry in logs]
     assert "hub started" in messages and "alarm raised" in messages and "hub stopped" in messages
     raised = next(entry for entry in logs if entry["msg"] == "alarm raised")
     assert raised["panel_id"] == "p-0003-02" and raised["kind"] == "fire"
+
+
+def test_serve_with_a_config_file_uses_the_external_broker_it_names(tmp_path, mosquitto):
+    http_port = free_port()
+    config = tmp_path / "tenhub.toml"
+    config.write_text(
+        f'broker_url = "mqtt://tenhub-hub@127.0.0.1:{mosquitto.port}"\n'
+        f'registry = "{EXAMPLE_REGISTRY}"\n'
+        'db_path = "data/hub.db"\n'
+        f'http_addr = "127.0.0.1:{http_port}"\n'
+    )
+    err = _serve_and_raise_one_alarm(
+        tmp_path, ["--config", str(config)], {}, mosquitto.port, http_port
+    )
+    assert "alarm raised" in err and "embedded broker" not in err
+    assert (tmp_path / "data" / "hub.db").exists(), "db_path is relative to the config file"
+
+
+def test_ctrl_c_stops_the_demo_cleanly_with_a_summary(tmp_path):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub", "demo", "--every", "0.5", "--http-addr", "127.0.0.1:0",
+         "--data-dir", str(tmp_path / "demo")],
+        cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines = []
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        lines.append(line)
+        if "CANCEL" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopping…" in out and "alarms raised" in out
+    assert "Traceback" not in err
 
 
 def test_the_demo_shows_alarm_receipt_neighbours_and_cancel(tmp_path):
@@ -128,6 +171,7 @@ def test_the_demo_shows_alarm_receipt_neighbours_and_cancel(tmp_path):
         "--data-dir", str(tmp_path / "demo"), timeout=90,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "take-over" not in result.stderr, result.stderr
     out = result.stdout
     assert "tenhub demo" in out and "http://127.0.0.1:" in out
     assert out.count("ALARM") == 2
