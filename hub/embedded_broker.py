@@ -91,5 +91,6 @@ class EmbeddedBroker:
         if self._broker is not None:
             broker, self._broker = self._broker, None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(broker.shutdown(), timeout=10)
+                async with asyncio.timeout(10):
+                    await broker.shutdown()
             logger.info("embedded broker stopped")

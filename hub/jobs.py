@@ -47,5 +47,8 @@ class JobRunner:
             self.runs += 1
             wait = self.tick_s if delay is None else max(0.0, min(delay, self.tick_s))
             if wait > 0:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # lands as the wait ends, and the job would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
