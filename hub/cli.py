@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
+from hub.policy import DEFAULT, DEFAULT_POLICIES, PolicySet, format_duration
 from hub.problems import ConfigError, Problem
 from hub.registry import Registry, load_registry
 from hub.settings import Settings, load_settings
@@ -24,9 +26,12 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
+T = TypeVar("T")
+
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
 
 ConfigOption = Annotated[
     Path | None,
@@ -34,6 +39,10 @@ ConfigOption = Annotated[
 ]
 RegistryOption = Annotated[
     Path | None, typer.Option("--registry", "-r", help="Registry YAML (TENHUB_REGISTRY).")
+]
+PolicyOption = Annotated[
+    Path | None,
+    typer.Option("--policy", "-p", help="Escalation policy YAML (TENHUB_POLICY)."),
 ]
 
 
@@ -63,19 +72,27 @@ def _registry_or_exit(path: str | Path | None) -> Registry:
 
 
 @app.command()
-def serve(config: ConfigOption = None, registry: RegistryOption = None) -> None:
-    """Run the hub: MQTT ingest, storage, notifications and the web API.
+def serve(
+    config: ConfigOption = None, registry: RegistryOption = None, policy: PolicyOption = None
+) -> None:
+    """Run the hub: MQTT ingest, storage, escalation, notifications and the web API.
 
     Without TENHUB_BROKER_URL (or broker_url in the config) it starts the embedded broker.
+    Without a policy file it escalates by the built-in ladders.
     """
     from hub.app import Hub
     from hub.logs import setup_logging
 
-    settings = _settings_or_exit(config, registry=str(registry) if registry else None)
+    settings = _settings_or_exit(
+        config,
+        registry=str(registry) if registry else None,
+        policy=str(policy) if policy else None,
+    )
     reg = _registry_or_exit(settings.registry)
+    policies = _policies_or_exit(settings.policy)
     setup_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(_serve(Hub(settings, reg)))
+        asyncio.run(_serve(Hub(settings, reg, policies=policies)))
     except OSError as exc:
         err.print(f"tenhub: {exc.strerror or exc}", style="red")
         raise typer.Exit(1) from None
@@ -88,28 +105,70 @@ async def _serve(hub: object) -> None:
     await hub.run()  # type: ignore[attr-defined]
 
 
+def _policies_or_exit(path: str | None) -> PolicySet:
+    if path is None:
+        return DEFAULT_POLICIES
+    from hub.policy_file import load_policies
+
+    try:
+        return load_policies(path)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        raise typer.Exit(2) from None
+
+
 @app.command("check-config")
-def check_config(config: ConfigOption = None, registry: RegistryOption = None) -> None:
-    """Check the settings and the registry; print every problem with its place in the file."""
+def check_config(
+    config: ConfigOption = None, registry: RegistryOption = None, policy: PolicyOption = None
+) -> None:
+    """Check the settings, the registry and the policies; print every problem with its place."""
+    from hub.policy_file import parse_policies
     from hub.registry import parse_registry
 
     try:
-        settings = load_settings(config, registry=str(registry) if registry else None)
+        settings = load_settings(
+            config,
+            registry=str(registry) if registry else None,
+            policy=str(policy) if policy else None,
+        )
     except ConfigError as exc:
         _print_problems(exc.problems)
         raise typer.Exit(1) from None
     if config is not None:
         out.print(f"{config}: OK")
+    # Every file is checked even when one is bad: one run shows all the problems.
+    usable = []
     if settings.registry is None:
         err.print("no registry given: pass --registry FILE or set TENHUB_REGISTRY", style="red")
+        usable.append(False)
+    else:
+        path = Path(settings.registry)
+        usable.append(_check_file(path, "registry", parse_registry, _registry_summary))
+    if settings.policy is None:
+        out.print(f"policy: built-in {_ladder_summary(DEFAULT_POLICIES)}")
+    else:
+        path = Path(settings.policy)
+        usable.append(_check_file(path, "policy file", parse_policies, _policy_summary))
+    if not all(usable):
         raise typer.Exit(1)
-    path = Path(settings.registry)
+
+
+def _check_file(
+    path: Path,
+    what: str,
+    parse: Callable[[str, str], tuple[T | None, list[Problem]]],
+    summary: Callable[[T], str],
+) -> bool:
+    """Print a file's problems and then its summary or its count of problems; True if usable."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        err.print(f"{path}: cannot read registry: {exc.strerror}", style="red")
-        raise typer.Exit(1) from None
-    parsed, problems = parse_registry(text, str(path))
+        err.print(f"{path}: cannot read {what}: {exc.strerror}", style="red")
+        return False
+    except UnicodeDecodeError:
+        err.print(f"{path}: cannot read {what}: it is not UTF-8 text", style="red")
+        return False
+    parsed, problems = parse(text, str(path))
     _print_problems(problems)
     errors = sum(p.is_error for p in problems)
     warnings = len(problems) - errors
@@ -117,14 +176,33 @@ def check_config(config: ConfigOption = None, registry: RegistryOption = None) -
         err.print(
             f"{path}: {_plural(errors, 'error')}, {_plural(warnings, 'warning')}", style="red"
         )
-        raise typer.Exit(1)
-    c = parsed.counts()
+        return False
     out.print(
-        f"{path}: OK: {_plural(c['units'], 'unit')}, {_plural(c['households'], 'household')},"
-        f" {_plural(c['panels'], 'panel')}, {_plural(c['patrols'], 'patrol')},"
-        f" {_plural(c['police_desks'], 'police desk')}, {_plural(c['command'], 'command post')}"
+        f"{path}: OK: {summary(parsed)}"
         + (f" ({_plural(warnings, 'warning')})" if warnings else "")
     )
+    return True
+
+
+def _registry_summary(registry: Registry) -> str:
+    c = registry.counts()
+    return (
+        f"{_plural(c['units'], 'unit')}, {_plural(c['households'], 'household')},"
+        f" {_plural(c['panels'], 'panel')}, {_plural(c['patrols'], 'patrol')},"
+        f" {_plural(c['police_desks'], 'police desk')}, {_plural(c['command'], 'command post')}"
+    )
+
+
+def _policy_summary(policies: PolicySet) -> str:
+    n = len(policies.policies)
+    names = ", ".join(policies.policies)
+    return f"{n} {'policy' if n == 1 else 'policies'} ({names}), {_ladder_summary(policies)}"
+
+
+def _ladder_summary(policies: PolicySet) -> str:
+    """`default ladder 0s → 1m → 5m …`: when the default policy's steps fire."""
+    steps = policies[DEFAULT].steps
+    return "default ladder " + " → ".join(format_duration(step.after_ms) for step in steps)
 
 
 @app.command()
