@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,8 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 class OutboxQueue(Protocol):
-    async def due(self, now: int, limit: int = 200) -> list[OutboxMessage]: ...
-    async def next_due_at(self) -> int | None: ...
+    async def due(
+        self, now: int, channels: Collection[str], limit: int = 200
+    ) -> list[OutboxMessage]: ...
+    async def next_due_at(self, channels: Collection[str]) -> int | None: ...
     async def mark_sent(self, message_id: int, now: int) -> None: ...
     async def mark_retry(self, message_id: int, next_attempt_at: int, error: str) -> None: ...
     async def mark_failed(self, message_id: int, error: str) -> None: ...
@@ -68,24 +70,19 @@ class OutboxSender:
 
     async def run_once(self) -> float | None:
         """Send what is due; seconds until the next message falls due (None: none queued)."""
-        messages = await self.queue.due(self.clock.now_ms(), self.batch)
+        messages = await self.queue.due(self.clock.now_ms(), self.channels.keys(), self.batch)
         if messages:
             # due() offers one message per recipient, so sending them together keeps
             # each recipient's messages in order.
             await asyncio.gather(*(self._send(m) for m in messages))
             return 0.0  # a recipient's next message may be waiting behind this one
-        next_at = await self.queue.next_due_at()
+        next_at = await self.queue.next_due_at(self.channels.keys())
         if next_at is None:
             return None
         return max(0.0, (next_at - self.clock.now_ms()) / 1000)
 
     async def _send(self, message: OutboxMessage) -> None:
-        channel = self.channels.get(message.channel)
-        if channel is None:
-            await self.queue.mark_failed(message.id, f"no channel {message.channel!r}")
-            self.on_result(message.channel, "failed")
-            logger.error("no such channel", extra={"channel": message.channel, "id": message.id})
-            return
+        channel = self.channels[message.channel]  # due() offers only channels we have
         async with self._limit:
             try:
                 await channel.send(message)

@@ -27,6 +27,23 @@ class Alarm:
     panel_ts: int
     seq: int
     updated_at: int
+    policy: str | None = None
+    ladder: str | None = None  # JSON of the policy as it was when the alarm was raised
+    next_step: int | None = None
+    next_step_at: int | None = None
+    duress: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """What became of one step of an alarm's ladder."""
+
+    alarm_id: str
+    step: int
+    outcome: str  # fired | skipped
+    due_at: int
+    at: int
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +140,43 @@ class AlarmTx:
         )
         return int(cur.lastrowid or 0)
 
+    def set_next_step(self, alarm_id: str, step: int | None, due_at: int | None) -> None:
+        """Point the alarm at its next step (None, None: no step left)."""
+        self.conn.execute(
+            "UPDATE alarms SET next_step = ?, next_step_at = ? WHERE id = ?",
+            (step, due_at, alarm_id),
+        )
+
+    def set_duress(self, alarm_id: str) -> None:
+        self.conn.execute("UPDATE alarms SET duress = 1 WHERE id = ?", (alarm_id,))
+
+    def due_alarms(self, now: int, limit: int) -> list[Alarm]:
+        """Alarms whose next step is due at `now`, most overdue first."""
+        rows = self.conn.execute(
+            "SELECT * FROM alarms WHERE next_step_at IS NOT NULL AND next_step_at <= ?"
+            " ORDER BY next_step_at, id LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [_alarm(r) for r in rows]
+
+    def record_step(self, record: StepRecord) -> None:
+        """Record a step's outcome; raises IntegrityError if it was recorded before."""
+        self.conn.execute(
+            "INSERT INTO alarm_steps (alarm_id, step, outcome, due_at, at, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (record.alarm_id, record.step, record.outcome, record.due_at, record.at,
+             record.reason),
+        )
+
+    def ack_roles(self, alarm_id: str) -> set[str]:
+        """Roles of everyone who acknowledged the alarm so far."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT json_extract(detail, '$.role') FROM alarm_timeline"
+            " WHERE alarm_id = ? AND entry = 'acknowledged'",
+            (alarm_id,),
+        )
+        return {r[0] for r in rows if r[0]}
+
     def count_timeline(self, alarm_id: str, entry: str) -> int:
         return self.conn.execute(
             "SELECT count(*) FROM alarm_timeline WHERE alarm_id = ? AND entry = ?",
@@ -160,6 +214,23 @@ class AlarmStore:
             return [_timeline(r) for r in rows]
 
         return await self.db.read(q)
+
+    async def steps(self, alarm_id: str) -> list[StepRecord]:
+        def q(d: sqlite_utils.Database) -> list[StepRecord]:
+            rows = d.conn.execute(
+                "SELECT * FROM alarm_steps WHERE alarm_id = ? ORDER BY step", (alarm_id,)
+            ).fetchall()
+            return [StepRecord(**{k: r[k] for k in StepRecord.__slots__}) for r in rows]
+
+        return await self.db.read(q)
+
+    async def next_step_due_at(self) -> int | None:
+        """When the earliest pending step of any alarm falls due; None when none is pending."""
+        return await self.db.read(
+            lambda d: d.conn.execute(
+                "SELECT min(next_step_at) FROM alarms WHERE next_step_at IS NOT NULL"
+            ).fetchone()[0]
+        )
 
     async def count(self) -> int:
         return await self.db.read(

@@ -11,21 +11,25 @@ import uvicorn
 
 from alerts.panel_channel import PanelChannel
 from alerts.sender import OutboxSender
+from hub.alarm_service import AlarmService
 from hub.alarm_store import AlarmStore
 from hub.clock import Clock, SystemClock
 from hub.db import Database
 from hub.embedded_broker import EmbeddedBroker
+from hub.escalation import EscalationEngine
 from hub.ingest import PanelIngest
 from hub.jobs import JobRunner
-from hub.lifecycle import EventOutcome, LifecycleRules, PanelEventHandler
 from hub.metrics import HubMetrics
 from hub.mqtt_transport import MqttTransport
 from hub.outbox_store import OutboxStore
+from hub.panel_events import EventOutcome, PanelEventHandler
+from hub.policy import DEFAULT_POLICIES, PolicySet
 from hub.presence import PresenceTracker
 from hub.registry import Registry
 from hub.rejects import RejectLog
 from hub.settings import BrokerAddress, Settings, parse_host_port
 from hub.web import create_web_app
+from hub.work import AlarmContext, LifecycleRules
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +39,25 @@ EMBEDDED_BROKER_USER = "tenhub-hub"
 class Hub:
     """A running hub. `run()` serves until `stop()`; everything it starts, it stops."""
 
-    def __init__(self, settings: Settings, registry: Registry, *, clock: Clock | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        *,
+        policies: PolicySet | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.clock = clock or SystemClock()
+        self.context = AlarmContext(
+            registry,
+            policies or DEFAULT_POLICIES,
+            LifecycleRules(
+                cancel_window_ms=int(settings.cancel_window_s * 1000),
+                max_wrong_pins=settings.max_wrong_pins,
+            ),
+        )
         self.metrics = HubMetrics()
         self.rejects = RejectLog()
         self.presence = PresenceTracker()
@@ -56,12 +75,7 @@ class Hub:
         self.ingest = PanelIngest(
             registry=registry,
             db=self.db,
-            handler=PanelEventHandler(
-                LifecycleRules(
-                    cancel_window_ms=int(settings.cancel_window_s * 1000),
-                    max_wrong_pins=settings.max_wrong_pins,
-                )
-            ),
+            handler=PanelEventHandler(self.context),
             clock=self.clock,
             publisher=self,
             metrics=self.metrics,
@@ -80,7 +94,12 @@ class Hub:
             on_result=self._on_send_result,
         )
         self.sender_runner = JobRunner(self.sender)
-        self.job_runners = [self.sender_runner]
+        self.engine = EscalationEngine(
+            self.db, self.context, self.clock, on_queued=self.sender_runner.wake
+        )
+        self.engine_runner = JobRunner(self.engine)
+        self.job_runners = [self.engine_runner, self.sender_runner]
+        self.actions = AlarmService(self.db, self.context, self.clock, self._on_action)
         self.web = create_web_app(self)
         self.http_port: int | None = None
         self.started = asyncio.Event()
@@ -93,6 +112,13 @@ class Hub:
     def _on_stored(self, outcome: EventOutcome) -> None:
         if outcome.notifications_queued:
             self.sender_runner.wake()
+        if outcome.alarm_changed:
+            self.engine_runner.wake()
+
+    def _on_action(self, queued: int) -> None:
+        if queued:
+            self.sender_runner.wake()
+        self.engine_runner.wake()
 
     def _on_send_result(self, channel: str, outcome: str) -> None:
         if outcome == "sent":

@@ -34,8 +34,8 @@ from devices.protocol import (
 )
 from hub.clock import Clock
 from hub.db import Database
-from hub.lifecycle import EventOutcome, PanelEventHandler
 from hub.metrics import HubMetrics
+from hub.panel_events import EventOutcome, PanelEventHandler
 from hub.presence import PresenceTracker
 from hub.registry import Registry
 from hub.rejects import RejectLog

@@ -80,6 +80,31 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX outbox_by_alarm ON outbox (alarm_id);
         """,
     ),
+    (
+        2,
+        "escalation ladders in the database",
+        """
+        -- The ladder an alarm follows, copied at raise time: a policy edited later does not
+        -- change the steps of an alarm already running.
+        ALTER TABLE alarms ADD COLUMN policy TEXT;
+        ALTER TABLE alarms ADD COLUMN ladder TEXT;
+        ALTER TABLE alarms ADD COLUMN next_step INTEGER;      -- index of the next step
+        ALTER TABLE alarms ADD COLUMN next_step_at INTEGER;   -- when it falls due; NULL: none
+        ALTER TABLE alarms ADD COLUMN duress INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX alarms_due ON alarms (next_step_at) WHERE next_step_at IS NOT NULL;
+
+        -- One row per step and alarm, ever: the primary key makes "never twice" a constraint.
+        CREATE TABLE alarm_steps (
+            alarm_id TEXT NOT NULL REFERENCES alarms (id),
+            step     INTEGER NOT NULL,
+            outcome  TEXT NOT NULL,                -- fired | skipped
+            due_at   INTEGER NOT NULL,
+            at       INTEGER NOT NULL,
+            reason   TEXT,
+            PRIMARY KEY (alarm_id, step)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import sqlite_utils
@@ -43,32 +44,53 @@ class OutboxStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def due(self, now: int, limit: int = 200) -> list[OutboxMessage]:
-        """Queued messages due now, oldest first, at most one per (channel, recipient).
+    async def due(
+        self, now: int, channels: Collection[str], limit: int = 200
+    ) -> list[OutboxMessage]:
+        """Queued messages of these channels due now, oldest first, one per recipient.
 
         Only the oldest queued message of a recipient is offered, so a unit's buzzers never
-        get "cancelled" before "raised" when the first send has to be retried.
+        get "cancelled" before "raised" when the first send has to be retried. Messages of
+        channels not offered here stay queued until a sender that has them runs.
         """
+        marks = ", ".join("?" * len(channels))
 
         def q(d: sqlite_utils.Database) -> list[OutboxMessage]:
             rows = d.conn.execute(
                 "SELECT o.* FROM outbox o WHERE o.status = 'queued' AND o.next_attempt_at <= ?"
+                f" AND o.channel IN ({marks})"
                 " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel"
                 "   AND e.recipient = o.recipient AND e.status = 'queued' AND e.id < o.id)"
                 " ORDER BY o.id LIMIT ?",
-                (now, limit),
+                (now, *channels, limit),
             ).fetchall()
             return [_message(r) for r in rows]
 
-        return await self.db.read(q)
+        return await self.db.read(q) if channels else []
 
-    async def next_due_at(self) -> int | None:
-        """When the earliest queued message falls due, or None when nothing is queued."""
+    async def next_due_at(self, channels: Collection[str]) -> int | None:
+        """When the earliest queued message of these channels falls due; None if none is."""
+        marks = ", ".join("?" * len(channels))
         return await self.db.read(
             lambda d: d.conn.execute(
                 "SELECT min(next_attempt_at) FROM outbox WHERE status = 'queued'"
+                f" AND channel IN ({marks})",
+                tuple(channels),
             ).fetchone()[0]
         )
+
+    async def for_alarm(self, alarm_id: str) -> list[dict[str, Any]]:
+        """Every notification of an alarm: who, how, and how far it got."""
+
+        def q(d: sqlite_utils.Database) -> list[dict[str, Any]]:
+            rows = d.conn.execute(
+                "SELECT id, channel, recipient, payload, status, attempts, created_at, sent_at,"
+                " last_error FROM outbox WHERE alarm_id = ? ORDER BY id",
+                (alarm_id,),
+            ).fetchall()
+            return [dict(r) for r in rows]
+
+        return await self.db.read(q)
 
     async def mark_sent(self, message_id: int, now: int) -> None:
         def w(d: sqlite_utils.Database) -> None:

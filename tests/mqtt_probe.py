@@ -15,6 +15,7 @@ class MqttProbe:
 
     def __init__(self, host: str, port: int, name: str, subscriptions: list[str]) -> None:
         self.messages: list[tuple[str, Any]] = []
+        self._raw: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name)
@@ -34,7 +35,13 @@ class MqttProbe:
             body = msg.payload
         with self._cond:
             self.messages.append((msg.topic, body))
+            self._raw.append((msg.topic, bytes(msg.payload)))
             self._cond.notify_all()
+
+    def raw_messages(self) -> list[tuple[str, bytes]]:
+        """Every message so far as (topic, payload bytes), in arrival order."""
+        with self._cond:
+            return list(self._raw)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
         self.client.publish(topic, payload, qos=qos).wait_for_publish(5)

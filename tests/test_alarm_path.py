@@ -54,8 +54,9 @@ async def test_alarm_is_stored_receipted_and_sounds_the_nine_neighbours(hub, pan
     await asyncio.sleep(0.3)  # give a wrongly routed alert time to arrive
     assert not any(p.buzzer_on for p in unit2), "another unit's panels stay silent"
     timeline = await hub.alarms.timeline(receipt.alarm_id)
-    assert [e.entry for e in timeline] == ["raised"]
+    assert [e.entry for e in timeline] == ["raised", "step_fired"]
     assert timeline[0].actor == "household:u-0001/h-01"
+    assert timeline[1].detail["name"] == "first alert"
 
 
 async def test_the_same_event_twice_is_one_alarm_and_a_duplicate_receipt(hub, broker):

@@ -103,7 +103,7 @@ async def test_a_panel_cannot_act_on_an_alarm_of_another_unit(hub, broker):
     assert [a["status"] for a in answers] == ["rejected", "rejected"]
     assert all(a["error"].startswith("other_unit:") for a in answers)
     assert (await hub.alarms.get(alarm_id)).state == "raised"
-    assert [e.entry for e in await hub.alarms.timeline(alarm_id)] == ["raised"]
+    assert [e.entry for e in await hub.alarms.timeline(alarm_id)] == ["raised", "step_fired"]
 
 
 async def test_garbage_where_no_panel_can_be_answered_is_counted_and_logged(hub, broker):

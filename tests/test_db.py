@@ -59,7 +59,9 @@ async def test_the_timeline_cannot_be_rewritten(tmp_path):
     await db.open()
     await db.write(
         lambda d: d.execute(
-            "INSERT INTO alarms VALUES ('a-1', 'u-1', 'h-1', 'p-1', 'fire', 'raised', 1, 1, 1, 1)"
+            "INSERT INTO alarms (id, unit_id, household_id, panel_id, kind, state, raised_at,"
+            " panel_ts, seq, updated_at) VALUES ('a-1', 'u-1', 'h-1', 'p-1', 'fire', 'raised',"
+            " 1, 1, 1, 1)"
         )
     )
     await db.write(

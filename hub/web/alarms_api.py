@@ -18,14 +18,20 @@ async def list_alarms(
     return [asdict(a) for a in alarms]
 
 
-@router.get("/alarms/{alarm_id}", summary="One alarm with its timeline")
+@router.get("/alarms/{alarm_id}", summary="One alarm: timeline, ladder steps, notifications")
 async def get_alarm(request: Request, alarm_id: str) -> dict[str, Any]:
-    store = request.app.state.hub.alarms
-    alarm = await store.get(alarm_id)
+    hub = request.app.state.hub
+    alarm = await hub.alarms.get(alarm_id)
     if alarm is None:
         raise HTTPException(404, f"no alarm {alarm_id!r}")
-    timeline = await store.timeline(alarm_id)
-    return {**asdict(alarm), "timeline": [asdict(e) for e in timeline]}
+    body = asdict(alarm)
+    body.pop("ladder")
+    return {
+        **body,
+        "timeline": [asdict(e) for e in await hub.alarms.timeline(alarm_id)],
+        "steps": [asdict(s) for s in await hub.alarms.steps(alarm_id)],
+        "notifications": await hub.outbox.for_alarm(alarm_id),
+    }
 
 
 @router.get("/rejected", summary="The latest refused messages, newest first")

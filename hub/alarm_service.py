@@ -1,0 +1,81 @@
+"""Acting on alarms from outside the panels: SMS replies, push actions and the web call this."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from hub import lifecycle
+from hub.alarm_store import Alarm
+from hub.clock import Clock
+from hub.db import Database
+from hub.work import AlarmContext, Refused, Responder, Work
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """The alarm after the action, or why the action was refused."""
+
+    alarm: Alarm | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+Action = Callable[[Work, Alarm], Alarm]
+
+
+class AlarmService:
+    """acknowledge / on_scene / resolve, each one write transaction with its notifications."""
+
+    def __init__(
+        self,
+        db: Database,
+        context: AlarmContext,
+        clock: Clock,
+        on_change: Callable[[int], None],
+    ) -> None:
+        self.db = db
+        self.context = context
+        self.clock = clock
+        self.on_change = on_change  # called with the number of notifications queued
+
+    async def acknowledge(self, alarm_id: str, responder: Responder, channel: str) -> ActionResult:
+        """A responder takes the alarm ("I'm coming")."""
+        return await self._act(
+            alarm_id, lambda w, a: lifecycle.acknowledge(w, a, responder, channel)
+        )
+
+    async def on_scene(self, alarm_id: str, responder: Responder, channel: str) -> ActionResult:
+        """A responder has arrived."""
+        return await self._act(
+            alarm_id, lambda w, a: lifecycle.mark_on_scene(w, a, responder, channel)
+        )
+
+    async def resolve(
+        self, alarm_id: str, responder: Responder, channel: str, note: str
+    ) -> ActionResult:
+        """The alarm is over; `note` says how (e.g. "false alarm: cat on the sensor")."""
+        return await self._act(
+            alarm_id, lambda w, a: lifecycle.resolve(w, a, responder, channel, note)
+        )
+
+    async def _act(self, alarm_id: str, action: Action) -> ActionResult:
+        now = self.clock.now_ms()
+
+        def work(d: sqlite_utils.Database) -> tuple[ActionResult, int]:
+            w = Work.begin(d, self.context, now)
+            try:
+                alarm = action(w, lifecycle.get_alarm(w, alarm_id))
+            except Refused as refusal:
+                return ActionResult(None, refusal.error), w.queued
+            return ActionResult(alarm), w.queued
+
+        result, queued = await self.db.write(work)
+        if result.ok:
+            self.on_change(queued)
+        return result

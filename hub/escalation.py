@@ -1,0 +1,220 @@
+"""The escalation engine: each alarm's ladder, stepped forward from database state.
+
+A step is fired or skipped inside the transaction that records it (`alarm_steps` has one
+row per alarm and step, so twice is impossible) and writes its outbox rows, so a step
+fires at least once and at most once, across any crash. Timers are rows: a hub killed
+and started again fires every step that came due meanwhile, at once, and the timeline
+shows how late (due_at, fired_at).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import sqlite_utils
+
+from devices.protocol import AlarmState
+from hub.alarm_store import Alarm, AlarmStore, StepRecord
+from hub.db import Database
+from hub.policy import Policy, Step, Unless
+from hub.recipients import Recipient, alarm_text, resolve_recipients
+from hub.work import AlarmContext, Work
+
+logger = logging.getLogger(__name__)
+
+SYSTEM = "system:escalation"
+
+
+def _policy(alarm: Alarm) -> Policy:
+    assert alarm.ladder is not None
+    return Policy.from_json(alarm.ladder)
+
+
+def unless_reason(w: Work, alarm: Alarm, unless: Unless | None) -> str | None:
+    """Why a step's `unless` holds for the alarm now (the step is skipped), or None."""
+    if unless is None:
+        return None
+    counts_who = unless.by is not None and alarm.state == AlarmState.ACKNOWLEDGED
+    roles = w.alarms.ack_roles(alarm.id) if counts_who else set()
+    if not unless.is_met(alarm.state, roles):
+        return None
+    if counts_who:
+        return f"acknowledged by {', '.join(sorted(roles & set(unless.by or ())))}"
+    return f"alarm {alarm.state}"
+
+
+def advance_ladder(w: Work, alarm: Alarm) -> None:
+    """Fire or skip every step of the alarm that is due now, then point at the next one."""
+    alarm = w.reload(alarm)
+    if alarm.next_step is None:
+        return
+    steps = _policy(alarm).steps
+    index = alarm.next_step
+    while index < len(steps):
+        step = steps[index]
+        due_at = alarm.raised_at + step.after_ms
+        if due_at > w.now:
+            w.alarms.set_next_step(alarm.id, index, due_at)
+            return
+        if alarm.state in (AlarmState.RESOLVED, AlarmState.CANCELLED):
+            reason: str | None = f"alarm {alarm.state}"  # over: no step fires, unless or not
+        else:
+            reason = unless_reason(w, alarm, step.unless)
+        if reason is None:
+            _fire(w, alarm, index, step, due_at)
+        else:
+            _skip(w, alarm, index, step, due_at, reason)
+        index += 1
+    w.alarms.set_next_step(alarm.id, None, None)
+
+
+def close_ladder(w: Work, alarm: Alarm, reason: str) -> None:
+    """Skip every step not yet fired (the alarm is over)."""
+    if alarm.next_step is None:
+        return
+    steps = _policy(alarm).steps
+    for index in range(alarm.next_step, len(steps)):
+        _skip(w, alarm, index, steps[index], alarm.raised_at + steps[index].after_ms, reason)
+    w.alarms.set_next_step(alarm.id, None, None)
+
+
+def go_to_police(w: Work, alarm: Alarm) -> None:
+    """Duress: the police step fires now, whatever its delay or `unless`.
+
+    Steps before it that have not fired are skipped; if it already fired (or was skipped)
+    the police are told again, now that they know it is duress.
+    """
+    policy = _policy(alarm)
+    steps = policy.steps
+    police = policy.police_step()
+    label = "DURESS code entered at the panel: the household may be held; do not call it"
+    if police is not None and alarm.next_step is not None and alarm.next_step <= police:
+        for index in range(alarm.next_step, police):
+            step = steps[index]
+            _skip(w, alarm, index, step, alarm.raised_at + step.after_ms, "duress")
+        step = steps[police]
+        _fire(w, alarm, police, step, alarm.raised_at + step.after_ms, label=label)
+        following = police + 1
+        if following < len(steps):
+            w.alarms.set_next_step(
+                alarm.id, following, alarm.raised_at + steps[following].after_ms
+            )
+        else:
+            w.alarms.set_next_step(alarm.id, None, None)
+        advance_ladder(w, alarm)
+        return
+    recipients = resolve_recipients(w.registry, alarm, ("police",))
+    _queue(w, alarm, "duress", recipients, alarm_text(w.registry, alarm, label))
+    w.alarms.append_timeline(
+        alarm.id, w.now, "duress_alert", alarm.state, actor=SYSTEM,
+        detail={"recipients": [_describe(r) for r in recipients]},
+    )
+
+
+def _fire(
+    w: Work, alarm: Alarm, index: int, step: Step, due_at: int, label: str | None = None
+) -> None:
+    name = step.label(index)
+    recipients = resolve_recipients(w.registry, alarm, step.notify)
+    text = alarm_text(w.registry, alarm, label or f"Escalation: {name}")
+    _queue(w, alarm, f"step{index}", recipients, text)
+    reason = "duress" if label else None
+    w.alarms.record_step(StepRecord(alarm.id, index, "fired", due_at, w.now, reason))
+    w.alarms.append_timeline(
+        alarm.id, w.now, "step_fired", alarm.state, actor=SYSTEM,
+        detail={
+            "step": index, "name": name, "notify": list(step.notify), "due_at": due_at,
+            "fired_at": w.now, "late_ms": w.now - due_at,
+            "recipients": [_describe(r) for r in recipients],
+            **({"duress": True} if label else {}),
+        },
+    )
+    if not recipients:
+        logger.warning(
+            "escalation step reached nobody",
+            extra={"alarm_id": alarm.id, "step": name, "roles": ",".join(step.notify)},
+        )
+
+
+def _skip(w: Work, alarm: Alarm, index: int, step: Step, due_at: int, reason: str) -> None:
+    w.alarms.record_step(StepRecord(alarm.id, index, "skipped", due_at, w.now, reason))
+    w.alarms.append_timeline(
+        alarm.id, w.now, "step_skipped", alarm.state, actor=SYSTEM,
+        detail={"step": index, "name": step.label(index), "due_at": due_at, "reason": reason},
+    )
+
+
+def _queue(w: Work, alarm: Alarm, key: str, recipients: list[Recipient], text: str) -> None:
+    for r in recipients:
+        added = w.outbox.enqueue(
+            alarm_id=alarm.id, channel=r.channel, recipient=r.address,
+            payload=_payload(alarm, r, text), now=w.now,
+            idempotency_key=f"{alarm.id}:{key}:{r.channel}:{r.address}",
+        )
+        w.queued += int(added)
+
+
+def _payload(alarm: Alarm, recipient: Recipient, text: str) -> str:
+    return json.dumps(
+        {"text": text, "alarm_id": alarm.id, "role": recipient.role, "name": recipient.name},
+        ensure_ascii=False,
+    )
+
+
+def _describe(r: Recipient) -> dict[str, str]:
+    return {"role": r.role, "name": r.name, "channel": r.channel, "address": r.address}
+
+
+def fire_due_steps(w: Work, limit: int = 100) -> int:
+    """Advance every alarm with a step due now (at most `limit` alarms); returns how many."""
+    alarms = w.alarms.due_alarms(w.now, limit)
+    for alarm in alarms:
+        advance_ladder(w, alarm)
+    return len(alarms)
+
+
+class ClockLike(Protocol):
+    def now_ms(self) -> int: ...
+
+
+class EscalationEngine:
+    """The named job `escalation-engine`: steps every alarm's ladder when it falls due."""
+
+    name = "escalation-engine"
+
+    def __init__(
+        self,
+        db: Database,
+        context: AlarmContext,
+        clock: ClockLike,
+        on_queued: Callable[[], None],
+        batch: int = 100,
+    ) -> None:
+        self.db = db
+        self.alarms = AlarmStore(db)
+        self.context = context
+        self.clock = clock
+        self.on_queued = on_queued
+        self.batch = batch
+
+    async def run_once(self) -> float | None:
+        """Advance what is due; seconds until the next step falls due (None: none pending)."""
+        while True:
+            now = self.clock.now_ms()
+
+            def work(d: sqlite_utils.Database, now: int = now) -> tuple[int, int]:
+                w = Work.begin(d, self.context, now)
+                return fire_due_steps(w, self.batch), w.queued
+
+            advanced, queued = await self.db.write(work)
+            if queued:
+                self.on_queued()
+            if advanced < self.batch:
+                break
+        next_at = await self.alarms.next_step_due_at()
+        if next_at is None:
+            return None
+        return max(0.0, (next_at - self.clock.now_ms()) / 1000)

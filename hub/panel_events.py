@@ -1,0 +1,137 @@
+"""A panel's event applied to the database: deduplicated, checked, recorded, answered.
+
+`PanelEventHandler.apply` runs on the writer thread with the event already parsed, in
+the transaction that stores it; it returns the receipt to send once that commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from devices.protocol import (
+    AckEvent,
+    AlarmEvent,
+    CancelEvent,
+    PanelEvent,
+    Reason,
+    Receipt,
+    ReceiptStatus,
+)
+from hub import lifecycle
+from hub.alarm_store import Alarm, StoredEvent
+from hub.registry import PanelPlace
+from hub.work import AlarmContext, Refused, Responder, Work
+
+
+@dataclass(frozen=True, slots=True)
+class EventOutcome:
+    """What the hub answers, and what the change set in motion."""
+
+    receipt: Receipt
+    alarm_id: str | None = None
+    notifications_queued: int = 0
+    new_alarm: bool = False
+    alarm_changed: bool = False
+
+
+class PanelEventHandler:
+    """Applies panel events inside the writer's transaction."""
+
+    def __init__(self, context: AlarmContext) -> None:
+        self.context = context
+
+    def apply(
+        self,
+        db: sqlite_utils.Database,
+        place: PanelPlace,
+        event: PanelEvent,
+        payload_text: str,
+        now: int,
+    ) -> EventOutcome:
+        """Dedupe, apply and record one event; returns the receipt to send after commit."""
+        w = Work.begin(db, self.context, now)
+        panel_id = place.household.panel
+        stored = w.alarms.find_panel_event(panel_id, event.seq)
+        if stored is not None:
+            return _repeat(stored, event.seq, payload_text)
+        new_alarm = False
+        try:
+            if isinstance(event, AlarmEvent):
+                alarm = lifecycle.raise_alarm(w, place, event.kind.value, event.ts, event.seq)
+                new_alarm = True
+            elif isinstance(event, AckEvent):
+                alarm = self._alarm_of_unit(w, place, event.alarm_id)
+                if alarm.household_id == place.household.id:
+                    raise Refused(
+                        Reason.OWN_ALARM,
+                        "a household cannot acknowledge its own alarm; cancel it with the PIN",
+                        alarm.id,
+                    )
+                lifecycle.acknowledge(w, alarm, self._responder(place, alarm), "panel")
+            elif isinstance(event, CancelEvent):
+                alarm = self._alarm_of_unit(w, place, event.alarm_id)
+                if alarm.household_id != place.household.id:
+                    raise Refused(
+                        Reason.NOT_OWN_ALARM,
+                        "only the household that raised an alarm can cancel it", alarm.id,
+                    )
+                lifecycle.cancel_with_pin(w, alarm, place, event.pin)
+            else:
+                # test, tamper, trouble: stored and receipted; supervision reads them.
+                alarm = None
+            receipt = Receipt(
+                seq=event.seq, status=ReceiptStatus.ACCEPTED,
+                alarm_id=alarm.id if alarm else None,
+            )
+        except Refused as refusal:
+            receipt = Receipt(
+                seq=event.seq, status=ReceiptStatus.REJECTED, alarm_id=refusal.alarm_id,
+                error=refusal.error,
+            )
+        # Refusals are stored too: a repeat gets the same answer, and a wrong PIN counts once.
+        w.alarms.insert_panel_event(
+            StoredEvent(
+                panel_id=panel_id, seq=event.seq, type=event.type.value, payload=payload_text,
+                alarm_id=receipt.alarm_id, status=receipt.status.value, error=receipt.error,
+                received_at=now,
+            )
+        )
+        return EventOutcome(
+            receipt, alarm_id=receipt.alarm_id, notifications_queued=w.queued,
+            new_alarm=new_alarm, alarm_changed=receipt.alarm_id is not None,
+        )
+
+    def _alarm_of_unit(self, w: Work, place: PanelPlace, alarm_id: str) -> Alarm:
+        alarm = lifecycle.get_alarm(w, alarm_id)
+        if alarm.unit_id != place.unit.id:
+            # Say nothing about the other unit's alarm: not even that it exists.
+            raise Refused(Reason.OTHER_UNIT, f"alarm {alarm_id!r} is not an alarm of this unit")
+        return alarm
+
+    def _responder(self, place: PanelPlace, alarm: Alarm) -> Responder:
+        keys = self.context.registry.key_households_of(alarm.unit_id)
+        is_key = any(u.id == place.unit.id and h.id == place.household.id for u, h in keys)
+        return Responder(
+            lifecycle.household_actor(place), "key_households" if is_key else "neighbors"
+        )
+
+
+def _repeat(stored: StoredEvent, seq: int, payload_text: str) -> EventOutcome:
+    if stored.payload != payload_text:
+        return EventOutcome(
+            Receipt(
+                seq=seq,
+                status=ReceiptStatus.REJECTED,
+                error=f"{Reason.SEQ_REUSED.value}: seq {seq} was already used by another"
+                " event of this panel; send new events with a higher seq",
+            )
+        )
+    if stored.status == ReceiptStatus.ACCEPTED:
+        receipt = Receipt(seq=seq, status=ReceiptStatus.DUPLICATE, alarm_id=stored.alarm_id)
+    else:
+        receipt = Receipt(
+            seq=seq, status=ReceiptStatus.REJECTED, alarm_id=stored.alarm_id, error=stored.error
+        )
+    return EventOutcome(receipt, alarm_id=stored.alarm_id)

@@ -1,0 +1,77 @@
+"""One write transaction as the alarm rules see it, and the words they speak in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from devices.protocol import Reason
+from hub.alarm_store import Alarm, AlarmTx
+from hub.outbox_store import OutboxTx
+from hub.policy import PolicySet
+from hub.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleRules:
+    """The tunable parts of the lifecycle."""
+
+    cancel_window_ms: int = 120_000
+    max_wrong_pins: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmContext:
+    """What the rules consult: who lives where, the ladders, the tunables."""
+
+    registry: Registry
+    policies: PolicySet
+    rules: LifecycleRules = LifecycleRules()
+
+
+@dataclass
+class Work:
+    """One write transaction as the lifecycle sees it."""
+
+    alarms: AlarmTx
+    outbox: OutboxTx
+    context: AlarmContext
+    now: int
+    queued: int = 0  # outbox rows added: the sender has work
+
+    @classmethod
+    def begin(cls, db: sqlite_utils.Database, context: AlarmContext, now: int) -> Work:
+        return cls(AlarmTx(db), OutboxTx(db), context, now)
+
+    @property
+    def registry(self) -> Registry:
+        return self.context.registry
+
+    def reload(self, alarm: Alarm) -> Alarm:
+        """The alarm as this transaction now sees it."""
+        fresh = self.alarms.get_alarm(alarm.id)
+        assert fresh is not None
+        return fresh
+
+
+@dataclass(frozen=True, slots=True)
+class Responder:
+    """Who acts on an alarm: `actor` for the timeline, `role` as the policy names it."""
+
+    actor: str  # household:u-0001/h-02, phone:+1555…, user:alice
+    role: str  # neighbors, key_households, patrol, police, command, household, system
+
+
+class Refused(Exception):
+    """The rules refuse the action; what was recorded before the refusal (a wrong PIN) stays."""
+
+    def __init__(self, reason: Reason, detail: str, alarm_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.alarm_id = alarm_id
+
+    @property
+    def error(self) -> str:
+        return f"{self.reason.value}: {self.detail}"

@@ -1,0 +1,171 @@
+"""kill -9 and the ladder: every step that came due while the hub was dead fires once, at once.
+
+The hub runs as a real process against a real Mosquitto (which outlives it), with a ladder
+of seconds so the story takes seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devices.panel import ReferencePanel
+from tests.brokers import free_port
+from tests.conftest import EXAMPLE_REGISTRY
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SHORT_LADDER = textwrap.dedent("""\
+    policies:
+      default:
+        steps:
+          - {after: 0s, notify: [neighbors, key_households, patrol], name: first alert}
+          - {after: 2s, unless: acknowledged, notify: [police], name: police}
+          - {after: 4s, unless: on_scene, notify: [police, command], name: police handling}
+""")
+
+
+class HubProcess:
+    """`tenhub serve` as its own process, killed the hard way."""
+
+    def __init__(self, tmp_path: Path, broker_port: int) -> None:
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(SHORT_LADDER)
+        self.db_path = tmp_path / "hub.db"
+        self.http_port = free_port()
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
+        self.env = {
+            **clean,
+            "TENHUB_BROKER_URL": f"mqtt://tenhub-hub@127.0.0.1:{broker_port}",
+            "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
+            "TENHUB_POLICY": str(policy),
+            "TENHUB_DB_PATH": str(self.db_path),
+            "TENHUB_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env=self.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.http_port}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert self.proc.poll() is None, "the hub exited"
+            assert time.monotonic() < deadline, "the hub never became healthy"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def query(self, sql: str, *params) -> list[tuple]:
+        """Read the hub's database from outside, as an operator's sqlite3 would."""
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+    def steps(self, alarm_id: str) -> dict[int, str]:
+        rows = self.query("SELECT step, outcome FROM alarm_steps WHERE alarm_id = ?", alarm_id)
+        return dict(rows)
+
+    def wait_for_steps(self, alarm_id: str, count: int, timeout: float = 10) -> dict[int, str]:
+        deadline = time.monotonic() + timeout
+        while len(steps := self.steps(alarm_id)) < count:
+            assert time.monotonic() < deadline, f"only steps {steps} after {timeout} s"
+            time.sleep(0.02)
+        return steps
+
+
+@pytest.fixture
+def hub_process(tmp_path, mosquitto):
+    process = HubProcess(tmp_path, mosquitto.port)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def panel(tmp_path, mosquitto):
+    p = ReferencePanel(
+        "p-0002-04", "127.0.0.1", mosquitto.port, state_dir=tmp_path / "panel",
+        username="p-0002-04", household_id="h-04", unit_id="u-0002",
+    )
+    p.start()
+    yield p
+    p.stop()
+
+
+def fired_entries(hub: HubProcess, alarm_id: str) -> list[tuple[int, int, int]]:
+    """(step, due_at, fired_at) of every step_fired entry on the alarm's timeline."""
+    return hub.query(
+        "SELECT json_extract(detail, '$.step'), json_extract(detail, '$.due_at'),"
+        " json_extract(detail, '$.fired_at') FROM alarm_timeline"
+        " WHERE alarm_id = ? AND entry = 'step_fired' ORDER BY id",
+        alarm_id,
+    )
+
+
+def police_messages(hub: HubProcess, alarm_id: str) -> int:
+    return hub.query(
+        "SELECT count(*) FROM outbox WHERE alarm_id = ? AND recipient = '+15550009911'",
+        alarm_id,
+    )[0][0]
+
+
+def test_steps_that_came_due_while_the_hub_was_dead_fire_once_on_restart(hub_process, panel):
+    hub_process.start()
+    receipt = panel.raise_alarm("burglary").wait(5)
+    assert receipt is not None and receipt.status.value == "accepted"
+    alarm_id = receipt.alarm_id
+    hub_process.kill()  # before the police step (2 s) is due
+
+    time.sleep(5)  # both the police (2 s) and the police handling (4 s) steps fall due
+    assert hub_process.steps(alarm_id) == {0: "fired"}, "a dead hub fires nothing"
+
+    hub_process.start()
+    assert hub_process.wait_for_steps(alarm_id, 3) == {0: "fired", 1: "fired", 2: "fired"}
+    entries = fired_entries(hub_process, alarm_id)
+    assert [step for step, _, _ in entries] == [0, 1, 2], "each once, in order"
+    late = {step: fired_at - due_at for step, due_at, fired_at in entries}
+    assert late[1] >= 3000 and late[2] >= 1000, "the timeline shows honestly how late"
+    assert police_messages(hub_process, alarm_id) == 2 * 2  # SMS + call, two steps
+
+
+def test_a_step_that_fired_just_before_a_kill_does_not_fire_again(hub_process, panel):
+    hub_process.start()
+    receipt = panel.raise_alarm("burglary").wait(5)
+    alarm_id = receipt.alarm_id
+    hub_process.wait_for_steps(alarm_id, 2)
+    hub_process.kill()  # right after the police step fired
+
+    hub_process.start()
+    assert hub_process.wait_for_steps(alarm_id, 3) == {0: "fired", 1: "fired", 2: "fired"}
+    assert [step for step, _, _ in fired_entries(hub_process, alarm_id)] == [0, 1, 2]
+    assert police_messages(hub_process, alarm_id) == 2 * 2
+    keys = hub_process.query(
+        "SELECT idempotency_key FROM outbox WHERE alarm_id = ? AND recipient = '+15550009911'",
+        alarm_id,
+    )
+    assert len({k for (k,) in keys}) == 4
