@@ -142,9 +142,10 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     tally = Tally()
     try:
         while not stop.is_set() and (options.alarms == 0 or tally.raised < options.alarms):
-            await _one_alarm(options, fleet, board, tally, console, rng)
+            await _one_alarm(hub, options, fleet, board, tally, console, rng)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), options.every_s)
+                async with asyncio.timeout(options.every_s):
+                    await stop.wait()
     finally:
         console.print("\nstopping…")
         await asyncio.to_thread(fleet.stop)
@@ -158,7 +159,23 @@ def _stamp() -> str:
     return time.strftime("%H:%M:%S")
 
 
+async def _show_steps(hub: Hub, alarm_id: str, console: Console) -> None:
+    """Print the ladder steps that fired for the alarm: who was told, by what."""
+    for entry in await hub.alarms.timeline(alarm_id):
+        if entry.entry != "step_fired" or entry.detail is None:
+            continue
+        by_role: dict[str, set[str]] = {}
+        for r in entry.detail["recipients"]:
+            by_role.setdefault(r["role"], set()).add(r["name"])
+        told = ", ".join(f"{len(who)} {role.replace('_', ' ')}" for role, who in by_role.items())
+        console.print(
+            f"{_stamp()}  [magenta]NOTIFY[/]    step \"{entry.detail['name']}\" → {told}"
+            " (SMS and calls queued in the outbox)"
+        )
+
+
 async def _one_alarm(
+    hub: Hub,
     options: DemoOptions,
     fleet: PanelFleet,
     board: AlertBoard,
@@ -191,6 +208,7 @@ async def _one_alarm(
         f"{_stamp()}  [green]RECEIPT[/]   {receipt.status.value} {alarm_id}"
         f" in {latency:.1f} ms (stored before answered)"
     )
+    await _show_steps(hub, alarm_id, console)
     sounded = await asyncio.to_thread(board.wait, "started", alarm_id, neighbours, 5)
     tally.neighbours_expected += neighbours
     tally.neighbours_sounded += len(sounded)
