@@ -27,14 +27,25 @@ class PermanentError(Exception):
     """The send can never succeed as written (bad number, unknown recipient)."""
 
 
+class OutcomeUnknown(Exception):
+    """The request went out but no answer came back (a timeout after sending).
+
+    The message may have been delivered: it must not be sent again.
+    """
+
+
 class Channel(Protocol):
     """A way to reach people: the panel unit alert, SMS, voice, push."""
 
     name: str
+    # True when sending twice does no harm (a unit alert is a state, not a message):
+    # such sends are simply retried after a crash instead of being marked unknown.
+    idempotent: bool
 
     async def send(self, message: OutboxMessage) -> str | None:
         """Deliver one message; return the provider's id when there is one.
 
-        Raise RetryableError when it should be attempted again, PermanentError when never.
+        Raise RetryableError when it should be attempted again, PermanentError when never,
+        OutcomeUnknown when it may or may not have gone out.
         """
         ...

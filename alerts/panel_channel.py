@@ -14,6 +14,7 @@ class PanelChannel:
     """Publishes a queued unit alert (QoS 1) to its unit's alert topic."""
 
     name = "panel"
+    idempotent = True
 
     def __init__(self, publish: PublishFn) -> None:
         self._publish = publish
