@@ -1,0 +1,151 @@
+"""Requests the local Twilio gateway makes to the hub, signed as Twilio signs them.
+
+Status callbacks go out from one background thread in due order, so a message's "sent"
+always arrives before its "delivered" and the API never waits for the hub.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+from simulator.twilio_store import PlacedCall, new_sid
+
+logger = logging.getLogger(__name__)
+
+
+def sign(auth_token: str, url: str, params: dict[str, str]) -> str:
+    """The `X-Twilio-Signature` of a request: for a GET, `params` is empty and in the url."""
+    return RequestValidator(auth_token).compute_signature(url, params)
+
+
+def signed_request(
+    method: str, url: str, params: dict[str, str], auth_token: str
+) -> httpx.Request:
+    """A webhook request as Twilio sends it: form-encoded POST, or GET with a query string."""
+    if method.upper() == "GET":
+        full = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
+        return httpx.Request(
+            "GET", full, headers={"X-Twilio-Signature": sign(auth_token, full, {})}
+        )
+    return httpx.Request(
+        "POST",
+        url,
+        data=params,
+        headers={
+            "X-Twilio-Signature": sign(auth_token, url, params),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+
+
+def inbound_sms_request(
+    url: str, from_phone: str, to: str, body: str, account_sid: str, auth_token: str
+) -> httpx.Request:
+    """The webhook Twilio posts when `from_phone` texts `body` to the number `to`."""
+    sid = new_sid("SM")
+    params = {
+        "MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "AccountSid": account_sid,
+        "From": from_phone, "To": to, "Body": body, "NumMedia": "0", "NumSegments": "1",
+        "SmsStatus": "received", "ApiVersion": "2010-04-01",
+    }
+    return signed_request("POST", url, params, auth_token)
+
+
+def gather_request(
+    url: str, method: str, call: PlacedCall, digits: str, account_sid: str, auth_token: str
+) -> httpx.Request:
+    """The webhook Twilio sends to a `<Gather action>` when the callee presses `digits`."""
+    params = {
+        "AccountSid": account_sid, "CallSid": call.sid,
+        "From": call.from_, "Caller": call.from_, "To": call.to, "Called": call.to,
+        "CallStatus": "in-progress", "Direction": "outbound-api", "Digits": digits,
+        "ApiVersion": "2010-04-01",
+    }
+    return signed_request(method, url, params, auth_token)
+
+
+def gather_target(twiml: str) -> tuple[str, str]:
+    """The (action URL, method) of the first `<Gather>` in a TwiML document."""
+    gather = ET.fromstring(twiml).find(".//Gather")
+    if gather is None or urlsplit(gather.get("action", "")).scheme not in ("http", "https"):
+        # Twilio would resolve a relative action against the TwiML's own URL; inline
+        # TwiML has none, so the caller must say where the keypress goes.
+        raise ValueError("the call's TwiML has no absolute <Gather action=...>; pass to_url")
+    return gather.get("action", ""), gather.get("method", "POST")
+
+
+class CallbackScheduler:
+    """Runs callback jobs at their due time, in (due time, arrival) order, on one thread."""
+
+    def __init__(self, auth_token: str, timeout_s: float = 5.0) -> None:
+        self._auth_token = auth_token
+        self._timeout_s = timeout_s
+        self._cond = threading.Condition()
+        self._jobs: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._http: httpx.Client | None = None
+
+    def start(self) -> None:
+        """Start the delivery thread."""
+        self._stopping = False
+        self._http = httpx.Client(timeout=self._timeout_s)
+        self._thread = threading.Thread(target=self._run, name="twilio-callbacks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread; callbacks not yet due are dropped."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._http is not None:
+            self._http.close()
+        self._thread = self._http = None
+
+    def at(self, due: float, job: Callable[[], None]) -> None:
+        """Run `job` on the delivery thread once `time.monotonic()` reaches `due`."""
+        with self._cond:
+            heapq.heappush(self._jobs, (due, next(self._seq), job))
+            self._cond.notify_all()
+
+    def post(self, url: str, params: dict[str, str]) -> None:
+        """POST one signed callback now; a failure is logged, never raised."""
+        assert self._http is not None
+        try:
+            response = self._http.send(signed_request("POST", url, params, self._auth_token))
+            if response.status_code >= 400:
+                logger.warning(
+                    "status callback refused",
+                    extra={"url": url, "status": response.status_code},
+                )
+        except httpx.HTTPError as exc:
+            logger.warning("status callback failed", extra={"url": url, "error": str(exc)})
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and (
+                    not self._jobs or self._jobs[0][0] > time.monotonic()
+                ):
+                    wait = self._jobs[0][0] - time.monotonic() if self._jobs else None
+                    self._cond.wait(wait)
+                if self._stopping:
+                    return
+                _, _, job = heapq.heappop(self._jobs)
+            try:
+                job()
+            except Exception:  # one bad job must not end the deliveries of all others
+                logger.exception("callback job failed")
