@@ -17,6 +17,12 @@ class OutboxMessage:
     payload: str
     idempotency_key: str
     attempts: int
+    alarm_state: str | None = None  # the alarm's state when the message was picked up
+
+    @property
+    def alarm_over(self) -> bool:
+        """The alarm was resolved or cancelled before this message went out."""
+        return self.alarm_state in ("resolved", "cancelled")
 
 
 class RetryableError(Exception):

@@ -13,7 +13,14 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from alerts.channel import Channel, OutboxMessage, PermanentError, RetryableError
+from alerts.channel import (
+    Channel,
+    OutboxMessage,
+    OutcomeUnknown,
+    PermanentError,
+    RetryableError,
+)
+from alerts.rate_limit import RateLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +30,15 @@ class OutboxQueue(Protocol):
         self, now: int, channels: Collection[str], limit: int = 200
     ) -> list[OutboxMessage]: ...
     async def next_due_at(self, channels: Collection[str]) -> int | None: ...
-    async def mark_sent(self, message_id: int, now: int) -> None: ...
+    async def claim(self, message_id: int, now: int) -> bool: ...
+    async def mark_sent(
+        self, message_id: int, now: int, provider_id: str | None = None
+    ) -> None: ...
     async def mark_retry(self, message_id: int, next_attempt_at: int, error: str) -> None: ...
     async def mark_failed(self, message_id: int, error: str) -> None: ...
+    async def mark_unknown(self, message_id: int, error: str) -> None: ...
+    async def mark_dropped(self, message_id: int, reason: str) -> None: ...
+    async def hold(self, message_id: int, until: int, reason: str, now: int) -> None: ...
 
 
 class ClockLike(Protocol):
@@ -58,9 +71,11 @@ class OutboxSender:
         backoff: Backoff | None = None,
         concurrency: int = 32,
         batch: int = 200,
+        limiter: RateLimiter | None = None,
         on_result: Callable[[str, str], None] | None = None,
     ) -> None:
         self.queue = queue
+        self.limiter = limiter
         self.channels = dict(channels)
         self.clock = clock
         self.backoff = backoff or Backoff()
@@ -83,9 +98,31 @@ class OutboxSender:
 
     async def _send(self, message: OutboxMessage) -> None:
         channel = self.channels[message.channel]  # due() offers only channels we have
+        now = self.clock.now_ms()
+        if message.alarm_over and not channel.idempotent:
+            # Held back or retried past the alarm's end: telling people now only misleads.
+            await self.queue.mark_dropped(message.id, f"alarm {message.alarm_state} first")
+            self.on_result(message.channel, "dropped")
+            return
+        if self.limiter is not None:
+            hold = await self.limiter.hold_until(message, now)
+            if hold is not None:
+                await self.queue.hold(message.id, hold[0], hold[1], now)
+                self.on_result(message.channel, "held")
+                return
+        if not channel.idempotent and not await self.queue.claim(message.id, now):
+            return  # not queued any more
         async with self._limit:
             try:
-                await channel.send(message)
+                provider_id = await channel.send(message)
+            except OutcomeUnknown as exc:
+                await self.queue.mark_unknown(message.id, f"outcome unknown: {exc}")
+                self.on_result(message.channel, "unknown")
+                logger.error(
+                    "notification may or may not have gone out; not sent again",
+                    extra={"channel": message.channel, "id": message.id, "error": str(exc)},
+                )
+                return
             except PermanentError as exc:
                 await self.queue.mark_failed(message.id, str(exc))
                 self.on_result(message.channel, "failed")
@@ -105,5 +142,5 @@ class OutboxSender:
                            "retry_in_ms": delay},
                 )
                 return
-        await self.queue.mark_sent(message.id, self.clock.now_ms())
+        await self.queue.mark_sent(message.id, self.clock.now_ms(), provider_id)
         self.on_result(message.channel, "sent")

@@ -115,6 +115,15 @@ class AlarmTx:
             tuple(getattr(alarm, c) for c in cols),
         )
 
+    def open_alarm_of(self, unit_id: str, household_id: str, kind: str) -> Alarm | None:
+        """The household's newest alarm of this kind that is not over, if any."""
+        row = self.conn.execute(
+            "SELECT * FROM alarms WHERE unit_id = ? AND household_id = ? AND kind = ?"
+            " AND state NOT IN ('resolved', 'cancelled') ORDER BY raised_at DESC LIMIT 1",
+            (unit_id, household_id, kind),
+        ).fetchone()
+        return _alarm(row) if row else None
+
     def set_state(self, alarm_id: str, state: str, now: int) -> None:
         self.conn.execute(
             "UPDATE alarms SET state = ?, updated_at = ? WHERE id = ?", (state, now, alarm_id)

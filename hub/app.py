@@ -10,10 +10,13 @@ import socket
 import uvicorn
 
 from alerts.panel_channel import PanelChannel
+from alerts.rate_limit import RateLimiter
 from alerts.sender import OutboxSender
 from hub.alarm_service import AlarmService
 from hub.alarm_store import AlarmStore
+from hub.channels import delivery_channels
 from hub.clock import Clock, SystemClock
+from hub.contact_store import ContactStore
 from hub.db import Database
 from hub.embedded_broker import EmbeddedBroker
 from hub.escalation import EscalationEngine
@@ -50,6 +53,11 @@ class Hub:
         self.settings = settings
         self.registry = registry
         self.clock = clock or SystemClock()
+        # Bound now, so port 0 works and the public URL (in SMS links, calls) is known.
+        self._http_socket = _bind(settings.http_addr)
+        self.http_port: int = self._http_socket.getsockname()[1]
+        self.public_url = (settings.public_url or _local_url(settings.http_addr, self.http_port))
+        self.public_url = self.public_url.rstrip("/")
         self.context = AlarmContext(
             registry,
             policies or DEFAULT_POLICIES,
@@ -57,6 +65,7 @@ class Hub:
                 cancel_window_ms=int(settings.cancel_window_s * 1000),
                 max_wrong_pins=settings.max_wrong_pins,
             ),
+            public_url=self.public_url,
         )
         self.metrics = HubMetrics()
         self.rejects = RejectLog()
@@ -64,6 +73,7 @@ class Hub:
         self.db = Database(settings.db_path)
         self.alarms = AlarmStore(self.db)
         self.outbox = OutboxStore(self.db)
+        self.contacts = ContactStore(self.db)
         self.embedded_broker: EmbeddedBroker | None = None
         external = settings.broker()
         if external is None:
@@ -89,8 +99,9 @@ class Hub:
         )
         self.sender = OutboxSender(
             self.outbox,
-            {"panel": PanelChannel(self.publish)},
+            {"panel": PanelChannel(self.publish)},  # the others join in run(): keys on disk
             self.clock,
+            limiter=RateLimiter(self.outbox.recent_sends),
             on_result=self._on_send_result,
         )
         self.sender_runner = JobRunner(self.sender)
@@ -101,7 +112,6 @@ class Hub:
         self.job_runners = [self.engine_runner, self.sender_runner]
         self.actions = AlarmService(self.db, self.context, self.clock, self._on_action)
         self.web = create_web_app(self)
-        self.http_port: int | None = None
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -126,14 +136,23 @@ class Hub:
         else:
             self.metrics.outbox_errors.labels(channel, outcome).inc()
 
+    async def describe_alarm(self, alarm_id: str) -> str:
+        """Where and what an alarm is, for replies to responders: `Block 3, 2-101 (fire)`."""
+        alarm = await self.alarms.get(alarm_id)
+        if alarm is None:
+            return alarm_id
+        unit = self.registry.unit(alarm.unit_id)
+        household = self.registry.household(alarm.unit_id, alarm.household_id)
+        where = f"{unit.name}, {household.address}" if unit and household else alarm.unit_id
+        return f"{where} ({alarm.kind})"
+
     def stop(self) -> None:
         """Ask `run()` to shut down in order and return."""
         self._stop.set()
 
     async def run(self) -> None:
         """Serve until stop() (or cancellation), then shut down in order."""
-        http_socket = _bind(self.settings.http_addr)
-        self.http_port = http_socket.getsockname()[1]
+        http_socket = self._http_socket
         server = uvicorn.Server(
             uvicorn.Config(self.web, log_level="warning", lifespan="off", access_log=False)
         )
@@ -141,6 +160,17 @@ class Hub:
             if self.embedded_broker is not None:
                 await self.embedded_broker.start()
             await self.db.open()
+            interrupted = await self.outbox.recover_interrupted()
+            if interrupted:
+                logger.warning(
+                    "messages caught mid-send by the last stop are marked unknown",
+                    extra={"count": interrupted},
+                )
+            self.sender.channels.update(
+                await asyncio.to_thread(
+                    delivery_channels, self.settings, self.public_url, self.contacts
+                )
+            )
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self.transport.run(), name="mqtt"),
@@ -173,6 +203,12 @@ class Hub:
                 await self.embedded_broker.stop()
             http_socket.close()
             logger.info("hub stopped")
+
+
+def _local_url(addr: str, port: int) -> str:
+    host = parse_host_port(addr)[0]
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _bind(addr: str) -> socket.socket:

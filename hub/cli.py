@@ -240,6 +240,15 @@ def _demo_registry(path: Path) -> Path:
     return beside_source if beside_source.exists() else path
 
 
+def _mount_simulator() -> None:
+    from simulator.cli import sim
+
+    app.add_typer(sim, name="sim")
+
+
+_mount_simulator()
+
+
 def main() -> None:
     """Entry point of the `tenhub` console script."""
     app()

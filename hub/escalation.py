@@ -9,7 +9,6 @@ shows how late (due_at, fired_at).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -19,8 +18,9 @@ import sqlite_utils
 from devices.protocol import AlarmState
 from hub.alarm_store import Alarm, AlarmStore, StepRecord
 from hub.db import Database
+from hub.messages import compose
 from hub.policy import Policy, Step, Unless
-from hub.recipients import Recipient, alarm_text, resolve_recipients
+from hub.recipients import Recipient, alarm_text, resolve_recipients, with_push
 from hub.work import AlarmContext, Work
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def go_to_police(w: Work, alarm: Alarm) -> None:
             w.alarms.set_next_step(alarm.id, None, None)
         advance_ladder(w, alarm)
         return
-    recipients = resolve_recipients(w.registry, alarm, ("police",))
+    recipients = _recipients(w, alarm, ("police",))
     _queue(w, alarm, "duress", recipients, alarm_text(w.registry, alarm, label))
     w.alarms.append_timeline(
         alarm.id, w.now, "duress_alert", alarm.state, actor=SYSTEM,
@@ -118,7 +118,7 @@ def _fire(
     w: Work, alarm: Alarm, index: int, step: Step, due_at: int, label: str | None = None
 ) -> None:
     name = step.label(index)
-    recipients = resolve_recipients(w.registry, alarm, step.notify)
+    recipients = _recipients(w, alarm, step.notify)
     text = alarm_text(w.registry, alarm, label or f"Escalation: {name}")
     _queue(w, alarm, f"step{index}", recipients, text)
     reason = "duress" if label else None
@@ -147,21 +147,21 @@ def _skip(w: Work, alarm: Alarm, index: int, step: Step, due_at: int, reason: st
     )
 
 
+def _recipients(w: Work, alarm: Alarm, roles: tuple[str, ...]) -> list[Recipient]:
+    return with_push(resolve_recipients(w.registry, alarm, roles), w.contacts.subscription_ids)
+
+
 def _queue(w: Work, alarm: Alarm, key: str, recipients: list[Recipient], text: str) -> None:
     for r in recipients:
-        added = w.outbox.enqueue(
+        key_of_message = f"{alarm.id}:{key}:{r.channel}:{r.address}"
+        if w.outbox.exists(key_of_message):
+            continue  # queued before: never twice, and no second reply code or token
+        w.outbox.enqueue(
             alarm_id=alarm.id, channel=r.channel, recipient=r.address,
-            payload=_payload(alarm, r, text), now=w.now,
-            idempotency_key=f"{alarm.id}:{key}:{r.channel}:{r.address}",
+            payload=compose(w.contacts, alarm, r, text, w.context.public_url, w.now),
+            idempotency_key=key_of_message, now=w.now,
         )
-        w.queued += int(added)
-
-
-def _payload(alarm: Alarm, recipient: Recipient, text: str) -> str:
-    return json.dumps(
-        {"text": text, "alarm_id": alarm.id, "role": recipient.role, "name": recipient.name},
-        ensure_ascii=False,
-    )
+        w.queued += 1
 
 
 def _describe(r: Recipient) -> dict[str, str]:

@@ -26,7 +26,20 @@ def household_actor(place: PanelPlace) -> str:
 
 
 def raise_alarm(w: Work, place: PanelPlace, kind: str, panel_ts: int, seq: int) -> Alarm:
-    """Store a new alarm, tell its unit, and fire the ladder's steps that are due at once."""
+    """Store a new alarm, tell its unit, and fire the ladder's steps that are due at once.
+
+    Storm guard: while the household has an open alarm of the same kind, pressing again
+    adds to that alarm's timeline instead of starting a second ladder (a hundred presses
+    must not become a hundred rounds of SMS).
+    """
+    open_alarm = w.alarms.open_alarm_of(place.unit.id, place.household.id, kind)
+    if open_alarm is not None:
+        repeats = w.alarms.count_timeline(open_alarm.id, "repeated") + 1
+        w.alarms.append_timeline(
+            open_alarm.id, w.now, "repeated", open_alarm.state, actor=household_actor(place),
+            channel="panel", detail={"seq": seq, "panel_ts": panel_ts, "repeats": repeats},
+        )
+        return open_alarm
     policy = w.context.policies.for_kind(kind)
     alarm = Alarm(
         id=new_alarm_id(w.now), unit_id=place.unit.id, household_id=place.household.id,

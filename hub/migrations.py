@@ -105,6 +105,54 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        3,
+        "delivery over SMS, voice and push; reply codes; acknowledge links",
+        """
+        -- What the provider said: its id (a Twilio SID) and the latest delivery status.
+        ALTER TABLE outbox ADD COLUMN provider_id TEXT;
+        ALTER TABLE outbox ADD COLUMN delivery TEXT;
+        ALTER TABLE outbox ADD COLUMN delivery_at INTEGER;
+        -- Set when a rate limit first held the message back (shown on the timeline once).
+        ALTER TABLE outbox ADD COLUMN limited_at INTEGER;
+        CREATE INDEX outbox_by_provider ON outbox (provider_id) WHERE provider_id IS NOT NULL;
+        CREATE INDEX outbox_sends ON outbox (channel, recipient, sent_at)
+            WHERE sent_at IS NOT NULL;
+
+        -- "Reply 3 to acknowledge": a small number per phone, unique among its open alarms.
+        CREATE TABLE reply_codes (
+            phone      TEXT NOT NULL,
+            alarm_id   TEXT NOT NULL REFERENCES alarms (id),
+            code       INTEGER NOT NULL,
+            role       TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (phone, alarm_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX reply_codes_by_code ON reply_codes (phone, code);
+
+        -- The acknowledge link of a push notification: one unguessable token per recipient.
+        CREATE TABLE ack_tokens (
+            token      TEXT PRIMARY KEY,
+            alarm_id   TEXT NOT NULL REFERENCES alarms (id),
+            phone      TEXT NOT NULL,
+            role       TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+
+        -- Browsers subscribed to Web Push, each for the responder with this phone.
+        CREATE TABLE push_subscriptions (
+            id         TEXT PRIMARY KEY,
+            phone      TEXT NOT NULL,
+            endpoint   TEXT NOT NULL UNIQUE,
+            p256dh     TEXT NOT NULL,
+            auth       TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE INDEX push_subscriptions_by_phone ON push_subscriptions (phone);
+        """,
+    ),
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import sqlite_utils
 
 from alerts.channel import OutboxMessage
+from hub.alarm_store import AlarmTx
 from hub.db import Database
 
 
@@ -31,15 +32,37 @@ class OutboxTx:
         return cur.rowcount == 1
 
 
+    def exists(self, idempotency_key: str) -> bool:
+        """Whether a message with this key was ever queued."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM outbox WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            is not None
+        )
+
+
 def _message(row: Any) -> OutboxMessage:
     return OutboxMessage(
         row["id"], row["alarm_id"], row["channel"], row["recipient"], row["payload"],
-        row["idempotency_key"], row["attempts"],
+        row["idempotency_key"], row["attempts"], row["alarm_state"],
     )
 
 
+# A status only moves forward; the provider's delivery word only to a higher rank.
+_DELIVERY_RANK = {
+    "queued": 0, "accepted": 0, "initiated": 1, "sending": 1, "ringing": 2, "sent": 2,
+    "in-progress": 3, "answered": 3, "delivered": 4, "read": 4, "completed": 4,
+    "undelivered": 4, "failed": 4, "busy": 4, "no-answer": 4, "canceled": 4,
+}
+DELIVERY_FAILURES = frozenset({"undelivered", "failed", "busy", "no-answer", "canceled"})
+
+
 class OutboxStore:
-    """The sender's view of the outbox. Statuses only move forward: queued → sent/failed."""
+    """The sender's view of the outbox: queued → sending → sent, or failed / unknown / dropped.
+
+    No update ever moves a message backwards: each names the statuses it may leave.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -57,7 +80,9 @@ class OutboxStore:
 
         def q(d: sqlite_utils.Database) -> list[OutboxMessage]:
             rows = d.conn.execute(
-                "SELECT o.* FROM outbox o WHERE o.status = 'queued' AND o.next_attempt_at <= ?"
+                "SELECT o.*, a.state AS alarm_state FROM outbox o"
+                " LEFT JOIN alarms a ON a.id = o.alarm_id"
+                " WHERE o.status = 'queued' AND o.next_attempt_at <= ?"
                 f" AND o.channel IN ({marks})"
                 " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel"
                 "   AND e.recipient = o.recipient AND e.status = 'queued' AND e.id < o.id)"
@@ -85,42 +110,153 @@ class OutboxStore:
         def q(d: sqlite_utils.Database) -> list[dict[str, Any]]:
             rows = d.conn.execute(
                 "SELECT id, channel, recipient, payload, status, attempts, created_at, sent_at,"
-                " last_error FROM outbox WHERE alarm_id = ? ORDER BY id",
+                " provider_id, delivery, delivery_at, limited_at, last_error"
+                " FROM outbox WHERE alarm_id = ? ORDER BY id",
                 (alarm_id,),
             ).fetchall()
             return [dict(r) for r in rows]
 
         return await self.db.read(q)
 
-    async def mark_sent(self, message_id: int, now: int) -> None:
-        def w(d: sqlite_utils.Database) -> None:
-            d.conn.execute(
-                "UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1,"
-                " last_error = NULL WHERE id = ? AND status = 'queued'",
-                (now, message_id),
-            )
+    async def recent_sends(self, channel: str, recipient: str, since: int) -> list[int]:
+        """When messages of a channel went to a recipient since `since`, oldest first."""
+        return await self.db.read(
+            lambda d: [
+                r[0]
+                for r in d.conn.execute(
+                    "SELECT sent_at FROM outbox WHERE channel = ? AND recipient = ?"
+                    " AND sent_at >= ? AND status IN ('sending', 'sent', 'unknown')"
+                    " ORDER BY sent_at",
+                    (channel, recipient, since),
+                )
+            ]
+        )
 
-        await self.db.write(w)
+    async def claim(self, message_id: int, now: int) -> bool:
+        """Mark a message as going out, durably, before the send; False if it is not queued.
+
+        A hub that dies during the send finds it `sending` and marks it unknown, never
+        sends it again.
+        """
+        return await self._update(
+            "UPDATE outbox SET status = 'sending', sent_at = ? WHERE id = ? AND status = 'queued'",
+            now, message_id,
+        )
+
+    async def mark_sent(self, message_id: int, now: int, provider_id: str | None = None) -> None:
+        await self._update(
+            "UPDATE outbox SET status = 'sent', sent_at = coalesce(sent_at, ?),"
+            " attempts = attempts + 1, provider_id = ?, last_error = NULL"
+            " WHERE id = ? AND status IN ('queued', 'sending')",
+            now, provider_id, message_id,
+        )
 
     async def mark_retry(self, message_id: int, next_attempt_at: int, error: str) -> None:
-        def w(d: sqlite_utils.Database) -> None:
-            d.conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                " WHERE id = ? AND status = 'queued'",
-                (next_attempt_at, error[:500], message_id),
-            )
-
-        await self.db.write(w)
+        await self._update(
+            "UPDATE outbox SET status = 'queued', sent_at = NULL, attempts = attempts + 1,"
+            " next_attempt_at = ?, last_error = ? WHERE id = ? AND status IN ('queued', 'sending')",
+            next_attempt_at, error[:500], message_id,
+        )
 
     async def mark_failed(self, message_id: int, error: str) -> None:
+        await self._update(
+            "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?"
+            " WHERE id = ? AND status IN ('queued', 'sending')",
+            error[:500], message_id,
+        )
+
+    async def mark_unknown(self, message_id: int, error: str) -> None:
+        await self._update(
+            "UPDATE outbox SET status = 'unknown', attempts = attempts + 1, last_error = ?"
+            " WHERE id = ? AND status IN ('queued', 'sending')",
+            error[:500], message_id,
+        )
+
+    async def mark_dropped(self, message_id: int, reason: str) -> None:
+        await self._update(
+            "UPDATE outbox SET status = 'dropped', last_error = ?"
+            " WHERE id = ? AND status = 'queued'",
+            reason, message_id,
+        )
+
+    async def hold(self, message_id: int, until: int, reason: str, now: int) -> None:
+        """A rate limit holds the message back until `until`; the first hold goes on the
+        alarm's timeline."""
+
         def w(d: sqlite_utils.Database) -> None:
-            d.conn.execute(
-                "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?"
+            row = d.conn.execute(
+                "SELECT alarm_id, channel, recipient, limited_at FROM outbox"
                 " WHERE id = ? AND status = 'queued'",
-                (error[:500], message_id),
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return
+            d.conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?, limited_at = coalesce(limited_at, ?),"
+                " last_error = ? WHERE id = ?",
+                (until, now, reason, message_id),
             )
+            if row["limited_at"] is None and row["alarm_id"]:
+                alarm = AlarmTx(d).get_alarm(row["alarm_id"])
+                AlarmTx(d).append_timeline(
+                    row["alarm_id"], now, "notification_held", alarm.state if alarm else "",
+                    actor="system:rate-limit", channel=row["channel"],
+                    detail={"recipient": row["recipient"], "reason": reason,
+                            "until": until},
+                )
 
         await self.db.write(w)
+
+    async def recover_interrupted(self) -> int:
+        """After a crash: messages caught `sending` may have gone out; mark them unknown."""
+
+        def w(d: sqlite_utils.Database) -> int:
+            return d.conn.execute(
+                "UPDATE outbox SET status = 'unknown',"
+                " last_error = 'the hub stopped while sending; not sent again'"
+                " WHERE status = 'sending'"
+            ).rowcount
+
+        return await self.db.write(w)
+
+    async def record_delivery(
+        self, provider_id: str, status: str, now: int, error_code: str | None = None
+    ) -> tuple[str | None, str, str] | None:
+        """The provider's word on a message; ignored when it would move backwards.
+
+        Returns (alarm id, channel, recipient) when the word was taken, else None.
+        """
+        rank = _DELIVERY_RANK.get(status)
+        if rank is None:
+            return None
+
+        def w(d: sqlite_utils.Database) -> tuple[str | None, str, str] | None:
+            row = d.conn.execute(
+                "SELECT id, alarm_id, channel, recipient, delivery FROM outbox"
+                " WHERE provider_id = ?",
+                (provider_id,),
+            ).fetchone()
+            if row is None or _DELIVERY_RANK.get(row["delivery"] or "", -1) >= rank:
+                return None
+            d.conn.execute(
+                "UPDATE outbox SET delivery = ?, delivery_at = ?,"
+                " last_error = coalesce(?, last_error) WHERE id = ?",
+                (status, now, f"provider error {error_code}" if error_code else None, row["id"]),
+            )
+            if status in DELIVERY_FAILURES and row["alarm_id"]:
+                alarm = AlarmTx(d).get_alarm(row["alarm_id"])
+                AlarmTx(d).append_timeline(
+                    row["alarm_id"], now, "notification_failed", alarm.state if alarm else "",
+                    actor="system:provider", channel=row["channel"],
+                    detail={"recipient": row["recipient"], "status": status,
+                            "error_code": error_code},
+                )
+            return row["alarm_id"], row["channel"], row["recipient"]
+
+        return await self.db.write(w)
+
+    async def _update(self, sql: str, *params: Any) -> bool:
+        return await self.db.write(lambda d: d.conn.execute(sql, params).rowcount == 1)
 
     async def counts(self) -> dict[str, int]:
         """Messages per status."""

@@ -60,7 +60,7 @@ class PanelEventHandler:
         try:
             if isinstance(event, AlarmEvent):
                 alarm = lifecycle.raise_alarm(w, place, event.kind.value, event.ts, event.seq)
-                new_alarm = True
+                new_alarm = alarm.seq == event.seq  # else a repeat joined an open alarm
             elif isinstance(event, AckEvent):
                 alarm = self._alarm_of_unit(w, place, event.alarm_id)
                 if alarm.household_id == place.household.id:

@@ -33,7 +33,23 @@ class Recipient:
     role: str
     name: str  # household u-0001/h-02, patrol member, desk or command post id
     channel: str
-    address: str  # phone number
+    address: str  # phone number; for push, the subscription id
+    phone: str  # who it is: the person's phone, also for push
+
+
+def with_push(recipients: list[Recipient], subscriptions_of) -> list[Recipient]:
+    """The recipients, plus a push to every browser subscribed by a person among them."""
+    extra = []
+    seen: set[str] = set()
+    for r in recipients:
+        if r.phone in seen:
+            continue
+        seen.add(r.phone)
+        extra += [
+            Recipient(r.role, r.name, "push", sub_id, r.phone)
+            for sub_id in subscriptions_of(r.phone)
+        ]
+    return recipients + extra
 
 
 def resolve_recipients(registry: Registry, alarm: Alarm, roles: tuple[str, ...]) -> list[Recipient]:
@@ -76,7 +92,7 @@ def resolve_recipients(registry: Registry, alarm: Alarm, roles: tuple[str, ...])
             for phone in phones:
                 if (channel, phone) not in seen:
                     seen.add((channel, phone))
-                    recipients.append(Recipient(role, name, channel, phone))
+                    recipients.append(Recipient(role, name, channel, phone, phone))
     return recipients
 
 
@@ -89,5 +105,5 @@ def alarm_text(registry: Registry, alarm: Alarm, step_label: str) -> str:
     kind = KIND_WORDS.get(alarm.kind, alarm.kind.upper())
     return (
         f"tenhub {kind} at {where} ({alarm.unit_id}/{alarm.household_id}) since {since}."
-        f" {step_label}. Alarm {alarm.id}"
+        f" {step_label}. Alarm {alarm.id}."
     )

@@ -194,18 +194,33 @@ class Registry(_Model):
     _panels: dict[str, PanelPlace] = PrivateAttr(default_factory=dict)
     _patrols: dict[str, list[Patrol]] = PrivateAttr(default_factory=dict)
     _desks: dict[str, list[PoliceDesk]] = PrivateAttr(default_factory=dict)
+    _phones: dict[str, list[str]] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any, /) -> None:
+        def phone(number: str, who: str) -> None:
+            self._phones.setdefault(number, []).append(who)
+
         for unit in self.units:
             self._units.setdefault(unit.id, unit)
             for household in unit.households:
                 self._households.setdefault((unit.id, household.id), household)
                 self._panels.setdefault(household.panel, PanelPlace(unit, household))
+                for number in household.phones:
+                    phone(number, f"household {unit.id}/{household.id}")
         for patrol in self.patrols:
             self._patrols.setdefault(patrol.zone, []).append(patrol)
+            for member in patrol.members:
+                phone(member.phone, f"patrol {patrol.id} ({member.name})")
         for desk in self.police_desks:
+            phone(desk.phone, f"police desk {desk.id}")
             for zone in dict.fromkeys(desk.zones):
                 self._desks.setdefault(zone, []).append(desk)
+        for post in self.command:
+            phone(post.phone, f"command post {post.id}")
+
+    def who_has_phone(self, number: str) -> list[str]:
+        """Who this phone number belongs to (households, patrol members, desks, command)."""
+        return list(self._phones.get(number, []))
 
     def panel_place(self, panel_id: str) -> PanelPlace | None:
         """The unit and household of a panel; None for a panel not in the registry."""

@@ -42,6 +42,9 @@ class Settings(BaseModel):
     twilio_auth_token: str | None = None
     twilio_from: str | None = None
     twilio_api_base: str | None = None
+    twilio_timeout_s: Seconds = 10.0  # no answer after this: the send's outcome is unknown
+    vapid_key_file: str | None = None  # None: next to the database
+    vapid_subject: str = "mailto:operator@tenhub.invalid"
     heartbeat_s: Seconds = 30.0
     cancel_window_s: Seconds = 120.0
     max_wrong_pins: Annotated[int, Field(ge=1, le=100)] = 5
@@ -158,7 +161,7 @@ def load_settings(
             problem = Problem(file_name, None, None, "", f"invalid TOML: {exc}")
             raise ConfigError([problem]) from None
         origin = dict.fromkeys(values, "file")
-        for key in ("db_path", "registry", "policy"):
+        for key in ("db_path", "registry", "policy", "vapid_key_file"):
             if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
                 values[key] = str(path.parent / values[key])
     for key in Settings.model_fields:

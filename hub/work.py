@@ -8,6 +8,7 @@ import sqlite_utils
 
 from devices.protocol import Reason
 from hub.alarm_store import Alarm, AlarmTx
+from hub.contact_store import ContactTx
 from hub.outbox_store import OutboxTx
 from hub.policy import PolicySet
 from hub.registry import Registry
@@ -28,6 +29,7 @@ class AlarmContext:
     registry: Registry
     policies: PolicySet
     rules: LifecycleRules = LifecycleRules()
+    public_url: str = "http://127.0.0.1:8080"  # how phones and browsers reach the hub
 
 
 @dataclass
@@ -36,13 +38,14 @@ class Work:
 
     alarms: AlarmTx
     outbox: OutboxTx
+    contacts: ContactTx
     context: AlarmContext
     now: int
     queued: int = 0  # outbox rows added: the sender has work
 
     @classmethod
     def begin(cls, db: sqlite_utils.Database, context: AlarmContext, now: int) -> Work:
-        return cls(AlarmTx(db), OutboxTx(db), context, now)
+        return cls(AlarmTx(db), OutboxTx(db), ContactTx(db), context, now)
 
     @property
     def registry(self) -> Registry:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from devices.panel import ReferencePanel
+from simulator.twilio_gateway import TwilioGateway
 from tests.brokers import free_port
 from tests.conftest import EXAMPLE_REGISTRY
 
@@ -37,7 +38,7 @@ SHORT_LADDER = textwrap.dedent("""\
 class HubProcess:
     """`tenhub serve` as its own process, killed the hard way."""
 
-    def __init__(self, tmp_path: Path, broker_port: int) -> None:
+    def __init__(self, tmp_path: Path, broker_port: int, **env: str) -> None:
         policy = tmp_path / "policy.yaml"
         policy.write_text(SHORT_LADDER)
         self.db_path = tmp_path / "hub.db"
@@ -50,6 +51,7 @@ class HubProcess:
             "TENHUB_POLICY": str(policy),
             "TENHUB_DB_PATH": str(self.db_path),
             "TENHUB_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
+            **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -169,3 +171,43 @@ def test_a_step_that_fired_just_before_a_kill_does_not_fire_again(hub_process, p
         alarm_id,
     )
     assert len({k for (k,) in keys}) == 4
+
+
+def test_messages_queued_at_a_kill_all_go_out_after_the_restart_none_twice(
+    tmp_path, mosquitto, panel
+):
+    gateway_port = free_port()
+    gateway = TwilioGateway(port=gateway_port, callback_delay_s=0.01)
+    hub = HubProcess(
+        tmp_path, mosquitto.port,
+        TWILIO_ACCOUNT_SID=gateway.account_sid, TWILIO_AUTH_TOKEN=gateway.auth_token,
+        TWILIO_FROM="+15550001000", TENHUB_TWILIO_API_BASE=gateway.base_url,
+    )
+    try:
+        hub.start()  # the SMS provider is unreachable: messages wait and are retried
+        alarm_id = panel.raise_alarm("burglary").wait(5).alarm_id
+        time.sleep(1)
+        queued = hub.query(
+            "SELECT recipient FROM outbox WHERE alarm_id = ? AND channel = 'sms'"
+            " AND status = 'queued' AND attempts >= 1", alarm_id,
+        )
+        assert len(queued) >= 10, "tried, failed, waiting to be retried"
+        hub.kill()
+
+        gateway.start()
+        hub.start()
+        deadline = time.monotonic() + 20
+        while hub.query(
+            "SELECT count(*) FROM outbox WHERE alarm_id = ? AND channel = 'sms'"
+            " AND status != 'sent'", alarm_id,
+        )[0][0]:
+            assert time.monotonic() < deadline, "not all sent after the restart"
+            time.sleep(0.1)
+        phones = [r for (r,) in hub.query(
+            "SELECT recipient FROM outbox WHERE alarm_id = ? AND channel = 'sms'", alarm_id
+        )]
+        for phone in phones:
+            assert len(gateway.messages(phone)) == 1, f"{phone} got it once"
+    finally:
+        hub.stop()
+        gateway.stop()

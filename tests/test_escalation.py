@@ -226,7 +226,9 @@ async def test_the_duress_pin_looks_exactly_like_a_cancel_and_calls_the_police(
 
         # What an intruder could watch: receipts and unit alerts, byte for byte, with only
         # the alarm ids, seqs and times (different for any two alarms) masked.
-        raw = [(t, m) for t, m in watcher.raw_messages()]
+        await asyncio.to_thread(watcher.wait_for, receipt_topic("p-0001-02"), 4)
+        await asyncio.to_thread(watcher.wait_for, unit_alert_topic("u-0001"), 4)
+        raw = watcher.raw_messages()
         receipts = [m for t, m in raw if t.endswith("/receipt")]
         alerts = [m for t, m in raw if t.endswith("/alert")]
         assert len(receipts) == 4 and len(alerts) == 4  # raise+cancel, twice

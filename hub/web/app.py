@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from hub.web import alarms_api, health
+from hub.web import ack_links, alarms_api, health, twilio_hooks
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -22,4 +22,6 @@ def create_web_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     app.include_router(health.router)
     app.include_router(alarms_api.router)
+    app.include_router(twilio_hooks.router)
+    app.include_router(ack_links.router)
     return app

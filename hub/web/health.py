@@ -28,6 +28,7 @@ async def healthz(request: Request) -> JSONResponse:
         "broker": {"connected": connected, "url": hub.broker_address.display()},
         "database": {"ok": db_ok, "schema_version": hub.db.schema_version},
         "panels_online": hub.presence.online_count(),
+        "channels": sorted(hub.sender.channels),
         "jobs": {runner.job.name: {"runs": runner.runs} for runner in hub.job_runners},
     }
     if db_error:

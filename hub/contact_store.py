@@ -1,0 +1,177 @@
+"""SQL for how responders answer: SMS reply codes, acknowledge-link tokens, push subscriptions."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from hub.db import Database
+
+_OPEN = "a.state NOT IN ('resolved', 'cancelled')"
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerTarget:
+    """The alarm a reply code or token points at, and as whom the responder was told."""
+
+    alarm_id: str
+    phone: str
+    role: str
+    name: str
+    alarm_state: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSubscription:
+    id: str
+    phone: str
+    endpoint: str
+    p256dh: str
+    auth: str
+
+
+class ContactTx:
+    """Reply codes, tokens and subscriptions inside the current write transaction."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.conn = db.conn
+
+    def reply_code(self, phone: str, alarm_id: str, role: str, name: str, now: int) -> int:
+        """The phone's code for this alarm: the lowest number none of its open alarms uses."""
+        row = self.conn.execute(
+            "SELECT code FROM reply_codes WHERE phone = ? AND alarm_id = ?", (phone, alarm_id)
+        ).fetchone()
+        if row:
+            return int(row[0])
+        used = {
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT r.code FROM reply_codes r JOIN alarms a ON a.id = r.alarm_id"
+                f" WHERE r.phone = ? AND {_OPEN}",
+                (phone,),
+            )
+        }
+        code = next(n for n in range(1, len(used) + 2) if n not in used)
+        self.conn.execute(
+            "INSERT INTO reply_codes (phone, alarm_id, code, role, name, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (phone, alarm_id, code, role, name, now),
+        )
+        return code
+
+    def ack_token(self, alarm_id: str, phone: str, role: str, name: str, now: int) -> str:
+        """A new unguessable token that acknowledges this alarm as this responder."""
+        token = secrets.token_urlsafe(24)
+        self.conn.execute(
+            "INSERT INTO ack_tokens (token, alarm_id, phone, role, name, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (token, alarm_id, phone, role, name, now),
+        )
+        return token
+
+    def subscription_ids(self, phone: str) -> list[str]:
+        """The push subscriptions of the responder with this phone."""
+        rows = self.conn.execute(
+            "SELECT id FROM push_subscriptions WHERE phone = ? ORDER BY created_at", (phone,)
+        )
+        return [r[0] for r in rows]
+
+
+def _target(row: object) -> AnswerTarget | None:
+    if row is None:
+        return None
+    return AnswerTarget(row[0], row[1], row[2], row[3], row[4])  # type: ignore[index]
+
+
+class ContactStore:
+    """Async lookups and changes for the webhooks and the push channel."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def by_code(self, phone: str, code: int) -> AnswerTarget | None:
+        """The alarm a phone's reply code names: an open one first, else the latest."""
+        return await self.db.read(
+            lambda d: _target(
+                d.conn.execute(
+                    "SELECT r.alarm_id, r.phone, r.role, r.name, a.state FROM reply_codes r"
+                    " JOIN alarms a ON a.id = r.alarm_id WHERE r.phone = ? AND r.code = ?"
+                    f" ORDER BY {_OPEN} DESC, r.created_at DESC LIMIT 1",
+                    (phone, code),
+                ).fetchone()
+            )
+        )
+
+    async def latest(self, phone: str) -> AnswerTarget | None:
+        """The open alarm last sent to this phone, for a bare `ack`."""
+        return await self.db.read(
+            lambda d: _target(
+                d.conn.execute(
+                    "SELECT r.alarm_id, r.phone, r.role, r.name, a.state FROM reply_codes r"
+                    f" JOIN alarms a ON a.id = r.alarm_id WHERE r.phone = ? AND {_OPEN}"
+                    " ORDER BY r.created_at DESC LIMIT 1",
+                    (phone,),
+                ).fetchone()
+            )
+        )
+
+    async def by_phone_and_alarm(self, phone: str, alarm_id: str) -> AnswerTarget | None:
+        """As whom this phone was told about this alarm, if it was."""
+        return await self.db.read(
+            lambda d: _target(
+                d.conn.execute(
+                    "SELECT r.alarm_id, r.phone, r.role, r.name, a.state FROM reply_codes r"
+                    " JOIN alarms a ON a.id = r.alarm_id WHERE r.phone = ? AND r.alarm_id = ?",
+                    (phone, alarm_id),
+                ).fetchone()
+            )
+        )
+
+    async def by_token(self, token: str) -> AnswerTarget | None:
+        return await self.db.read(
+            lambda d: _target(
+                d.conn.execute(
+                    "SELECT t.alarm_id, t.phone, t.role, t.name, a.state FROM ack_tokens t"
+                    " JOIN alarms a ON a.id = t.alarm_id WHERE t.token = ?",
+                    (token,),
+                ).fetchone()
+            )
+        )
+
+    async def add_subscription(
+        self, phone: str, endpoint: str, p256dh: str, auth: str, now: int
+    ) -> str:
+        """Keep a browser's subscription for the responder with this phone; returns its id."""
+        new_id = "ps-" + secrets.token_hex(8)
+
+        def w(d: sqlite_utils.Database) -> str:
+            d.conn.execute(
+                "INSERT INTO push_subscriptions (id, phone, endpoint, p256dh, auth, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET"
+                " phone = excluded.phone, p256dh = excluded.p256dh, auth = excluded.auth",
+                (new_id, phone, endpoint, p256dh, auth, now),
+            )
+            return d.conn.execute(
+                "SELECT id FROM push_subscriptions WHERE endpoint = ?", (endpoint,)
+            ).fetchone()[0]
+
+        return await self.db.write(w)
+
+    async def subscription(self, subscription_id: str) -> StoredSubscription | None:
+        row = await self.db.read(
+            lambda d: d.conn.execute(
+                "SELECT id, phone, endpoint, p256dh, auth FROM push_subscriptions WHERE id = ?",
+                (subscription_id,),
+            ).fetchone()
+        )
+        return StoredSubscription(*row) if row else None
+
+    async def forget_subscription(self, subscription_id: str) -> None:
+        """The browser dropped it (404/410): never send to it again."""
+        await self.db.write(
+            lambda d: d.conn.execute(
+                "DELETE FROM push_subscriptions WHERE id = ?", (subscription_id,)
+            )
+        )

@@ -1,0 +1,131 @@
+"""Twilio's webhooks: inbound SMS replies, keypresses in calls, delivery status callbacks.
+
+Every request must carry a valid `X-Twilio-Signature` for the URL Twilio called (the
+configured public URL); anything else gets 403 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request, Response
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+from twilio.twiml.voice_response import VoiceResponse
+
+from hub.work import Responder
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/twilio", tags=["twilio webhooks"], include_in_schema=True)
+
+_CODE = re.compile(r"^\s*(?:ack\s*)?#?(\d{1,4})\s*$", re.IGNORECASE)
+_BARE_ACK = re.compile(r"^\s*(ack|ok|yes|coming)\s*[.!]*\s*$", re.IGNORECASE)
+TWIML = "application/xml"
+
+
+def parse_reply(body: str) -> int | str | None:
+    """A reply's meaning: a code (int), "latest" for a bare ACK, None when not understood."""
+    if match := _CODE.match(body):
+        return int(match.group(1))
+    if _BARE_ACK.match(body):
+        return "latest"
+    return None
+
+
+async def _signed_form(request: Request) -> dict[str, str] | None:
+    """The form parameters when the request is really from Twilio, else None."""
+    hub: Hub = request.app.state.hub
+    token = hub.settings.twilio_auth_token
+    signature = request.headers.get("X-Twilio-Signature", "")
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    if not token or not signature:
+        return None
+    url = hub.public_url + request.url.path
+    if request.url.query:
+        url += "?" + request.url.query
+    if not RequestValidator(token).validate(url, form, signature):
+        logger.warning("webhook with a bad signature refused", extra={"path": request.url.path})
+        return None
+    return form
+
+
+def _forbidden() -> Response:
+    return Response("invalid or missing X-Twilio-Signature", status_code=403)
+
+
+def _sms(text: str) -> Response:
+    reply = MessagingResponse()
+    reply.message(text)
+    return Response(str(reply), media_type=TWIML)
+
+
+@router.post("/sms", summary="Inbound SMS: a responder's reply acknowledges an alarm")
+async def inbound_sms(request: Request) -> Response:
+    form = await _signed_form(request)
+    if form is None:
+        return _forbidden()
+    hub: Hub = request.app.state.hub
+    phone, body = form.get("From", ""), form.get("Body", "")
+    if not hub.registry.who_has_phone(phone):
+        logger.info("SMS from an unknown number", extra={"phone": phone})
+        return _sms("This number is not registered with tenhub; nothing was changed.")
+    meaning = parse_reply(body)
+    if meaning is None:
+        return _sms(
+            "Not understood. Reply with the number in the alarm message (for example 3),"
+            " or ACK for the latest alarm."
+        )
+    target = (
+        await hub.contacts.latest(phone)
+        if meaning == "latest"
+        else await hub.contacts.by_code(phone, int(meaning))
+    )
+    if target is None:
+        what = "no open alarm was sent to you" if meaning == "latest" else f"no alarm {meaning}"
+        return _sms(f"Nothing to acknowledge: {what}. Nothing was changed.")
+    result = await hub.actions.acknowledge(
+        target.alarm_id, Responder(f"phone:{phone}", target.role), "sms"
+    )
+    where = await hub.describe_alarm(target.alarm_id)
+    if not result.ok:
+        return _sms(f"The alarm at {where} is already over. Nothing was changed.")
+    return _sms(f"Thank you: you acknowledged the alarm at {where}.")
+
+
+@router.post("/voice", summary="A keypress in an alarm call: 1 acknowledges")
+async def voice_keypress(request: Request) -> Response:
+    form = await _signed_form(request)
+    if form is None:
+        return _forbidden()
+    hub: Hub = request.app.state.hub
+    alarm_id = request.query_params.get("alarm_id", "")
+    phone = form.get("Called") or form.get("To", "")
+    reply = VoiceResponse()
+    target = await hub.contacts.by_phone_and_alarm(phone, alarm_id)
+    if form.get("Digits") != "1" or target is None:
+        reply.say("Nothing was acknowledged. Goodbye.")
+        return Response(str(reply), media_type=TWIML)
+    result = await hub.actions.acknowledge(
+        alarm_id, Responder(f"phone:{phone}", target.role), "voice"
+    )
+    reply.say("Acknowledged. Thank you." if result.ok else "This alarm is already over.")
+    return Response(str(reply), media_type=TWIML)
+
+
+@router.post("/status", summary="Delivery status of an SMS or a call")
+async def status_callback(request: Request) -> Response:
+    form = await _signed_form(request)
+    if form is None:
+        return _forbidden()
+    hub: Hub = request.app.state.hub
+    sid = form.get("MessageSid") or form.get("CallSid") or ""
+    status = form.get("MessageStatus") or form.get("CallStatus") or ""
+    await hub.outbox.record_delivery(
+        sid, status, hub.clock.now_ms(), form.get("ErrorCode") or None
+    )
+    return Response(status_code=204)

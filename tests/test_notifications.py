@@ -1,0 +1,335 @@
+"""Alerts reach people: SMS and calls through the real twilio client to the local gateway,
+Web Push to a local push service, replies that acknowledge — as the patrol and the desk
+live it. The hub's clock is moved by the test; the gateway and push service are real servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import httpx
+import pytest
+
+from devices.protocol import ReceiptStatus
+from hub.clock import ManualClock
+from simulator.push_service import PushService
+from simulator.twilio_gateway import TwilioGateway
+from tests.conftest import HubRunner
+
+pytestmark = pytest.mark.asyncio
+
+HUB_NUMBER = "+15550001000"
+DESK = "+15550009911"
+PATROL_1, PATROL_2 = "+15550009001", "+15550009002"
+KEY_HOUSEHOLD = "+15550000101"  # u-0001/h-01, key household of u-0001
+
+
+@pytest.fixture
+def gateway():
+    gw = TwilioGateway(phone_number=HUB_NUMBER, callback_delay_s=0.01)
+    gw.start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def push_service():
+    service = PushService()
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def clock():
+    return ManualClock()
+
+
+@pytest.fixture
+async def runner(mosquitto, tmp_path, registry, gateway, clock):
+    r = HubRunner(
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry,
+        twilio_account_sid=gateway.account_sid,
+        twilio_auth_token=gateway.auth_token,
+        twilio_from=HUB_NUMBER,
+        twilio_api_base=gateway.base_url,
+        twilio_timeout_s=1.0,
+    )
+    r.clock = clock
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+async def hub(runner):
+    return await runner.start()
+
+
+@pytest.fixture
+def panels(mosquitto, tmp_path, registry):
+    from devices.panel import ReferencePanel
+
+    made = []
+
+    def make(*panel_ids):
+        for panel_id in panel_ids:
+            place = registry.panel_place(panel_id)
+            p = ReferencePanel(
+                panel_id, mosquitto.host, mosquitto.port, state_dir=tmp_path / "panels",
+                username=panel_id, household_id=place.household.id, unit_id=place.unit.id,
+                retry_initial_s=0.5,
+            )
+            p.start()
+            made.append(p)
+        return made[-len(panel_ids):]
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+async def raise_alarm(panel, kind="burglary") -> str:
+    receipt = await asyncio.to_thread(panel.raise_alarm(kind).wait, 5)
+    assert receipt is not None and receipt.status == ReceiptStatus.ACCEPTED
+    return receipt.alarm_id
+
+
+async def sms_to(gateway, phone, count=1):
+    return await asyncio.to_thread(gateway.wait_for_messages, count, phone, 5.0)
+
+
+async def later(hub, clock, seconds):
+    clock.advance(seconds)
+    await hub.engine.run_once()
+    await hub.sender.run_once()
+
+
+async def until(predicate, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while not await predicate():  # noqa: ASYNC110 - the state is in the database
+            await asyncio.sleep(0.05)
+
+
+def reply_code(body: str) -> str:
+    return re.search(r"Reply (\d+) to acknowledge", body).group(1)
+
+
+async def test_the_patrol_replies_with_its_code_and_the_police_step_is_skipped(
+    hub, clock, gateway, panels
+):
+    (raiser,) = panels("p-0001-02")
+    alarm_id = await raise_alarm(raiser)
+
+    (to_patrol,) = await sms_to(gateway, PATROL_1)
+    (to_key,) = await sms_to(gateway, KEY_HOUSEHOLD)
+    assert "BURGLARY" in to_patrol.body and "Block 3, Building 2, 2-102" in to_patrol.body
+    assert to_patrol.from_ == HUB_NUMBER
+    assert "Reply 1 to acknowledge" in to_key.body
+    assert gateway.messages(DESK) == [], "the desk is not told before its step"
+
+    answer = await gateway.reply_async(
+        PATROL_1, reply_code(to_patrol.body), f"{hub.public_url}/twilio/sms"
+    )
+    assert answer.status_code == 200 and "acknowledged the alarm at" in answer.text
+    assert (await hub.alarms.get(alarm_id)).state == "acknowledged"
+    acked = [e for e in await hub.alarms.timeline(alarm_id) if e.entry == "acknowledged"]
+    assert (acked[0].actor, acked[0].channel, acked[0].detail["role"]) == (
+        f"phone:{PATROL_1}", "sms", "patrol",
+    )
+
+    await later(hub, clock, 61)
+    await asyncio.sleep(0.3)
+    assert gateway.messages(DESK) == [] and gateway.calls(DESK) == []
+    skipped = [e for e in await hub.alarms.timeline(alarm_id) if e.entry == "step_skipped"]
+    assert skipped[0].detail["reason"] == "acknowledged by patrol"
+
+
+async def test_nobody_answers_and_the_desk_gets_an_sms_and_a_call_it_can_answer(
+    hub, clock, gateway, panels
+):
+    (raiser,) = panels("p-0001-03")
+    alarm_id = await raise_alarm(raiser)
+    await sms_to(gateway, PATROL_1)
+
+    await later(hub, clock, 61)
+    (to_desk,) = await sms_to(gateway, DESK)
+    (call,) = await asyncio.to_thread(gateway.wait_for_calls, 1, DESK, 5.0)
+    assert "Escalation: police" in to_desk.body
+    assert "<Gather" in call.twiml and "Press 1 to acknowledge" in call.twiml
+
+    pressed = await gateway.press_async(call.sid, "1")
+    assert pressed.status_code == 200 and "Acknowledged" in pressed.text
+    alarm = await hub.alarms.get(alarm_id)
+    assert alarm.state == "acknowledged"
+    acked = [e for e in await hub.alarms.timeline(alarm_id) if e.entry == "acknowledged"]
+    assert (acked[0].channel, acked[0].detail["role"]) == ("voice", "police")
+
+
+async def test_delivery_reports_come_back_and_a_failure_shows_on_the_timeline(
+    hub, clock, gateway, panels
+):
+    gateway.fail_delivery(PATROL_2)
+    (raiser,) = panels("p-0001-04")
+    alarm_id = await raise_alarm(raiser)
+
+    async def reported():
+        notes = await hub.outbox.for_alarm(alarm_id)
+        by_phone = {n["recipient"]: n["delivery"] for n in notes if n["channel"] == "sms"}
+        return by_phone.get(PATROL_1) == "delivered" and by_phone.get(PATROL_2) == "undelivered"
+
+    await until(reported)
+    failed = [e for e in await hub.alarms.timeline(alarm_id) if e.entry == "notification_failed"]
+    assert [(e.detail["recipient"], e.detail["error_code"]) for e in failed] == [
+        (PATROL_2, "30003")
+    ]
+
+
+async def test_a_forged_reply_is_refused_and_changes_nothing(hub, gateway, panels):
+    (raiser,) = panels("p-0001-05")
+    alarm_id = await raise_alarm(raiser)
+    (to_patrol,) = await sms_to(gateway, PATROL_1)
+    form = {"From": PATROL_1, "To": HUB_NUMBER, "Body": reply_code(to_patrol.body),
+            "MessageSid": "SM" + "0" * 32, "AccountSid": gateway.account_sid}
+    async with httpx.AsyncClient() as client:
+        unsigned = await client.post(f"{hub.public_url}/twilio/sms", data=form)
+        forged = await client.post(
+            f"{hub.public_url}/twilio/sms", data=form,
+            headers={"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"},
+        )
+    assert unsigned.status_code == 403 and forged.status_code == 403
+    assert (await hub.alarms.get(alarm_id)).state == "raised"
+
+
+async def test_unknown_numbers_and_unknown_codes_get_a_clear_answer(hub, gateway, panels):
+    (raiser,) = panels("p-0001-06")
+    alarm_id = await raise_alarm(raiser)
+    await sms_to(gateway, PATROL_1)
+    url = f"{hub.public_url}/twilio/sms"
+
+    stranger = await gateway.reply_async("+15557770000", "1", url)
+    assert "not registered" in stranger.text
+    wrong_code = await gateway.reply_async(PATROL_1, "42", url)
+    assert "no alarm 42" in wrong_code.text
+    gibberish = await gateway.reply_async(PATROL_1, "who is this?", url)
+    assert "Not understood" in gibberish.text
+    assert (await hub.alarms.get(alarm_id)).state == "raised"
+
+    bare = await gateway.reply_async(PATROL_1, "ACK", url)
+    assert "acknowledged the alarm" in bare.text
+    assert (await hub.alarms.get(alarm_id)).state == "acknowledged"
+
+
+async def test_a_gateway_error_is_retried_until_delivered(hub, clock, gateway, panels):
+    gateway.fail_next(1, 500)
+    (raiser,) = panels("p-0001-07")
+    alarm_id = await raise_alarm(raiser)
+
+    async def all_sent():
+        await later(hub, clock, 1)
+        notes = await hub.outbox.for_alarm(alarm_id)
+        return all(n["status"] == "sent" for n in notes)
+
+    await until(all_sent)
+    notes = await hub.outbox.for_alarm(alarm_id)
+    assert sorted(n["attempts"] for n in notes if n["channel"] == "sms")[-1] == 2
+    for n in notes:
+        if n["channel"] == "sms":
+            assert len(gateway.messages(n["recipient"])) == 1, "delivered once"
+
+
+async def test_a_send_whose_answer_never_came_is_marked_unknown_not_sent_twice(
+    hub, clock, gateway, panels
+):
+    gateway.hang_next(1, 3)
+    (raiser,) = panels("p-0001-08")
+    alarm_id = await raise_alarm(raiser)
+
+    async def settled():
+        notes = await hub.outbox.for_alarm(alarm_id)
+        return all(n["status"] in ("sent", "unknown") for n in notes if n["channel"] == "sms")
+
+    await until(settled, timeout=10)
+    notes = await hub.outbox.for_alarm(alarm_id)
+    (unknown,) = [n for n in notes if n["status"] == "unknown"]
+    assert "outcome unknown" in unknown["last_error"]
+    await later(hub, clock, 120)  # long past any retry
+    assert len(gateway.messages(unknown["recipient"])) == 1, "kept once, never resent"
+    notes = {n["id"]: n["status"] for n in await hub.outbox.for_alarm(alarm_id)}
+    assert notes[unknown["id"]] == "unknown"
+
+
+async def test_one_panel_pressing_again_and_again_is_one_alarm_and_one_round_of_sms(
+    hub, gateway, panels
+):
+    (raiser,) = panels("p-0002-03")
+    ids = {await raise_alarm(raiser, "panic") for _ in range(10)}
+    assert len(ids) == 1
+    (alarm_id,) = ids
+    await sms_to(gateway, PATROL_1)
+    await asyncio.sleep(0.5)
+    assert len(gateway.messages(PATROL_1)) == 1
+    repeats = [e for e in await hub.alarms.timeline(alarm_id) if e.entry == "repeated"]
+    assert len(repeats) == 9
+
+
+async def test_the_rate_limit_holds_back_the_sixth_sms_and_says_so(hub, clock, gateway, panels):
+    raisers = panels(*[f"p-0002-{i:02d}" for i in range(1, 7)])
+    alarms = [await raise_alarm(p) for p in raisers]
+    await sms_to(gateway, PATROL_1, 5)
+    await asyncio.sleep(0.5)
+    assert len(gateway.messages(PATROL_1)) == 5, "five in 15 minutes, no more"
+    held = [e for e in await hub.alarms.timeline(alarms[5]) if e.entry == "notification_held"]
+    assert {e.detail["recipient"] for e in held} >= {PATROL_1, PATROL_2}
+    assert "rate limit" in held[0].detail["reason"]
+
+    await later(hub, clock, 15 * 60 + 1)
+    await sms_to(gateway, PATROL_1, 6)
+
+
+async def test_web_push_reaches_a_subscribed_patrol_phone_whose_action_acknowledges(
+    hub, clock, gateway, push_service, panels
+):
+    browser = push_service.new_subscription()
+    await hub.contacts.add_subscription(
+        PATROL_1, browser.endpoint, browser.p256dh, browser.auth, clock.now_ms()
+    )
+    (raiser,) = panels("p-0002-08")  # zone z-qiaokou: patrol t-qiaokou-1
+    alarm_id = await raise_alarm(raiser)
+
+    (push,) = await asyncio.to_thread(push_service.wait_for, 1, browser.token, 5.0)
+    assert push.json["tag"] == alarm_id and "BURGLARY" in push.json["body"]
+    assert push.vapid_sub.startswith("mailto:")
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(push.json["ack_url"], headers={"Accept": "application/json"})
+    assert answer.json() == {"ok": True, "alarm_id": alarm_id, "error": None}
+    acked = [e for e in await hub.alarms.timeline(alarm_id) if e.entry == "acknowledged"]
+    assert (acked[0].channel, acked[0].detail["role"]) == ("push", "patrol")
+
+
+async def test_a_subscription_the_browser_dropped_is_forgotten(
+    hub, clock, gateway, push_service, panels
+):
+    browser = push_service.new_subscription()
+    sub_id = await hub.contacts.add_subscription(
+        PATROL_1, browser.endpoint, browser.p256dh, browser.auth, clock.now_ms()
+    )
+    push_service.expire(browser.token)
+    (raiser,) = panels("p-0002-09")
+    alarm_id = await raise_alarm(raiser)
+
+    async def forgotten():
+        return await hub.contacts.subscription(sub_id) is None
+
+    await until(forgotten)
+    notes = await hub.outbox.for_alarm(alarm_id)
+    assert [n["status"] for n in notes if n["channel"] == "push"] == ["failed"]
+
+
+async def test_the_payloads_say_how_to_answer(hub, gateway, panels):
+    (raiser,) = panels("p-0001-09")
+    alarm_id = await raise_alarm(raiser)
+    notes = await hub.outbox.for_alarm(alarm_id)
+    sms = [json.loads(n["payload"]) for n in notes if n["channel"] == "sms"]
+    assert all(re.search(r"Reply \d+ to acknowledge\.$", p["text"]) for p in sms)
