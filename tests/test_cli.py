@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -180,3 +181,33 @@ def test_the_demo_shows_alarm_receipt_neighbours_and_cancel(tmp_path):
     assert out.count("cancels with its PIN → accepted; 9 buzzers stopped") == 2
     assert "2 alarms raised · 2 receipted" in out
     assert "neighbours sounded 18/18" in out
+
+
+def test_sim_gateway_runs_alone_and_prints_each_sms(tmp_path):
+    from alerts.channel import OutboxMessage
+    from alerts.twilio_channels import SmsChannel, TwilioSettings
+    from simulator.twilio_gateway import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub", "sim", "gateway", "--port", str(port)], cwd=ROOT,
+        env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_for_port(port, timeout=20)
+        channel = SmsChannel(TwilioSettings(
+            DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, "+15550001000",
+            api_base=f"http://127.0.0.1:{port}",
+        ))
+        message = OutboxMessage(1, None, "sms", "+15550009001",
+                                json.dumps({"text": "hello patrol"}), "k", 0)
+        sid = asyncio.run(channel.send(message))
+        assert sid.startswith("SM")
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert f"TENHUB_TWILIO_API_BASE=http://127.0.0.1:{port}" in out
+    assert "SMS → +15550009001: hello patrol" in out

@@ -333,3 +333,26 @@ async def test_the_payloads_say_how_to_answer(hub, gateway, panels):
     notes = await hub.outbox.for_alarm(alarm_id)
     sms = [json.loads(n["payload"]) for n in notes if n["channel"] == "sms"]
     assert all(re.search(r"Reply \d+ to acknowledge\.$", p["text"]) for p in sms)
+
+
+async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, panels):
+    from twilio.request_validator import RequestValidator
+
+    (raiser,) = panels("p-0001-10")
+    alarm_id = await raise_alarm(raiser)
+
+    async def delivered():
+        notes = await hub.outbox.for_alarm(alarm_id)
+        return any(n["delivery"] == "delivered" for n in notes)
+
+    await until(delivered)
+    note = next(n for n in await hub.outbox.for_alarm(alarm_id) if n["delivery"] == "delivered")
+    url = f"{hub.public_url}/twilio/status"
+    late = {"MessageSid": note["provider_id"], "MessageStatus": "sent",
+            "AccountSid": gateway.account_sid}
+    signature = RequestValidator(gateway.auth_token).compute_signature(url, late)
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(url, data=late, headers={"X-Twilio-Signature": signature})
+    assert answer.status_code == 204
+    again = {n["id"]: n["delivery"] for n in await hub.outbox.for_alarm(alarm_id)}
+    assert again[note["id"]] == "delivered"
