@@ -240,13 +240,15 @@ def _demo_registry(path: Path) -> Path:
     return beside_source if beside_source.exists() else path
 
 
-def _mount_simulator() -> None:
+def _mount_subcommands() -> None:
+    from hub.user_cli import users
     from simulator.cli import sim
 
+    app.add_typer(users, name="user")
     app.add_typer(sim, name="sim")
 
 
-_mount_simulator()
+_mount_subcommands()
 
 
 def main() -> None:

@@ -153,6 +153,41 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX push_subscriptions_by_phone ON push_subscriptions (phone);
         """,
     ),
+    (
+        4,
+        "accounts: users, sessions, API tokens",
+        """
+        CREATE TABLE users (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            password_hash TEXT NOT NULL,
+            role          TEXT NOT NULL CHECK (role IN ('admin', 'police', 'patrol')),
+            zones         TEXT NOT NULL DEFAULT '[]',   -- JSON list; admin sees every zone
+            phone         TEXT,                          -- links the user to pushes and SMS
+            disabled      INTEGER NOT NULL DEFAULT 0,
+            created_at    INTEGER NOT NULL
+        );
+
+        -- Only hashes of session and API tokens are kept: a stolen database opens nothing.
+        CREATE TABLE sessions (
+            token_hash  TEXT PRIMARY KEY,
+            user_id     INTEGER NOT NULL REFERENCES users (id),
+            csrf_token  TEXT NOT NULL,
+            created_at  INTEGER NOT NULL,
+            expires_at  INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX sessions_by_user ON sessions (user_id);
+
+        CREATE TABLE api_tokens (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id      INTEGER NOT NULL REFERENCES users (id),
+            name         TEXT NOT NULL,
+            token_hash   TEXT NOT NULL UNIQUE,
+            created_at   INTEGER NOT NULL,
+            last_used_at INTEGER
+        );
+        """,
+    ),
 ]
 
 

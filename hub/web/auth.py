@@ -1,0 +1,378 @@
+"""Who is asking: session cookies and API tokens, roles, CSRF, and the login page.
+
+Routes get the user with `Depends(current_user)` (JSON: 401 when not logged in) or
+`Depends(page_user)` (HTML: redirect to /login); state-changing routes add
+`Depends(csrf_protect)`. The accounts live in `request.app.state.hub.accounts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
+from html import escape
+from typing import Annotated, Any
+from urllib.parse import quote, urlsplit
+
+from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from hub.account_store import ROLES, AccountStore, User
+from hub.clock import Clock
+from hub.passwords import hash_password, verify_password
+
+logger = logging.getLogger(__name__)
+
+SESSION_COOKIE = "tenhub_session"
+LOGIN_CSRF_COOKIE = "tenhub_login_csrf"
+SESSION_TTL_MS = 12 * 3600 * 1000
+LOGIN_FORM_TTL_S = 15 * 60
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_SWEEP_ABOVE = 10_000  # keys in the login throttle before expired ones are swept
+
+router = APIRouter(tags=["login"])
+
+
+class LoginRequired(Exception):
+    """A page needs a logged-in user; `install_auth` turns this into a redirect to /login."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+
+class LoginThrottle:
+    """Failed logins per username and per client address, in a sliding window.
+
+    A success forgets only the failures of that username from that address, so a user
+    logging in elsewhere does not hand an attacker fresh attempts.
+    """
+
+    def __init__(self, clock: Clock, limit: int = 5, window_ms: int = 15 * 60 * 1000) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window_ms = window_ms
+        self._by_user: dict[str, deque[tuple[int, str]]] = {}
+        self._by_ip: dict[str, deque[tuple[int, str]]] = {}
+        self._swept_at = 0
+
+    def retry_after_ms(self, username: str, ip: str) -> int:
+        """0 if a login may be tried now, else how long until it may."""
+        now = self.clock.now_ms()
+        waits = [
+            self._wait(self._by_user, username.casefold(), now),
+            self._wait(self._by_ip, ip, now),
+        ]
+        return max(waits)
+
+    def failed(self, username: str, ip: str) -> None:
+        """Count a failed login of this username from this address."""
+        now, user = self.clock.now_ms(), username.casefold()
+        # At most once a minute, so a flood of failures does not make every one a full scan.
+        if len(self._by_user) + len(self._by_ip) > _SWEEP_ABOVE and now - self._swept_at > 60_000:
+            self._swept_at = now
+            self._sweep(now)
+        self._by_user.setdefault(user, deque()).append((now, ip))
+        self._by_ip.setdefault(ip, deque()).append((now, user))
+
+    def succeeded(self, username: str, ip: str) -> None:
+        """Forget the failures of this username from this address, and only those."""
+        user = username.casefold()
+        self._forget(self._by_user, user, ip)
+        self._forget(self._by_ip, ip, user)
+
+    def _wait(self, table: dict[str, deque[tuple[int, str]]], key: str, now: int) -> int:
+        times = table.get(key)
+        if not times:
+            return 0
+        while times and times[0][0] <= now - self.window_ms:
+            times.popleft()
+        if not times:
+            del table[key]  # keeps memory bounded by the failures of one window
+            return 0
+        if len(times) < self.limit:
+            return 0
+        # Allowed again once enough failures have left the window to fall below the limit.
+        return times[len(times) - self.limit][0] + self.window_ms - now
+
+    def _sweep(self, now: int) -> None:
+        """Drop keys whose failures all left the window: names tried once are never read again."""
+        for table in (self._by_user, self._by_ip):
+            for key in list(table):
+                self._wait(table, key, now)
+
+    @staticmethod
+    def _forget(table: dict[str, deque[tuple[int, str]]], key: str, other: str) -> None:
+        times = table.get(key)
+        if times:
+            kept = deque(entry for entry in times if entry[1] != other)
+            if kept:
+                table[key] = kept
+            else:
+                del table[key]
+
+
+# --- who is asking ---------------------------------------------------------------------
+
+
+def _accounts(request: Request) -> AccountStore:
+    return request.app.state.hub.accounts
+
+
+def _now(request: Request) -> int:
+    return request.app.state.hub.clock.now_ms()
+
+
+async def _authenticate(request: Request) -> User | None:
+    """The user of the request's API token or session cookie, noted on request.state."""
+    if getattr(request.state, "user", None) is not None:
+        return request.state.user
+    accounts, now = _accounts(request), _now(request)
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        user = await accounts.token_user(credentials.strip(), now)
+        if user is not None:
+            request.state.user, request.state.via, request.state.csrf = user, "token", None
+        return user
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None
+    found = await accounts.session_user(cookie, now)
+    if found is None:
+        return None
+    request.state.user, request.state.csrf = found
+    request.state.via = "session"
+    return request.state.user
+
+
+async def current_user(request: Request) -> User:
+    """The logged-in user (API token or session); HTTP 401 when there is none."""
+    user = await _authenticate(request)
+    if user is None:
+        raise HTTPException(401, "log in first", headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+async def page_user(request: Request) -> User:
+    """The logged-in user of an HTML page; redirects to /login when there is none."""
+    user = await _authenticate(request)
+    if user is None:
+        query = request.url.query
+        raise LoginRequired(request.url.path + (f"?{query}" if query else ""))
+    return user
+
+
+def require_role(*roles: str) -> Callable[..., Awaitable[User]]:
+    """A dependency: the logged-in user if its role is one of these, else HTTP 403."""
+    unknown = set(roles) - set(ROLES)
+    if unknown or not roles:
+        raise ValueError(f"require_role takes roles among {ROLES}, not {sorted(unknown)}")
+
+    async def user_with_role(user: Annotated[User, Depends(current_user)]) -> User:
+        if user.role not in roles:
+            raise HTTPException(403, f"this needs the role {' or '.join(roles)}")
+        return user
+
+    return user_with_role
+
+
+async def csrf_protect(request: Request, user: Annotated[User, Depends(current_user)]) -> None:
+    """For a state change from a browser session: same origin and the session's CSRF token.
+
+    Requests with an API token pass: a browser never adds that header on its own.
+    """
+    if request.method not in UNSAFE_METHODS or request.state.via != "session":
+        return
+    if not _same_origin(request):
+        raise HTTPException(403, "cross-site request refused")
+    sent = request.headers.get("x-csrf-token")
+    if sent is None and request.headers.get("content-type", "").startswith(_FORM_TYPES):
+        value = (await request.form()).get("csrf_token")
+        sent = value if isinstance(value, str) else None
+    if not sent or not hmac.compare_digest(sent.encode(), request.state.csrf.encode()):
+        raise HTTPException(403, "CSRF token missing or wrong")
+
+
+def _same_origin(request: Request) -> bool:
+    """False when the browser says the request comes from another site."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # not every browser sends Origin; the CSRF token still has to match
+    allowed = {_origin_of(request.app.state.hub.public_url)}
+    host = request.headers.get("host")
+    if host:
+        allowed.add(_origin_of(f"{request.url.scheme}://{host}"))
+    mine = _origin_of(origin)
+    return mine is not None and mine in allowed
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
+
+
+def install_auth(app: FastAPI) -> None:
+    """Send HTML pages that need a login to /login?next=<the page>."""
+
+    async def to_login(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LoginRequired)
+        return RedirectResponse(f"/login?next={quote(exc.next_path, safe='/')}", 303)
+
+    app.add_exception_handler(LoginRequired, to_login)
+
+
+# --- the login page --------------------------------------------------------------------
+
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>tenhub: log in</title>
+<style>body{{font:17px system-ui;margin:3em auto;max-width:22em}}label,input,button{{display:block;
+width:100%;margin:.3em 0}}input,button{{font-size:1em;padding:.5em}}.error{{color:#b00020}}</style>
+</head><body><h1>tenhub</h1>{message}
+<form method="post" action="/login">
+<input type="hidden" name="csrf_token" value="{csrf}">
+<input type="hidden" name="next" value="{next}">
+<label>Username <input name="username" value="{username}" autocomplete="username" required
+autofocus></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required>
+</label><button>Log in</button></form></body></html>"""
+
+_dummy_hash: str | None = None
+
+
+def _login_form(
+    request: Request, next_path: str, status: int = 200, error: str = "", username: str = ""
+) -> HTMLResponse:
+    """The form with a fresh pre-session CSRF token, in a cookie and a hidden field."""
+    csrf = secrets.token_urlsafe(24)
+    message = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    body = _PAGE.format(
+        message=message, csrf=csrf, next=escape(next_path), username=escape(username)
+    )
+    headers = {
+        "Cache-Control": "no-store",
+        # No other site may frame the form and trick a click or a typed password out of it.
+        "X-Frame-Options": "DENY",
+        "Content-Security-Policy": "frame-ancestors 'none'",
+    }
+    response = HTMLResponse(body, status, headers=headers)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE, csrf, max_age=LOGIN_FORM_TTL_S, path="/login",
+        secure=_secure(request), httponly=True, samesite="lax",
+    )
+    return response
+
+
+def _secure(request: Request) -> bool:
+    return request.app.state.hub.public_url.startswith("https://")
+
+
+def safe_next(next_path: str | None) -> str:
+    """Where to go after logging in: a path of this site, never another site."""
+    if not next_path or not next_path.startswith("/") or next_path.startswith("//"):
+        return "/"
+    if "\\" in next_path or any(ord(c) < 32 for c in next_path):
+        return "/"  # browsers read `/\evil` as `//evil`
+    return next_path
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    state = request.app.state
+    if getattr(state, "login_throttle", None) is None:
+        state.login_throttle = LoginThrottle(state.hub.clock)
+    return state.login_throttle
+
+
+async def _check_password(password: str, found: tuple[User, str] | None) -> User | None:
+    """The user if the password is right; as slow for an unknown user as for a known one."""
+    global _dummy_hash
+    if found is None:
+        if _dummy_hash is None:
+            _dummy_hash = await asyncio.to_thread(hash_password, secrets.token_urlsafe(16))
+        await asyncio.to_thread(verify_password, password, _dummy_hash)
+        return None
+    user, encoded = found
+    ok = await asyncio.to_thread(verify_password, password, encoded)
+    return user if ok and not user.disabled else None
+
+
+@router.get("/login", summary="The login form", response_class=HTMLResponse)
+async def login_page(request: Request, next: str = "/") -> Response:
+    return _login_form(request, safe_next(next))
+
+
+@router.post("/login", summary="Log in with username and password; sets the session cookie")
+async def login(
+    request: Request,
+    username: Annotated[str, Form(max_length=200)] = "",
+    password: Annotated[str, Form(max_length=1000)] = "",
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
+) -> Response:
+    next_path = safe_next(next)
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if (
+        not _same_origin(request) or not cookie or not csrf_token
+        or not hmac.compare_digest(cookie.encode(), csrf_token.encode())
+    ):
+        error = "the login form expired; please try again"
+        return _login_form(request, next_path, 403, error, username)
+    ip = request.client.host if request.client else "unknown"
+    throttle = _throttle(request)
+    wait_ms = throttle.retry_after_ms(username, ip)
+    if wait_ms:
+        minutes = max(1, math.ceil(wait_ms / 60_000))
+        error = f"too many attempts; try again in {minutes} minute{'s' if minutes > 1 else ''}"
+        logger.warning("login throttled", extra={"username": username, "ip": ip})
+        response = _login_form(request, next_path, 429, error, username)
+        response.headers["Retry-After"] = str(math.ceil(wait_ms / 1000))
+        return response
+    accounts = _accounts(request)
+    user = await _check_password(password, await accounts.find_user(username))
+    if user is None:
+        throttle.failed(username, ip)
+        logger.info("login failed", extra={"username": username, "ip": ip})
+        return _login_form(request, next_path, 401, "wrong username or password", username)
+    throttle.succeeded(username, ip)
+    if old := request.cookies.get(SESSION_COOKIE):
+        await accounts.end_session(old)  # a new login never keeps a session it was handed
+    token, _ = await accounts.new_session(user.id, _now(request), SESSION_TTL_MS)
+    logger.info("login", extra={"username": user.username, "ip": ip})
+    response = RedirectResponse(next_path, 303)
+    response.set_cookie(
+        SESSION_COOKIE, token, max_age=SESSION_TTL_MS // 1000, path="/",
+        secure=_secure(request), httponly=True, samesite="lax",
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout", summary="End the session", dependencies=[Depends(csrf_protect)])
+async def logout(request: Request) -> Response:
+    await _accounts(request).end_session(request.cookies.get(SESSION_COOKIE, ""))
+    response = RedirectResponse("/login", 303)
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", secure=_secure(request), httponly=True, samesite="lax"
+    )
+    return response
+
+
+@router.get("/api/me", summary="The logged-in user; the CSRF token for its requests")
+async def me(request: Request, user: Annotated[User, Depends(current_user)]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "username": user.username, "role": user.role, "zones": list(user.zones),
+        "phone": user.phone,
+    }
+    if request.state.via == "session":
+        body["csrf_token"] = request.state.csrf
+    return body
