@@ -58,6 +58,11 @@ class PushChannel:
         self._ttl_s = ttl_s
         self._timeout_s = timeout_s
 
+    @property
+    def public_key(self) -> str:
+        """The VAPID public key browsers subscribe with (base64url)."""
+        return self._keys.public_key_b64url
+
     async def send(self, message: OutboxMessage) -> str | None:
         """Push `message.payload` to subscription `message.recipient`; the message URL if any."""
         subscription = await self._lookup(message.recipient)

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from hub import lifecycle
+from hub import escalation, lifecycle
 from hub.alarm_store import Alarm
 from hub.clock import Clock
 from hub.db import Database
-from hub.work import AlarmContext, Refused, Responder, Work
+from hub.work import AlarmChange, AlarmContext, Refused, Responder, Work
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class ActionResult:
 
     alarm: Alarm | None
     error: str | None = None
+    changes: tuple[AlarmChange, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -37,12 +38,12 @@ class AlarmService:
         db: Database,
         context: AlarmContext,
         clock: Clock,
-        on_change: Callable[[int], None],
+        on_change: Callable[[int, tuple[AlarmChange, ...]], None],
     ) -> None:
         self.db = db
         self.context = context
         self.clock = clock
-        self.on_change = on_change  # called with the number of notifications queued
+        self.on_change = on_change  # (notifications queued, what changed), after commit
 
     async def acknowledge(self, alarm_id: str, responder: Responder, channel: str) -> ActionResult:
         """A responder takes the alarm ("I'm coming")."""
@@ -57,11 +58,20 @@ class AlarmService:
         )
 
     async def resolve(
-        self, alarm_id: str, responder: Responder, channel: str, note: str
+        self, alarm_id: str, responder: Responder, channel: str, note: str,
+        outcome: str = "handled",
     ) -> ActionResult:
-        """The alarm is over; `note` says how (e.g. "false alarm: cat on the sensor")."""
+        """The alarm is over; `note` says how, `outcome` is handled or false_alarm."""
         return await self._act(
-            alarm_id, lambda w, a: lifecycle.resolve(w, a, responder, channel, note)
+            alarm_id, lambda w, a: lifecycle.resolve(w, a, responder, channel, note, outcome)
+        )
+
+    async def escalate_now(
+        self, alarm_id: str, responder: Responder, channel: str
+    ) -> ActionResult:
+        """Fire the alarm's next escalation step now."""
+        return await self._act(
+            alarm_id, lambda w, a: escalation.escalate_now(w, a, responder, channel)
         )
 
     async def _act(self, alarm_id: str, action: Action) -> ActionResult:
@@ -73,9 +83,9 @@ class AlarmService:
                 alarm = action(w, lifecycle.get_alarm(w, alarm_id))
             except Refused as refusal:
                 return ActionResult(None, refusal.error), w.queued
-            return ActionResult(alarm), w.queued
+            return ActionResult(alarm, changes=tuple(w.changes)), w.queued
 
         result, queued = await self.db.write(work)
         if result.ok:
-            self.on_change(queued)
+            self.on_change(queued, result.changes)
         return result

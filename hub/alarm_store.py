@@ -7,6 +7,7 @@ the async, read-only views the web and the tests use.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,6 +224,70 @@ class AlarmStore:
             return [_timeline(r) for r in rows]
 
         return await self.db.read(q)
+
+    async def search(
+        self,
+        *,
+        states: Collection[str] | None = None,
+        unit_ids: Collection[str] | None = None,
+        kind: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        limit: int = 200,
+    ) -> list[Alarm]:
+        """Alarms matching every filter given, newest first."""
+        where, params = ["1 = 1"], []
+        for column, values in (("state", states), ("unit_id", unit_ids)):
+            if values is not None:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                params += list(values)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if since is not None:
+            where.append("raised_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("raised_at < ?")
+            params.append(until)
+        sql = (
+            f"SELECT * FROM alarms WHERE {' AND '.join(where)}"
+            " ORDER BY raised_at DESC, id DESC LIMIT ?"
+        )
+        return await self.db.read(
+            lambda d: [_alarm(r) for r in d.conn.execute(sql, (*params, limit)).fetchall()]
+        )
+
+    async def answers(self, alarm_ids: Collection[str]) -> dict[str, list[TimelineEntry]]:
+        """The acknowledgements and arrivals of each alarm, oldest first."""
+        marks = ", ".join("?" * len(alarm_ids))
+
+        def q(d: sqlite_utils.Database) -> dict[str, list[TimelineEntry]]:
+            found: dict[str, list[TimelineEntry]] = {a: [] for a in alarm_ids}
+            rows = d.conn.execute(
+                f"SELECT * FROM alarm_timeline WHERE alarm_id IN ({marks})"
+                " AND entry IN ('acknowledged', 'on_scene') ORDER BY id",
+                tuple(alarm_ids),
+            )
+            for r in rows:
+                found[r["alarm_id"]].append(_timeline(r))
+            return found
+
+        return await self.db.read(q) if alarm_ids else {}
+
+    async def notified_counts(self, alarm_ids: Collection[str]) -> dict[str, int]:
+        """How many people-facing notifications (not panel alerts) each alarm has."""
+        marks = ", ".join("?" * len(alarm_ids))
+
+        def q(d: sqlite_utils.Database) -> dict[str, int]:
+            rows = d.conn.execute(
+                f"SELECT alarm_id, count(*) FROM outbox WHERE alarm_id IN ({marks})"
+                " AND channel != 'panel' GROUP BY alarm_id",
+                tuple(alarm_ids),
+            )
+            return {r[0]: r[1] for r in rows}
+
+        return await self.db.read(q) if alarm_ids else {}
 
     async def steps(self, alarm_id: str) -> list[StepRecord]:
         def q(d: sqlite_utils.Database) -> list[StepRecord]:

@@ -12,6 +12,7 @@ import uvicorn
 from alerts.panel_channel import PanelChannel
 from alerts.rate_limit import RateLimiter
 from alerts.sender import OutboxSender
+from hub.account_store import AccountStore
 from hub.alarm_service import AlarmService
 from hub.alarm_store import AlarmStore
 from hub.channels import delivery_channels
@@ -20,6 +21,7 @@ from hub.contact_store import ContactStore
 from hub.db import Database
 from hub.embedded_broker import EmbeddedBroker
 from hub.escalation import EscalationEngine
+from hub.events import EventBus
 from hub.ingest import PanelIngest
 from hub.jobs import JobRunner
 from hub.metrics import HubMetrics
@@ -32,11 +34,12 @@ from hub.registry import Registry
 from hub.rejects import RejectLog
 from hub.settings import BrokerAddress, Settings, parse_host_port
 from hub.web import create_web_app
-from hub.work import AlarmContext, LifecycleRules
+from hub.work import AlarmChange, AlarmContext, LifecycleRules
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_BROKER_USER = "tenhub-hub"
+_CHANGE_RANK = {"note": 0, "step": 1, "state": 2, "raised": 3}
 
 
 class Hub:
@@ -69,11 +72,13 @@ class Hub:
         )
         self.metrics = HubMetrics()
         self.rejects = RejectLog()
-        self.presence = PresenceTracker()
+        self.events = EventBus()
+        self.presence = PresenceTracker(on_change=self._on_panel_change)
         self.db = Database(settings.db_path)
         self.alarms = AlarmStore(self.db)
         self.outbox = OutboxStore(self.db)
         self.contacts = ContactStore(self.db)
+        self.accounts = AccountStore(self.db)
         self.embedded_broker: EmbeddedBroker | None = None
         external = settings.broker()
         if external is None:
@@ -106,11 +111,11 @@ class Hub:
         )
         self.sender_runner = JobRunner(self.sender)
         self.engine = EscalationEngine(
-            self.db, self.context, self.clock, on_queued=self.sender_runner.wake
+            self.db, self.context, self.clock, on_commit=self._after_commit
         )
         self.engine_runner = JobRunner(self.engine)
         self.job_runners = [self.engine_runner, self.sender_runner]
-        self.actions = AlarmService(self.db, self.context, self.clock, self._on_action)
+        self.actions = AlarmService(self.db, self.context, self.clock, self._after_commit)
         self.web = create_web_app(self)
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
@@ -120,15 +125,46 @@ class Hub:
         await self.transport.publish(topic, payload, qos)
 
     def _on_stored(self, outcome: EventOutcome) -> None:
-        if outcome.notifications_queued:
-            self.sender_runner.wake()
-        if outcome.alarm_changed:
-            self.engine_runner.wake()
+        self._after_commit(outcome.notifications_queued, outcome.changes)
 
-    def _on_action(self, queued: int) -> None:
+    def _after_commit(self, queued: int, changes: tuple[AlarmChange, ...]) -> None:
+        """Something was committed: wake who has work, tell who watches."""
         if queued:
             self.sender_runner.wake()
-        self.engine_runner.wake()
+        if changes:
+            self.engine_runner.wake()
+        latest: dict[str, AlarmChange] = {}
+        for change in changes:
+            # The strongest word per alarm, in its last state: raised > state > step > note.
+            before = latest.get(change.alarm_id)
+            rank = _CHANGE_RANK[change.change]
+            if before is None or rank >= _CHANGE_RANK[before.change]:
+                latest[change.alarm_id] = change
+            else:
+                latest[change.alarm_id] = AlarmChange(
+                    change.alarm_id, change.unit_id, change.kind, change.state, before.change
+                )
+        for change in latest.values():
+            unit = self.registry.unit(change.unit_id)
+            self.events.publish({
+                "type": "alarm", "id": change.alarm_id, "state": change.state,
+                "kind": change.kind, "unit_id": change.unit_id,
+                "zone": unit.zone if unit else None, "change": change.change,
+            })
+
+    def _on_panel_change(self, panel_id: str, state: str) -> None:
+        place = self.registry.panel_place(panel_id)
+        self.events.publish({
+            "type": "panel", "panel_id": panel_id, "state": state,
+            "zone": place.unit.zone if place else None,
+        })
+
+    def replace_registry(self, registry: Registry) -> None:
+        """Serve a new registry from now on (an import); alarms already open keep going."""
+        self.registry = registry
+        self.context.registry = registry
+        self.ingest.registry = registry
+        logger.info("registry replaced", extra=registry.counts())
 
     def _on_send_result(self, channel: str, outcome: str) -> None:
         if outcome == "sent":

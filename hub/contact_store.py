@@ -175,3 +175,12 @@ class ContactStore:
                 "DELETE FROM push_subscriptions WHERE id = ?", (subscription_id,)
             )
         )
+
+    async def forget_endpoint(self, phone: str, endpoint: str) -> None:
+        """The user turned pushes off in that browser."""
+        await self.db.write(
+            lambda d: d.conn.execute(
+                "DELETE FROM push_subscriptions WHERE phone = ? AND endpoint = ?",
+                (phone, endpoint),
+            )
+        )

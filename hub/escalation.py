@@ -15,13 +15,13 @@ from typing import Protocol
 
 import sqlite_utils
 
-from devices.protocol import AlarmState
+from devices.protocol import AlarmState, Reason
 from hub.alarm_store import Alarm, AlarmStore, StepRecord
 from hub.db import Database
 from hub.messages import compose
 from hub.policy import Policy, Step, Unless
 from hub.recipients import Recipient, alarm_text, resolve_recipients, with_push
-from hub.work import AlarmContext, Work
+from hub.work import AlarmChange, AlarmContext, Refused, Responder, Work
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,8 @@ def go_to_police(w: Work, alarm: Alarm) -> None:
             step = steps[index]
             _skip(w, alarm, index, step, alarm.raised_at + step.after_ms, "duress")
         step = steps[police]
-        _fire(w, alarm, police, step, alarm.raised_at + step.after_ms, label=label)
+        _fire(w, alarm, police, step, alarm.raised_at + step.after_ms, label=label,
+              forced="duress")
         following = police + 1
         if following < len(steps):
             w.alarms.set_next_step(
@@ -114,24 +115,57 @@ def go_to_police(w: Work, alarm: Alarm) -> None:
     )
 
 
+def escalate_now(w: Work, alarm: Alarm, responder: Responder, channel: str) -> Alarm:
+    """A responder sends the alarm up its ladder now: the next pending step fires at once."""
+    if alarm.state in (AlarmState.RESOLVED, AlarmState.CANCELLED):
+        raise Refused(Reason.INVALID_STATE, f"alarm is already {alarm.state}", alarm.id)
+    if alarm.next_step is None:
+        raise Refused(Reason.INVALID_STATE, "no escalation step is left", alarm.id)
+    steps = _policy(alarm).steps
+    index = alarm.next_step
+    w.alarms.append_timeline(
+        alarm.id, w.now, "escalated", alarm.state, actor=responder.actor, channel=channel,
+        detail={"role": responder.role, "step": index, "name": steps[index].label(index)},
+    )
+    _fire(w, alarm, index, steps[index], alarm.raised_at + steps[index].after_ms,
+          forced="escalated")
+    following = index + 1
+    if following < len(steps):
+        w.alarms.set_next_step(alarm.id, following, alarm.raised_at + steps[following].after_ms)
+    else:
+        w.alarms.set_next_step(alarm.id, None, None)
+    advance_ladder(w, alarm)
+    return w.reload(alarm)
+
+
 def _fire(
-    w: Work, alarm: Alarm, index: int, step: Step, due_at: int, label: str | None = None
+    w: Work,
+    alarm: Alarm,
+    index: int,
+    step: Step,
+    due_at: int,
+    *,
+    label: str | None = None,
+    forced: str | None = None,
 ) -> None:
+    """Tell the step's people. `forced` says why it fires before its time or despite its
+    `unless` (duress, escalated by a user)."""
     name = step.label(index)
     recipients = _recipients(w, alarm, step.notify)
     text = alarm_text(w.registry, alarm, label or f"Escalation: {name}")
     _queue(w, alarm, f"step{index}", recipients, text)
-    reason = "duress" if label else None
-    w.alarms.record_step(StepRecord(alarm.id, index, "fired", due_at, w.now, reason))
+    w.alarms.record_step(StepRecord(alarm.id, index, "fired", due_at, w.now, forced))
     w.alarms.append_timeline(
         alarm.id, w.now, "step_fired", alarm.state, actor=SYSTEM,
         detail={
             "step": index, "name": name, "notify": list(step.notify), "due_at": due_at,
             "fired_at": w.now, "late_ms": w.now - due_at,
             "recipients": [_describe(r) for r in recipients],
-            **({"duress": True} if label else {}),
+            **({"forced": forced} if forced else {}),
+            **({"duress": True} if forced == "duress" else {}),
         },
     )
+    w.changed(alarm, "step")
     if not recipients:
         logger.warning(
             "escalation step reached nobody",
@@ -140,6 +174,7 @@ def _fire(
 
 
 def _skip(w: Work, alarm: Alarm, index: int, step: Step, due_at: int, reason: str) -> None:
+    w.changed(alarm, "step")
     w.alarms.record_step(StepRecord(alarm.id, index, "skipped", due_at, w.now, reason))
     w.alarms.append_timeline(
         alarm.id, w.now, "step_skipped", alarm.state, actor=SYSTEM,
@@ -190,14 +225,14 @@ class EscalationEngine:
         db: Database,
         context: AlarmContext,
         clock: ClockLike,
-        on_queued: Callable[[], None],
+        on_commit: Callable[[int, tuple[AlarmChange, ...]], None],
         batch: int = 100,
     ) -> None:
         self.db = db
         self.alarms = AlarmStore(db)
         self.context = context
         self.clock = clock
-        self.on_queued = on_queued
+        self.on_commit = on_commit  # (notifications queued, what changed), after commit
         self.batch = batch
 
     async def run_once(self) -> float | None:
@@ -205,13 +240,13 @@ class EscalationEngine:
         while True:
             now = self.clock.now_ms()
 
-            def work(d: sqlite_utils.Database, now: int = now) -> tuple[int, int]:
+            def work(d: sqlite_utils.Database, now: int = now) -> tuple[int, Work]:
                 w = Work.begin(d, self.context, now)
-                return fire_due_steps(w, self.batch), w.queued
+                return fire_due_steps(w, self.batch), w
 
-            advanced, queued = await self.db.write(work)
-            if queued:
-                self.on_queued()
+            advanced, w = await self.db.write(work)
+            if w.queued or w.changes:
+                self.on_commit(w.queued, tuple(w.changes))
             if advanced < self.batch:
                 break
         next_at = await self.alarms.next_step_due_at()

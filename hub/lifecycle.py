@@ -39,6 +39,7 @@ def raise_alarm(w: Work, place: PanelPlace, kind: str, panel_ts: int, seq: int) 
             open_alarm.id, w.now, "repeated", open_alarm.state, actor=household_actor(place),
             channel="panel", detail={"seq": seq, "panel_ts": panel_ts, "repeats": repeats},
         )
+        w.changed(open_alarm, "note")
         return open_alarm
     policy = w.context.policies.for_kind(kind)
     alarm = Alarm(
@@ -55,6 +56,7 @@ def raise_alarm(w: Work, place: PanelPlace, kind: str, panel_ts: int, seq: int) 
                 "policy": policy.name},
     )
     queue_unit_alert(w, alarm, AlarmState.RAISED, entry)
+    w.changed(alarm, "raised")
     advance_ladder(w, alarm)
     return alarm
 
@@ -84,6 +86,7 @@ def _change_state(
         detail={"role": responder.role, **(detail or {})},
     )
     alarm = w.reload(alarm)
+    w.changed(alarm, "state" if moves else "note")
     if moves:
         queue_unit_alert(w, alarm, new_state, entry_id)
         if new_state in CLOSED_STATES:
@@ -101,10 +104,17 @@ def mark_on_scene(w: Work, alarm: Alarm, responder: Responder, channel: str) -> 
     return _change_state(w, alarm, AlarmState.ON_SCENE, "on_scene", responder, channel)
 
 
-def resolve(w: Work, alarm: Alarm, responder: Responder, channel: str, note: str) -> Alarm:
-    """The alarm is over; the note says how. Pending steps are skipped."""
+def resolve(
+    w: Work, alarm: Alarm, responder: Responder, channel: str, note: str,
+    outcome: str = "handled",
+) -> Alarm:
+    """The alarm is over; the note says how (outcome `handled` or `false_alarm`).
+
+    Pending steps are skipped.
+    """
     return _change_state(
-        w, alarm, AlarmState.RESOLVED, "resolved", responder, channel, {"note": note}
+        w, alarm, AlarmState.RESOLVED, "resolved", responder, channel,
+        {"note": note, "outcome": outcome},
     )
 
 
@@ -145,6 +155,7 @@ def cancel_with_pin(w: Work, alarm: Alarm, place: PanelPlace, pin: str) -> Alarm
                 alarm.id, w.now, "cancel_refused", state.value, actor=household_actor(place),
                 channel="panel", detail={"wrong_pins": wrong},
             )
+            w.changed(alarm, "note")
             left = rules.max_wrong_pins - wrong
             detail = "no PIN is set for this household" if household.pin is None else "wrong PIN"
             detail += f"; {left} tries left" if left else "; cancelling is now locked"
@@ -163,6 +174,7 @@ def cancel_with_pin(w: Work, alarm: Alarm, place: PanelPlace, pin: str) -> Alarm
     )
     w.alarms.set_state(alarm.id, AlarmState.CANCELLED.value, w.now)
     alarm = w.reload(alarm)
+    w.changed(alarm, "state")
     queue_unit_alert(w, alarm, AlarmState.CANCELLED, entry_id)
     close_ladder(w, alarm, "alarm cancelled")
     return alarm
@@ -177,6 +189,7 @@ def _duress(w: Work, alarm: Alarm, place: PanelPlace, shown: str) -> None:
     if shown == "cancelled":
         # The unit sees what a real cancel shows; from now on it sees nothing of this alarm.
         queue_unit_alert(w, alarm, AlarmState.CANCELLED, entry_id, force=True)
+    w.changed(w.reload(alarm), "note")
     go_to_police(w, w.reload(alarm))
 
 

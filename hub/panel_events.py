@@ -22,7 +22,7 @@ from devices.protocol import (
 from hub import lifecycle
 from hub.alarm_store import Alarm, StoredEvent
 from hub.registry import PanelPlace
-from hub.work import AlarmContext, Refused, Responder, Work
+from hub.work import AlarmChange, AlarmContext, Refused, Responder, Work
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class EventOutcome:
     alarm_id: str | None = None
     notifications_queued: int = 0
     new_alarm: bool = False
-    alarm_changed: bool = False
+    changes: tuple[AlarmChange, ...] = ()
 
 
 class PanelEventHandler:
@@ -100,7 +100,7 @@ class PanelEventHandler:
         )
         return EventOutcome(
             receipt, alarm_id=receipt.alarm_id, notifications_queued=w.queued,
-            new_alarm=new_alarm, alarm_changed=receipt.alarm_id is not None,
+            new_alarm=new_alarm, changes=tuple(w.changes),
         )
 
     def _alarm_of_unit(self, w: Work, place: PanelPlace, alarm_id: str) -> Alarm:

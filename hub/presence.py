@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -16,25 +17,31 @@ class PanelPresence:
 class PresenceTracker:
     """The last word of every panel: online/offline, last seen, battery, firmware."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[str, str], None] | None = None) -> None:
         self._panels: dict[str, PanelPresence] = {}
+        self._on_change = on_change  # (panel_id, new state) when a panel goes on or offline
 
     def status(
         self, panel_id: str, state: str, now: int, battery: int | None, fw: str | None
     ) -> None:
         p = self._panels.setdefault(panel_id, PanelPresence())
+        changed = p.state != state
         p.state = state
         p.last_seen = now
         if battery is not None:
             p.battery = battery
         if fw is not None:
             p.fw = fw
+        if changed and self._on_change is not None:
+            self._on_change(panel_id, state)
 
     def heartbeat(self, panel_id: str, now: int) -> None:
         p = self._panels.setdefault(panel_id, PanelPresence())
         p.last_seen = now
         if p.state == "unknown":
             p.state = "online"
+            if self._on_change is not None:
+                self._on_change(panel_id, "online")
 
     def get(self, panel_id: str) -> PanelPresence | None:
         return self._panels.get(panel_id)

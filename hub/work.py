@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlite_utils
 
@@ -23,8 +23,22 @@ class LifecycleRules:
 
 
 @dataclass(frozen=True, slots=True)
+class AlarmChange:
+    """What changed about an alarm in a transaction, for whoever watches live."""
+
+    alarm_id: str
+    unit_id: str
+    kind: str
+    state: str
+    change: str  # raised, state, step, note
+
+
+@dataclass(slots=True)
 class AlarmContext:
-    """What the rules consult: who lives where, the ladders, the tunables."""
+    """What the rules consult: who lives where, the ladders, the tunables.
+
+    Shared by every part of the hub; an imported registry replaces `registry` in place.
+    """
 
     registry: Registry
     policies: PolicySet
@@ -42,6 +56,7 @@ class Work:
     context: AlarmContext
     now: int
     queued: int = 0  # outbox rows added: the sender has work
+    changes: list[AlarmChange] = field(default_factory=list)
 
     @classmethod
     def begin(cls, db: sqlite_utils.Database, context: AlarmContext, now: int) -> Work:
@@ -50,6 +65,12 @@ class Work:
     @property
     def registry(self) -> Registry:
         return self.context.registry
+
+    def changed(self, alarm: Alarm, change: str) -> None:
+        """Note a change of the alarm (in its state as given) for live watchers."""
+        self.changes.append(
+            AlarmChange(alarm.id, alarm.unit_id, alarm.kind, alarm.state, change)
+        )
 
     def reload(self, alarm: Alarm) -> Alarm:
         """The alarm as this transaction now sees it."""

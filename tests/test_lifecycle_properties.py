@@ -17,7 +17,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 from devices.protocol import AlarmKind
 from hub import lifecycle
-from hub.escalation import fire_due_steps
+from hub.escalation import escalate_now, fire_due_steps
 from hub.migrations import MIGRATIONS, apply_migrations
 from hub.policy import DEFAULT_POLICIES, LIFECYCLE, Policy
 from hub.registry import load_registry
@@ -96,6 +96,13 @@ class AlarmLifecycle(RuleBasedStateMachine):
             pin = "0000"
         self._tx(lambda w: lifecycle.cancel_with_pin(w, self._alarm(w, alarm_id), place, pin))
 
+    @rule(alarm_id=alarms)
+    def escalate_now(self, alarm_id):
+        responder = Responder("test:police", "police")
+        self._tx(
+            lambda w: escalate_now(w, self._alarm(w, alarm_id), responder, "web")
+        )
+
     @rule(seconds=st.integers(min_value=0, max_value=4000))
     def time_passes(self, seconds):
         self.now += seconds * 1000
@@ -147,7 +154,7 @@ class AlarmLifecycle(RuleBasedStateMachine):
                 if e["entry"] == "step_fired":
                     fired.append(detail["step"])
                     step = policy.steps[detail["step"]]
-                    if not detail.get("duress"):
+                    if not detail.get("forced"):
                         assert state not in ("resolved", "cancelled")
                         assert step.unless is None or not step.unless.is_met(state, acked_by), (
                             f"step {detail['name']} fired with the alarm {state}, "

@@ -6,7 +6,18 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from hub.web import ack_links, alarms_api, health, twilio_hooks
+from hub.web import (
+    ack_links,
+    alarms_api,
+    auth,
+    events_api,
+    health,
+    pages,
+    push_api,
+    registry_api,
+    twilio_hooks,
+    users_api,
+)
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -20,8 +31,11 @@ def create_web_app(hub: Hub) -> FastAPI:
         version="0.1.0",
     )
     app.state.hub = hub
-    app.include_router(health.router)
-    app.include_router(alarms_api.router)
-    app.include_router(twilio_hooks.router)
-    app.include_router(ack_links.router)
+    auth.install_auth(app)
+    for module in (
+        health, auth, alarms_api, registry_api, events_api, push_api, users_api,
+        twilio_hooks, ack_links, pages,
+    ):
+        app.include_router(module.router)
+    pages.mount_static(app)
     return app

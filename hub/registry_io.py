@@ -1,0 +1,98 @@
+"""The registry out and back in: YAML as operators write it, households as CSV for spreadsheets.
+
+Whatever comes in goes through the same checks and messages as `tenhub check-config`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hub.problems import Problem
+from hub.registry import Registry, parse_registry
+
+CSV_COLUMNS = ("unit_id", "household_id", "address", "panel", "phones", "pin", "duress_pin")
+
+
+def registry_yaml(registry: Registry) -> str:
+    """The registry in its YAML format (defaults left out)."""
+    data = registry.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+def households_csv(registry: Registry) -> str:
+    """One row per household; phones separated by spaces."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for unit in registry.units:
+        for h in unit.households:
+            writer.writerow(
+                [unit.id, h.id, h.address, h.panel, " ".join(h.phones), h.pin or "",
+                 h.duress_pin or ""]
+            )
+    return out.getvalue()
+
+
+def merge_households_csv(
+    registry: Registry, text: str, file: str = "households.csv"
+) -> tuple[Registry | None, list[Problem]]:
+    """The registry with the households of every unit named in the CSV replaced by its rows.
+
+    Units the CSV does not name keep their households. Problems name the CSV line.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in ("unit_id", "household_id", "address", "panel")
+               if c not in (reader.fieldnames or [])]
+    if missing:
+        return None, [Problem(file, 1, 1, "", f"missing columns: {', '.join(missing)}"
+                              f" (expected {', '.join(CSV_COLUMNS)})")]
+    data = registry.model_dump(mode="json", exclude_none=True)
+    units = {u["id"]: u for u in data["units"]}
+    rows_by_unit: dict[str, list[dict[str, Any]]] = {}
+    problems: list[Problem] = []
+    for line, row in enumerate(reader, start=2):
+        unit_id = (row.get("unit_id") or "").strip()
+        if unit_id not in units:
+            problems.append(
+                Problem(file, line, 1, "unit_id", f"no unit {unit_id!r} in the registry")
+            )
+            continue
+        household: dict[str, Any] = {
+            "id": (row.get("household_id") or "").strip(),
+            "address": (row.get("address") or "").strip(),
+            "panel": (row.get("panel") or "").strip(),
+            "phones": (row.get("phones") or "").split(),
+        }
+        for key in ("pin", "duress_pin"):
+            if (row.get(key) or "").strip():
+                household[key] = row[key].strip()
+        rows_by_unit.setdefault(unit_id, []).append({"line": line, "household": household})
+    for unit_id, rows in rows_by_unit.items():
+        units[unit_id]["households"] = [r["household"] for r in rows]
+    if problems:
+        return None, problems
+    merged, found = parse_registry(yaml.safe_dump(data, sort_keys=False), file)
+    # Positions in the merged document mean nothing to the CSV's author: keep the words.
+    return merged, [Problem(file, None, None, p.path, p.message, p.severity) for p in found]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace the file with `text` so that a crash leaves the old or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

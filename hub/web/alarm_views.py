@@ -1,0 +1,83 @@
+"""Alarms as the desk and the patrol see them: JSON summaries and details, in urgency order."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from hub.alarm_store import Alarm
+from hub.policy import Policy
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+OPEN_STATES = ("raised", "acknowledged", "on_scene")
+_STATE_URGENCY = {"raised": 0, "acknowledged": 1, "on_scene": 2}
+
+
+def urgency_key(summary: dict[str, Any]) -> tuple:
+    """Duress first, then nobody-has-it-yet, then acknowledged, then on scene; oldest first."""
+    return (
+        not summary["duress"],
+        _STATE_URGENCY.get(summary["state"], 9),
+        summary["raised_at"],
+    )
+
+
+def _next_step_name(alarm: Alarm) -> str | None:
+    if alarm.next_step is None or not alarm.ladder:
+        return None
+    steps = Policy.from_json(alarm.ladder).steps
+    return steps[alarm.next_step].label(alarm.next_step) if alarm.next_step < len(steps) else None
+
+
+async def summaries(hub: Hub, alarms: list[Alarm]) -> list[dict[str, Any]]:
+    """One summary per alarm: where, what, how far, who was told, who answered."""
+    ids = [a.id for a in alarms]
+    answers = await hub.alarms.answers(ids)
+    notified = await hub.alarms.notified_counts(ids)
+    found = []
+    for alarm in alarms:
+        unit = hub.registry.unit(alarm.unit_id)
+        household = hub.registry.household(alarm.unit_id, alarm.household_id)
+        location = unit.location if unit else None
+        found.append({
+            "id": alarm.id,
+            "kind": alarm.kind,
+            "state": alarm.state,
+            "duress": bool(alarm.duress),
+            "unit_id": alarm.unit_id,
+            "unit_name": unit.name if unit else alarm.unit_id,
+            "household_id": alarm.household_id,
+            "address": household.address if household else "",
+            "zone": unit.zone if unit else None,
+            "raised_at": alarm.raised_at,
+            "updated_at": alarm.updated_at,
+            "next_step_at": alarm.next_step_at,
+            "next_step_name": _next_step_name(alarm),
+            "notified": notified.get(alarm.id, 0),
+            "answered_by": [
+                {"actor": e.actor, "role": (e.detail or {}).get("role"), "channel": e.channel,
+                 "at": e.at, "entry": e.entry}
+                for e in answers.get(alarm.id, [])
+            ],
+            "location": {"lat": location.lat, "lon": location.lon} if location else None,
+        })
+    return found
+
+
+async def detail(hub: Hub, alarm: Alarm) -> dict[str, Any]:
+    """The summary plus the whole timeline, every notification and every ladder step."""
+    (summary,) = await summaries(hub, [alarm])
+    notes = await hub.outbox.for_alarm(alarm.id)
+    return {
+        **summary,
+        "policy": alarm.policy,
+        "timeline": [asdict(e) for e in await hub.alarms.timeline(alarm.id)],
+        "steps": [asdict(s) for s in await hub.alarms.steps(alarm.id)],
+        "notifications": [
+            {k: n[k] for k in ("id", "channel", "recipient", "status", "delivery", "sent_at",
+                               "attempts", "last_error", "limited_at")}
+            for n in notes
+        ],
+    }

@@ -1,0 +1,52 @@
+"""The live stream of the dashboards: alarm and panel changes as Server-Sent Events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from hub.account_store import User
+from hub.web.auth import current_user
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+router = APIRouter(prefix="/api", tags=["live events"])
+KEEPALIVE_S = 15.0
+
+
+@router.get("/events", summary="Server-Sent Events: `alarm` and `panel` changes of your zones")
+async def events(request: Request, user: Annotated[User, Depends(current_user)]):
+    hub: Hub = request.app.state.hub
+    return StreamingResponse(
+        _stream(hub, user, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(hub: Hub, user: User, request: Request) -> AsyncIterator[str]:
+    with hub.events.subscribe() as queue:
+        yield "retry: 2000\n\n"
+        while not await request.is_disconnected():
+            event = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KEEPALIVE_S):
+                    event = await queue.get()
+                    if event is None:
+                        return  # too slow and dropped: the browser reconnects
+            if event is None:
+                yield ": keepalive\n\n"
+                continue
+            zone = event.get("zone")
+            if zone is not None and not user.sees_zone(zone):
+                continue
+            kind = event.get("type", "alarm")
+            data = {k: v for k, v in event.items() if k != "type"}
+            yield f"event: {kind}\ndata: {json.dumps(data)}\n\n"

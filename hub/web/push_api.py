@@ -1,0 +1,65 @@
+"""Web Push subscriptions of the logged-in user's browsers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from hub.account_store import User
+from hub.web.auth import csrf_protect, current_user
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+router = APIRouter(prefix="/api/push", tags=["push"])
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+class Keys(BaseModel):
+    p256dh: Annotated[str, Field(min_length=20, max_length=200)]
+    auth: Annotated[str, Field(min_length=8, max_length=100)]
+
+
+class Subscription(BaseModel):
+    """What `PushSubscription.toJSON()` gives in a browser."""
+
+    endpoint: Annotated[str, Field(pattern=r"^https?://", max_length=2000)]
+    keys: Keys
+
+
+class Endpoint(BaseModel):
+    endpoint: str
+
+
+@router.get("/key", summary="The hub's VAPID public key, for pushManager.subscribe")
+async def key(request: Request, user: CurrentUser) -> dict[str, str]:
+    hub: Hub = request.app.state.hub
+    channel = hub.sender.channels.get("push")
+    if channel is None:
+        raise HTTPException(503, "push is not ready yet")
+    return {"public_key": channel.public_key}  # type: ignore[attr-defined]
+
+
+@router.post("/subscriptions", status_code=201, dependencies=[Depends(csrf_protect)],
+             summary="Receive alarms as pushes in this browser")
+async def subscribe(request: Request, user: CurrentUser, body: Subscription) -> dict[str, str]:
+    hub: Hub = request.app.state.hub
+    if not user.phone:
+        raise HTTPException(
+            422, "your account has no phone number; an admin links it to a responder first"
+        )
+    sub_id = await hub.contacts.add_subscription(
+        user.phone, body.endpoint, body.keys.p256dh, body.keys.auth, hub.clock.now_ms()
+    )
+    return {"id": sub_id}
+
+
+@router.delete("/subscriptions", status_code=204, dependencies=[Depends(csrf_protect)],
+               summary="Stop pushes to this browser")
+async def unsubscribe(request: Request, user: CurrentUser, body: Endpoint) -> Response:
+    hub: Hub = request.app.state.hub
+    await hub.contacts.forget_endpoint(user.phone or "", body.endpoint)
+    return Response(status_code=204)

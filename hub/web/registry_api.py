@@ -1,0 +1,126 @@
+"""The registry over HTTP: units and panels (with online state) for everyone in their zones;
+import and export (YAML, households CSV) for admins, checked like `tenhub check-config`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from hub.account_store import User
+from hub.registry import Registry, parse_registry
+from hub.registry_io import households_csv, merge_households_csv, registry_yaml, write_atomically
+from hub.web.auth import csrf_protect, current_user, require_role
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+router = APIRouter(prefix="/api", tags=["registry"])
+CurrentUser = Annotated[User, Depends(current_user)]
+Admin = Annotated[User, Depends(require_role("admin"))]
+
+
+def _hub(request: Request) -> Hub:
+    return request.app.state.hub
+
+
+@router.get("/units", summary="Units of your zones, with their open alarms")
+async def units(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
+    hub = _hub(request)
+    mine = [u for u in hub.registry.units if user.sees_zone(u.zone)]
+    open_alarms = await hub.alarms.search(
+        states=("raised", "acknowledged", "on_scene"), unit_ids=[u.id for u in mine], limit=1000
+    ) if mine else []
+    per_unit: dict[str, int] = {}
+    for alarm in open_alarms:
+        per_unit[alarm.unit_id] = per_unit.get(alarm.unit_id, 0) + 1
+    return [
+        {
+            "id": u.id, "name": u.name, "zone": u.zone,
+            "location": {"lat": u.location.lat, "lon": u.location.lon} if u.location else None,
+            "households": len(u.households), "open_alarms": per_unit.get(u.id, 0),
+        }
+        for u in mine
+    ]
+
+
+@router.get("/panels", summary="Panels of your zones with their online state and last seen")
+async def panels(
+    request: Request, user: CurrentUser, state: Literal["online", "offline"] | None = None
+) -> list[dict[str, Any]]:
+    """`state=offline` lists every panel not known to be online (offline or never heard)."""
+    hub = _hub(request)
+    found = []
+    for unit in hub.registry.units:
+        if not user.sees_zone(unit.zone):
+            continue
+        for h in unit.households:
+            seen = hub.presence.get(h.panel)
+            panel_state = seen.state if seen else "unknown"
+            if state == "online" and panel_state != "online":
+                continue
+            if state == "offline" and panel_state == "online":
+                continue
+            found.append({
+                "panel_id": h.panel, "unit_id": unit.id, "household_id": h.id,
+                "address": h.address, "zone": unit.zone, "state": panel_state,
+                "last_seen": seen.last_seen if seen and seen.last_seen else None,
+                "battery": seen.battery if seen else None,
+            })
+    return found
+
+
+@router.get("/registry", summary="The whole registry as YAML", response_class=PlainTextResponse)
+async def export_registry(request: Request, user: Admin) -> PlainTextResponse:
+    return PlainTextResponse(
+        registry_yaml(_hub(request).registry), media_type="application/yaml"
+    )
+
+
+@router.get("/registry/households.csv", summary="Every household as CSV")
+async def export_households(request: Request, user: Admin) -> PlainTextResponse:
+    return PlainTextResponse(households_csv(_hub(request).registry), media_type="text/csv")
+
+
+async def _install(hub: Hub, registry: Registry | None, problems: list) -> JSONResponse:
+    errors = [p for p in problems if p.is_error]
+    if registry is None or errors:
+        return JSONResponse(
+            {"detail": "the registry was not changed", "problems": [p.format() for p in problems]},
+            status_code=422,
+        )
+    saved_to = None
+    if hub.settings.registry:
+        saved_to = hub.settings.registry
+        await asyncio.to_thread(write_atomically, Path(saved_to), registry_yaml(registry))
+    hub.replace_registry(registry)
+    return JSONResponse({
+        "detail": "registry replaced", "counts": registry.counts(), "saved_to": saved_to,
+        "problems": [p.format() for p in problems],  # warnings
+    })
+
+
+@router.put("/registry", summary="Replace the registry with a YAML document",
+            dependencies=[Depends(csrf_protect)])
+async def import_registry(request: Request, user: Admin) -> JSONResponse:
+    text = (await request.body()).decode("utf-8", errors="replace")
+    registry, problems = parse_registry(text, "registry.yaml")
+    return await _install(_hub(request), registry, problems)
+
+
+@router.put("/registry/households.csv", summary="Replace the households of the units in a CSV",
+            dependencies=[Depends(csrf_protect)])
+async def import_households(request: Request, user: Admin) -> JSONResponse:
+    hub = _hub(request)
+    text = (await request.body()).decode("utf-8-sig", errors="replace")
+    registry, problems = merge_households_csv(hub.registry, text)
+    return await _install(hub, registry, problems)
+
+
+def check_zone(hub: Hub, zone: str) -> None:
+    """400 unless the zone is one the registry knows."""
+    if zone not in {u.zone for u in hub.registry.units}:
+        raise HTTPException(400, f"no zone {zone!r} in the registry")

@@ -1,0 +1,68 @@
+"""Accounts of the dashboard, for admins: list, add, disable."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from hub.account_store import AccountError, User
+from hub.passwords import hash_password
+from hub.web.auth import csrf_protect, require_role
+from hub.web.registry_api import check_zone
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+router = APIRouter(prefix="/api/users", tags=["users"])
+Admin = Annotated[User, Depends(require_role("admin"))]
+
+
+class NewUser(BaseModel):
+    username: Annotated[str, Field(min_length=1, max_length=64)]
+    password: Annotated[str, Field(min_length=10, max_length=200)]
+    role: Literal["admin", "police", "patrol"]
+    zones: list[str] = []
+    phone: str | None = None
+
+
+def _public(user: User) -> dict[str, Any]:
+    return {k: v for k, v in asdict(user).items() if k != "id"}
+
+
+@router.get("", summary="Every account")
+async def list_users(request: Request, admin: Admin) -> list[dict[str, Any]]:
+    hub: Hub = request.app.state.hub
+    return [_public(u) for u in await hub.accounts.list_users()]
+
+
+@router.post("", status_code=201, dependencies=[Depends(csrf_protect)], summary="Add an account")
+async def add_user(request: Request, admin: Admin, body: NewUser) -> dict[str, Any]:
+    hub: Hub = request.app.state.hub
+    for zone in body.zones:
+        check_zone(hub, zone)
+    try:
+        password_hash = await asyncio.to_thread(hash_password, body.password)
+        user = await hub.accounts.add_user(
+            body.username, password_hash, body.role, tuple(body.zones), body.phone or None,
+            hub.clock.now_ms(),
+        )
+    except (AccountError, ValueError) as exc:
+        raise HTTPException(400, str(exc)) from None
+    return _public(user)
+
+
+@router.post("/{username}/disable", dependencies=[Depends(csrf_protect)],
+             summary="Lock an account out; its sessions and tokens stop working")
+async def disable_user(request: Request, admin: Admin, username: str) -> dict[str, str]:
+    hub: Hub = request.app.state.hub
+    if username.lower() == admin.username.lower():
+        raise HTTPException(400, "you cannot disable your own account")
+    try:
+        await hub.accounts.set_disabled(username, True)
+    except AccountError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return {"detail": f"{username} disabled"}
