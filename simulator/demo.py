@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 import signal
 import socket
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from hub.app import Hub
+from hub.passwords import hash_password
 from hub.registry import Registry
 from hub.settings import Settings
 from simulator.demo_story import AlertBoard, Tally, one_alarm, summary
@@ -53,6 +55,25 @@ def _http_addr(preferred: str) -> str:
             return preferred
         except OSError:
             return f"{host}:0"
+
+
+async def _demo_accounts(hub: Hub, registry: Registry) -> str:
+    """A desk and a patrol account for the dashboard; returns their (fresh) password."""
+    password = "-".join(secrets.token_hex(3) for _ in range(3))
+    hashed = await asyncio.to_thread(hash_password, password)
+    zones = tuple(dict.fromkeys(u.zone for u in registry.units))
+    patrol = next((p for p in registry.patrols), None)
+    now = hub.clock.now_ms()
+    for name, role, user_zones, phone in (
+        ("desk", "police", zones, None),
+        ("patrol", "patrol", (patrol.zone,) if patrol else zones[:1],
+         patrol.members[0].phone if patrol and patrol.members else None),
+    ):
+        if await hub.accounts.find_user(name):
+            await hub.accounts.set_password(name, hashed)
+        else:
+            await hub.accounts.add_user(name, hashed, role, user_zones, phone, now)
+    return password
 
 
 async def run_demo(options: DemoOptions, console: Console) -> int:
@@ -91,8 +112,13 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
 
     web = hub.public_url
     counts = options.registry.counts()
+    password = await _demo_accounts(hub, options.registry)
     console.print(f"[bold]tenhub demo[/bold]   web: [cyan]{web}[/cyan]")
-    console.print(f"  health {web}/healthz · metrics {web}/metrics · alarms {web}/api/alarms")
+    console.print(
+        f"  log in as [bold]desk[/bold] (police desk, every zone) or [bold]patrol[/bold]"
+        f" (patrol phone page), password [bold]{password}[/bold]"
+    )
+    console.print(f"  desk {web}/desk · patrol {web}/patrol · API {web}/docs · health {web}/healthz")
     console.print(
         f"  broker: embedded, mqtt://127.0.0.1:{broker_port} · SMS gateway: {gateway.base_url}"
         f" · data: {data_dir}"
