@@ -107,6 +107,12 @@ async def test_a_desk_sees_and_acts_only_in_its_zones(hub):
         assert units == {"u-0001", "u-0002"}
         panels = {p["zone"] for p in (await desk.get("/api/panels")).json()}
         assert panels == {"z-qiaokou"}
+        households = (await desk.get("/api/households")).json()
+        assert len(households) == 20 and all("pin" not in h for h in households)
+        assert {p["zone"] for p in (await desk.get("/api/patrols")).json()} == {"z-qiaokou"}
+        assert [d["id"] for d in (await desk.get("/api/desks")).json()["police_desks"]] == [
+            "d-qiaokou"
+        ]
     assert (await hub.alarms.get(theirs)).state == "raised", "nothing changed over there"
     assert [e.entry for e in await hub.alarms.timeline(theirs)] == ["raised", "step_fired"]
 

@@ -47,6 +47,42 @@ async def units(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
     ]
 
 
+@router.get("/households", summary="Households of your zones (PINs never leave the hub)")
+async def households(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
+    registry = _hub(request).registry
+    key_of: dict[tuple[str, str], list[str]] = {}
+    for unit in registry.units:
+        for owner, household in registry.key_households_of(unit.id):
+            key_of.setdefault((owner.id, household.id), []).append(unit.id)
+    return [
+        {"unit_id": u.id, "household_id": h.id, "address": h.address, "panel": h.panel,
+         "phones": list(h.phones), "zone": u.zone,
+         "key_household_of": key_of.get((u.id, h.id), [])}
+        for u in registry.units if user.sees_zone(u.zone)
+        for h in u.households
+    ]
+
+
+@router.get("/patrols", summary="Patrols of your zones")
+async def patrols(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
+    return [
+        p.model_dump(mode="json") for p in _hub(request).registry.patrols
+        if user.sees_zone(p.zone)
+    ]
+
+
+@router.get("/desks", summary="Police desks covering your zones, and the command posts")
+async def desks(request: Request, user: CurrentUser) -> dict[str, list[dict[str, Any]]]:
+    registry = _hub(request).registry
+    return {
+        "police_desks": [
+            d.model_dump(mode="json") for d in registry.police_desks
+            if any(user.sees_zone(z) for z in d.zones)
+        ],
+        "command": [c.model_dump(mode="json") for c in registry.command],
+    }
+
+
 @router.get("/panels", summary="Panels of your zones with their online state and last seen")
 async def panels(
     request: Request, user: CurrentUser, state: Literal["online", "offline"] | None = None
