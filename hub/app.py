@@ -28,11 +28,13 @@ from hub.metrics import HubMetrics
 from hub.mqtt_transport import MqttTransport
 from hub.outbox_store import OutboxStore
 from hub.panel_events import EventOutcome, PanelEventHandler
+from hub.panel_store import PanelStore
 from hub.policy import DEFAULT_POLICIES, PolicySet
 from hub.presence import PresenceTracker
 from hub.registry import Registry
 from hub.rejects import RejectLog
 from hub.settings import BrokerAddress, Settings, parse_host_port
+from hub.supervision import PanelSupervisor
 from hub.web import create_web_app
 from hub.work import AlarmChange, AlarmContext, LifecycleRules
 
@@ -79,6 +81,7 @@ class Hub:
         self.outbox = OutboxStore(self.db)
         self.contacts = ContactStore(self.db)
         self.accounts = AccountStore(self.db)
+        self.panels = PanelStore(self.db)
         self.embedded_broker: EmbeddedBroker | None = None
         external = settings.broker()
         if external is None:
@@ -100,7 +103,8 @@ class Hub:
             max_payload_bytes=settings.max_payload_bytes,
         )
         self.transport = MqttTransport(
-            self.broker_address, settings.hub_client_id, self.ingest.on_message, self.metrics
+            self.broker_address, settings.hub_client_id, self.ingest.on_message, self.metrics,
+            clock=self.clock,
         )
         self.sender = OutboxSender(
             self.outbox,
@@ -114,7 +118,13 @@ class Hub:
             self.db, self.context, self.clock, on_commit=self._after_commit
         )
         self.engine_runner = JobRunner(self.engine)
-        self.job_runners = [self.engine_runner, self.sender_runner]
+        self.supervisor = PanelSupervisor(
+            self.db, self.panels, self.presence, self.context, self.clock,
+            offline_after_ms=settings.offline_after_ms,
+            connected_since=lambda: self.transport.connected_at,
+            on_commit=self._after_commit,
+        )
+        self.job_runners = [self.engine_runner, self.sender_runner, JobRunner(self.supervisor)]
         self.actions = AlarmService(self.db, self.context, self.clock, self._after_commit)
         self.web = create_web_app(self)
         self.started = asyncio.Event()
@@ -196,6 +206,8 @@ class Hub:
             if self.embedded_broker is not None:
                 await self.embedded_broker.start()
             await self.db.open()
+            for panel_id, presence in await self.panels.load_presence():
+                self.presence.restore(panel_id, presence)
             interrupted = await self.outbox.recover_interrupted()
             if interrupted:
                 logger.warning(

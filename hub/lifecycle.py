@@ -50,10 +50,13 @@ def raise_alarm(w: Work, place: PanelPlace, kind: str, panel_ts: int, seq: int) 
         next_step=0, next_step_at=w.now + policy.steps[0].after_ms,
     )
     w.alarms.insert_alarm(alarm)
+    neighbours = [p for p in w.registry.unit_panels(place.unit.id) if p != alarm.panel_id]
+    # Whose buzzer the unit alert may not reach: the desk must not count on them.
+    offline = w.troubles.offline_panels(neighbours) if neighbours else []
     entry = w.alarms.append_timeline(
         alarm.id, w.now, "raised", alarm.state, actor=household_actor(place), channel="panel",
         detail={"kind": kind, "panel": alarm.panel_id, "seq": seq, "panel_ts": panel_ts,
-                "policy": policy.name},
+                "policy": policy.name, "offline_neighbours": offline},
     )
     queue_unit_alert(w, alarm, AlarmState.RAISED, entry)
     w.changed(alarm, "raised")

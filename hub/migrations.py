@@ -188,6 +188,47 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        5,
+        "panel supervision, troubles, panel credentials",
+        """
+        -- The last word of each panel, written in batches (never once per heartbeat).
+        CREATE TABLE panel_state (
+            panel_id   TEXT PRIMARY KEY,
+            state      TEXT NOT NULL,              -- online | offline | unknown
+            last_seen  INTEGER,
+            battery    INTEGER,
+            fw         TEXT,
+            updated_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+
+        -- Conditions that need someone's attention: a panel offline, tampered, on battery.
+        CREATE TABLE troubles (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            panel_id    TEXT NOT NULL,
+            kind        TEXT NOT NULL,             -- offline, tamper, low_battery, power_loss…
+            opened_at   INTEGER NOT NULL,
+            closed_at   INTEGER,
+            detail      TEXT
+        );
+        CREATE INDEX troubles_open ON troubles (panel_id, kind) WHERE closed_at IS NULL;
+        -- At most one open trouble of a kind per panel: a flapping panel is one trouble.
+        CREATE UNIQUE INDEX troubles_one_open ON troubles (panel_id, kind)
+            WHERE closed_at IS NULL;
+
+        -- What a provisioned panel logs in with, and the key it signs its events with.
+        CREATE TABLE panel_credentials (
+            panel_id       TEXT PRIMARY KEY,
+            password_hash  TEXT NOT NULL,          -- Mosquitto's password-file format
+            hmac_key       TEXT NOT NULL,          -- base64; events are signed with it
+            require_signed INTEGER NOT NULL DEFAULT 1,
+            provisioned_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+
+        -- Troubles notify like alarms do; their outbox rows have no alarm.
+        CREATE INDEX outbox_no_alarm ON outbox (channel, status) WHERE alarm_id IS NULL;
+        """,
+    ),
 ]
 
 

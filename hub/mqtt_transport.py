@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 
 from devices import topics
+from hub.clock import Clock, SystemClock
 from hub.metrics import HubMetrics
 from hub.settings import BrokerAddress
 
@@ -38,6 +39,7 @@ class MqttTransport:
         on_message: MessageHandler,
         metrics: HubMetrics,
         *,
+        clock: Clock | None = None,
         reconnect_initial_s: float = 0.2,
         reconnect_max_s: float = 5.0,
     ) -> None:
@@ -48,6 +50,8 @@ class MqttTransport:
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self.connected = asyncio.Event()
+        self.clock = clock or SystemClock()
+        self.connected_at: int | None = None  # hub time of the current connection, if any
         self._client: aiomqtt.Client | None = None
         self._stopping = False
 
@@ -77,6 +81,7 @@ class MqttTransport:
                 async with client:
                     await client.subscribe(list(topics.HUB_SUBSCRIPTIONS))
                     self._client = client
+                    self.connected_at = self.clock.now_ms()
                     self.connected.set()
                     self.metrics.broker_connected.set(1)
                     self.metrics.broker_connects.inc()
@@ -97,6 +102,7 @@ class MqttTransport:
                 )
             finally:
                 self._client = None
+                self.connected_at = None
                 self.connected.clear()
                 self.metrics.broker_connected.set(0)
             await asyncio.sleep(delay)

@@ -18,10 +18,13 @@ from devices.protocol import (
     Reason,
     Receipt,
     ReceiptStatus,
+    TamperEvent,
+    TroubleEvent,
 )
 from hub import lifecycle
 from hub.alarm_store import Alarm, StoredEvent
 from hub.registry import PanelPlace
+from hub.supervision import open_trouble
 from hub.work import AlarmChange, AlarmContext, Refused, Responder, Work
 
 
@@ -78,9 +81,15 @@ class PanelEventHandler:
                         "only the household that raised an alarm can cancel it", alarm.id,
                     )
                 lifecycle.cancel_with_pin(w, alarm, place, event.pin)
-            else:
-                # test, tamper, trouble: stored and receipted; supervision reads them.
+            elif isinstance(event, TamperEvent):
+                open_trouble(w, place, "tamper", {"detail": event.detail} if event.detail else None)
                 alarm = None
+            elif isinstance(event, TroubleEvent):
+                kind = event.condition or "trouble"
+                open_trouble(w, place, kind, {"detail": event.detail} if event.detail else None)
+                alarm = None
+            else:
+                alarm = None  # a panel test: stored and receipted
             receipt = Receipt(
                 seq=event.seq, status=ReceiptStatus.ACCEPTED,
                 alarm_id=alarm.id if alarm else None,

@@ -1,15 +1,19 @@
-"""Who is online: panels' status and heartbeats, kept in memory (no write per beat)."""
+"""Who is online: panels' status and heartbeats, kept in memory (no write per beat).
+
+The supervision job flushes what changed to the database in batches and decides when a
+silent panel is offline; this class only records what panels say.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(slots=True)
 class PanelPresence:
-    state: str = "unknown"
-    last_seen: int = 0  # hub time, ms, of the last status or heartbeat
+    state: str = "unknown"  # online | offline | unknown (never heard since the hub started)
+    last_seen: int = 0  # hub time, ms, of the last sign of life (online status or heartbeat)
     battery: int | None = None
     fw: str | None = None
 
@@ -20,31 +24,60 @@ class PresenceTracker:
     def __init__(self, on_change: Callable[[str, str], None] | None = None) -> None:
         self._panels: dict[str, PanelPresence] = {}
         self._on_change = on_change  # (panel_id, new state) when a panel goes on or offline
+        self._online = 0
+        self._dirty: set[str] = set()
+
+    def _set_state(self, panel_id: str, p: PanelPresence, state: str) -> None:
+        if p.state == state:
+            return
+        self._online += (state == "online") - (p.state == "online")
+        p.state = state
+        if self._on_change is not None:
+            self._on_change(panel_id, state)
 
     def status(
         self, panel_id: str, state: str, now: int, battery: int | None, fw: str | None
     ) -> None:
+        """A retained status: `online` after a connect, `offline` from the Will or a stop."""
         p = self._panels.setdefault(panel_id, PanelPresence())
-        changed = p.state != state
-        p.state = state
-        p.last_seen = now
+        if state == "online":
+            p.last_seen = now  # an offline status (the Will) is no sign of life
         if battery is not None:
             p.battery = battery
         if fw is not None:
             p.fw = fw
-        if changed and self._on_change is not None:
-            self._on_change(panel_id, state)
+        self._dirty.add(panel_id)
+        self._set_state(panel_id, p, state)
 
     def heartbeat(self, panel_id: str, now: int) -> None:
+        """A heartbeat: the panel is alive, whatever it said before."""
         p = self._panels.setdefault(panel_id, PanelPresence())
         p.last_seen = now
-        if p.state == "unknown":
-            p.state = "online"
-            if self._on_change is not None:
-                self._on_change(panel_id, "online")
+        self._dirty.add(panel_id)
+        self._set_state(panel_id, p, "online")
+
+    def silent(self, panel_id: str) -> None:
+        """Supervision found the panel silent too long: it counts as offline now."""
+        p = self._panels.setdefault(panel_id, PanelPresence())
+        self._dirty.add(panel_id)
+        self._set_state(panel_id, p, "offline")
 
     def get(self, panel_id: str) -> PanelPresence | None:
         return self._panels.get(panel_id)
 
+    def items(self) -> list[tuple[str, PanelPresence]]:
+        return list(self._panels.items())
+
+    def take_dirty(self) -> list[tuple[str, PanelPresence]]:
+        """Panels changed since the last call, as copies, to write in one batch."""
+        dirty, self._dirty = self._dirty, set()
+        return [(pid, replace(self._panels[pid])) for pid in dirty if pid in self._panels]
+
+    def restore(self, panel_id: str, presence: PanelPresence) -> None:
+        """Take a panel's last known state from the database at start (no event fired)."""
+        if panel_id not in self._panels:
+            self._panels[panel_id] = presence
+            self._online += presence.state == "online"
+
     def online_count(self) -> int:
-        return sum(1 for p in self._panels.values() if p.state == "online")
+        return self._online

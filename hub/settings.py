@@ -46,6 +46,8 @@ class Settings(BaseModel):
     vapid_key_file: str | None = None  # None: next to the database
     vapid_subject: str = "mailto:operator@tenhub.invalid"
     heartbeat_s: Seconds = 30.0
+    # A panel silent this long is offline; unset: three heartbeats.
+    offline_after_s: Annotated[float, Field(ge=20)] | None = None
     cancel_window_s: Seconds = 120.0
     max_wrong_pins: Annotated[int, Field(ge=1, le=100)] = 5
     max_payload_bytes: Annotated[int, Field(ge=256, le=262_144)] = 4096
@@ -78,6 +80,10 @@ class Settings(BaseModel):
         if v not in {"text", "json"}:
             raise ValueError("log_format must be text or json")
         return v
+
+    @property
+    def offline_after_ms(self) -> int:
+        return int((self.offline_after_s or max(20.0, 3 * self.heartbeat_s)) * 1000)
 
     def broker(self) -> BrokerAddress | None:
         """The external broker, or None for the embedded one."""

@@ -10,6 +10,7 @@ from devices.protocol import Reason
 from hub.alarm_store import Alarm, AlarmTx
 from hub.contact_store import ContactTx
 from hub.outbox_store import OutboxTx
+from hub.panel_store import TroubleTx
 from hub.policy import PolicySet
 from hub.registry import Registry
 
@@ -53,6 +54,7 @@ class Work:
     alarms: AlarmTx
     outbox: OutboxTx
     contacts: ContactTx
+    troubles: TroubleTx
     context: AlarmContext
     now: int
     queued: int = 0  # outbox rows added: the sender has work
@@ -60,7 +62,7 @@ class Work:
 
     @classmethod
     def begin(cls, db: sqlite_utils.Database, context: AlarmContext, now: int) -> Work:
-        return cls(AlarmTx(db), OutboxTx(db), ContactTx(db), context, now)
+        return cls(AlarmTx(db), OutboxTx(db), ContactTx(db), TroubleTx(db), context, now)
 
     @property
     def registry(self) -> Registry:

@@ -118,7 +118,9 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         f"  log in as [bold]desk[/bold] (police desk, every zone) or [bold]patrol[/bold]"
         f" (patrol phone page), password [bold]{password}[/bold]"
     )
-    console.print(f"  desk {web}/desk · patrol {web}/patrol · API {web}/docs · health {web}/healthz")
+    console.print(
+        f"  desk {web}/desk · patrol {web}/patrol · API {web}/docs · health {web}/healthz"
+    )
     console.print(
         f"  broker: embedded, mqtt://127.0.0.1:{broker_port} · SMS gateway: {gateway.base_url}"
         f" · data: {data_dir}"

@@ -15,6 +15,7 @@ from hub.web import (
     pages,
     push_api,
     registry_api,
+    troubles_api,
     twilio_hooks,
     users_api,
 )
@@ -33,7 +34,7 @@ def create_web_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     auth.install_auth(app)
     for module in (
-        health, auth, alarms_api, registry_api, events_api, push_api, users_api,
+        health, auth, alarms_api, registry_api, troubles_api, events_api, push_api, users_api,
         twilio_hooks, ack_links, pages,
     ):
         app.include_router(module.router)

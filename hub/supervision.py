@@ -1,0 +1,142 @@
+"""Panel supervision: a silent or tampered panel becomes a trouble, its household is told once.
+
+The named job `panel-supervisor` flushes panels' presence to the database in batches,
+marks a panel offline when it has been silent longer than `offline_after` (or its Last
+Will said so), and opens or closes troubles. After the hub (re)connects to the broker it
+judges nobody for one `offline_after`: a broker or hub restart must not turn every
+panel into a trouble and a flood of SMS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import sqlite_utils
+
+from hub.clock import Clock
+from hub.db import Database
+from hub.panel_store import PanelStore
+from hub.presence import PresenceTracker
+from hub.registry import PanelPlace
+from hub.work import AlarmChange, AlarmContext, Work
+
+logger = logging.getLogger(__name__)
+
+TROUBLE_WORDS = {
+    "offline": "is offline: check its power and network; your neighbours' alarms cannot"
+    " reach it",
+    "tamper": "reports tampering; if this was not you, call your patrol",
+    "low_battery": "reports a low battery; replace it soon",
+    "power_loss": "has lost mains power and runs on its battery",
+}
+
+
+def open_trouble(
+    w: Work, place: PanelPlace, kind: str, detail: dict | None = None
+) -> int | None:
+    """Open a trouble and tell the household by SMS, once; None if it was open already."""
+    trouble_id = w.troubles.open(place.household.panel, kind, w.now, detail)
+    if trouble_id is None:
+        return None
+    since = time.strftime("%H:%M", time.localtime(w.now / 1000))
+    words = TROUBLE_WORDS.get(kind, f"reports trouble: {kind.replace('_', ' ')}")
+    text = (
+        f"tenhub: the alarm panel of {place.unit.name}, {place.household.address} {words}"
+        f" (since {since})."
+    )
+    for phone in place.household.phones:
+        w.outbox.enqueue(
+            alarm_id=None, channel="sms", recipient=phone,
+            payload=json.dumps({"text": text}, ensure_ascii=False),
+            idempotency_key=f"trouble:{trouble_id}:{phone}", now=w.now,
+        )
+        w.queued += 1
+    logger.warning(
+        "panel trouble", extra={"panel_id": place.household.panel, "kind": kind}
+    )
+    return trouble_id
+
+
+class PanelSupervisor:
+    """The named job `panel-supervisor`."""
+
+    name = "panel-supervisor"
+
+    def __init__(
+        self,
+        db: Database,
+        store: PanelStore,
+        presence: PresenceTracker,
+        context: AlarmContext,
+        clock: Clock,
+        *,
+        offline_after_ms: int,
+        connected_since: Callable[[], int | None],
+        on_commit: Callable[[int, tuple[AlarmChange, ...]], None],
+        tick_s: float = 1.0,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.presence = presence
+        self.context = context
+        self.clock = clock
+        self.offline_after_ms = offline_after_ms
+        self.connected_since = connected_since
+        self.on_commit = on_commit
+        self.tick_s = tick_s
+        self._open_offline: set[str] | None = None  # panels with an open offline trouble
+
+    async def run_once(self) -> float | None:
+        now = self.clock.now_ms()
+        await self.store.save_presence(self.presence.take_dirty(), now)
+        if self._open_offline is None:
+            self._open_offline = {
+                t.panel_id for t in await self.store.troubles() if t.kind == "offline"
+            }
+        since = self.connected_since()
+        if since is None or now < since + self.offline_after_ms:
+            return self.tick_s  # deaf, or just back: nobody is judged yet
+        offline, online = self._judge(now)
+        to_open = [p for p in offline if p.household.panel not in self._open_offline]
+        to_close = [p for p in online if p in self._open_offline]
+        if to_open or to_close:
+            await self._record(to_open, to_close, now)
+        return self.tick_s
+
+    def _judge(self, now: int) -> tuple[list[PanelPlace], list[str]]:
+        offline: list[PanelPlace] = []
+        online: list[str] = []
+        registry = self.context.registry
+        for unit in registry.units:
+            for household in unit.households:
+                panel_id = household.panel
+                seen = self.presence.get(panel_id)
+                if seen is not None and seen.state == "online":
+                    if now - seen.last_seen <= self.offline_after_ms:
+                        online.append(panel_id)
+                        continue
+                    self.presence.silent(panel_id)  # alive once, silent too long now
+                offline.append(PanelPlace(unit, household))
+        return offline, online
+
+    async def _record(self, to_open: list[PanelPlace], to_close: list[str], now: int) -> None:
+        def w(d: sqlite_utils.Database) -> int:
+            work = Work.begin(d, self.context, now)
+            for place in to_open:
+                last = self.presence.get(place.household.panel)
+                detail = {"last_seen": last.last_seen} if last and last.last_seen else None
+                open_trouble(work, place, "offline", detail)
+            for panel_id in to_close:
+                work.troubles.close(panel_id, "offline", now)
+            return work.queued
+
+        queued = await self.db.write(w)
+        assert self._open_offline is not None
+        self._open_offline |= {p.household.panel for p in to_open}
+        self._open_offline -= set(to_close)
+        if to_close:
+            logger.info("panels back online", extra={"count": len(to_close)})
+        self.on_commit(queued, ())

@@ -1,0 +1,54 @@
+"""Troubles over HTTP: panels offline, tampered, on battery — in the user's zones."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from hub.account_store import User
+from hub.web.auth import csrf_protect, current_user, require_role
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+router = APIRouter(prefix="/api/troubles", tags=["troubles"])
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def _panels_of(hub: Hub, user: User) -> list[str]:
+    return [h.panel for u in hub.registry.units if user.sees_zone(u.zone) for h in u.households]
+
+
+@router.get("", summary="Troubles of panels in your zones: open ones, or all with closed=true")
+async def troubles(
+    request: Request, user: CurrentUser, closed: bool = False
+) -> list[dict[str, Any]]:
+    hub: Hub = request.app.state.hub
+    found = await hub.panels.troubles(panel_ids=_panels_of(hub, user), open_only=not closed)
+    answer = []
+    for t in found:
+        place = hub.registry.panel_place(t.panel_id)
+        answer.append({
+            **asdict(t),
+            "unit_id": place.unit.id if place else None,
+            "household_id": place.household.id if place else None,
+            "address": place.household.address if place else None,
+        })
+    return answer
+
+
+@router.post("/{trouble_id}/close", dependencies=[Depends(csrf_protect)],
+             summary="Close a trouble someone has dealt with (tamper, a fault)")
+async def close(
+    request: Request, trouble_id: int,
+    user: Annotated[User, Depends(require_role("admin", "police", "patrol"))],
+) -> dict[str, str]:
+    hub: Hub = request.app.state.hub
+    trouble = await hub.panels.get_trouble(trouble_id)
+    if trouble is None or trouble.panel_id not in _panels_of(hub, user):
+        raise HTTPException(404, f"no trouble {trouble_id}")
+    if not await hub.panels.close_trouble(trouble_id, hub.clock.now_ms()):
+        raise HTTPException(409, "the trouble is closed already")
+    return {"detail": "closed"}

@@ -1,0 +1,189 @@
+"""Panel supervision as a household and the desk live it: a silent, dead or tampered panel
+becomes a trouble, the household hears of it once, and a restart floods nobody."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+
+import httpx
+import pytest
+
+from devices.panel import ReferencePanel
+from hub.clock import ManualClock
+from hub.passwords import hash_password
+from tests.conftest import HubRunner
+
+pytestmark = pytest.mark.asyncio
+
+OFFLINE_AFTER = 20  # seconds, the smallest allowed
+
+
+@pytest.fixture
+def clock():
+    return ManualClock()
+
+
+@pytest.fixture
+async def runner(mosquitto, tmp_path, registry, clock):
+    r = HubRunner(
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry,
+        offline_after_s=OFFLINE_AFTER,
+    )
+    r.clock = clock
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+def panel_of(mosquitto, tmp_path, registry):
+    made: list[ReferencePanel] = []
+
+    def make(panel_id: str, heartbeat_s: float = 0.2) -> ReferencePanel:
+        place = registry.panel_place(panel_id)
+        p = ReferencePanel(
+            panel_id, mosquitto.host, mosquitto.port, state_dir=tmp_path / "panels",
+            username=panel_id, household_id=place.household.id, unit_id=place.unit.id,
+            heartbeat_s=heartbeat_s,
+        )
+        p.start()
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        with contextlib.suppress(Exception):
+            p.stop()
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    """Wait until predicate() (plain or awaitable) holds."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = predicate()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def open_troubles(hub) -> dict[str, str]:
+    return {t.panel_id: t.kind for t in await hub.panels.troubles()}
+
+
+async def trouble_sms(hub) -> list[tuple[str, str]]:
+    rows = await hub.db.read(lambda d: d.conn.execute(
+        "SELECT recipient, payload FROM outbox WHERE alarm_id IS NULL AND channel = 'sms'"
+    ).fetchall())
+    return [(r[0], json.loads(r[1])["text"]) for r in rows]
+
+
+async def past_grace(hub, clock) -> None:
+    """Let the grace period after connecting pass, with live panels beating meanwhile."""
+    clock.advance(OFFLINE_AFTER + 1)
+    await asyncio.sleep(0.5)  # heartbeats of live panels arrive at the new time
+    await hub.supervisor.run_once()
+
+
+async def test_a_dead_panel_is_a_trouble_its_household_hears_of_once(runner, clock, panel_of):
+    hub = await runner.start()
+    alive = panel_of("p-0001-01")
+    dying = panel_of("p-0001-02")
+    await until(lambda: hub.presence.online_count() >= 2)
+    await past_grace(hub, clock)
+    troubles = await open_troubles(hub)
+    assert "p-0001-01" not in troubles and "p-0001-02" not in troubles
+    assert troubles["p-0001-03"] == "offline", "never heard of since the hub started"
+
+    dying.power_off()  # its Last Will says offline
+    await until(lambda: hub.presence.get("p-0001-02").state == "offline")
+    await hub.supervisor.run_once()
+    await hub.supervisor.run_once()  # and again: no second SMS
+    assert (await open_troubles(hub))["p-0001-02"] == "offline"
+    to_household = [text for phone, text in await trouble_sms(hub) if phone == "+15550000102"]
+    assert len(to_household) == 1
+    assert "2-102" in to_household[0] and "offline" in to_household[0]
+    assert alive.connected
+
+    panel_of("p-0001-02")  # power is back
+    await until(lambda: hub.presence.get("p-0001-02").state == "online")
+    await hub.supervisor.run_once()
+    assert "p-0001-02" not in await open_troubles(hub)
+    closed = await hub.panels.troubles(panel_ids=["p-0001-02"], open_only=False)
+    assert closed[0].closed_at is not None
+
+
+async def test_a_panel_that_goes_silent_without_a_will_is_caught(runner, clock, panel_of):
+    hub = await runner.start()
+    quiet = panel_of("p-0002-01", heartbeat_s=3600)  # connected, then never a word
+    await until(lambda: hub.presence.get("p-0002-01") is not None)
+    await past_grace(hub, clock)
+    assert (await open_troubles(hub))["p-0002-01"] == "offline"
+    assert hub.presence.get("p-0002-01").state == "offline"
+    assert quiet.connected, "the connection looks fine; the silence is what counts"
+
+
+async def test_a_restart_floods_nobody_before_the_grace_period(runner, clock, panel_of):
+    hub = await runner.start()
+    await hub.supervisor.run_once()
+    clock.advance(OFFLINE_AFTER - 1)
+    await hub.supervisor.run_once()
+    assert await open_troubles(hub) == {}, "just connected: nobody judged yet"
+    assert await trouble_sms(hub) == []
+
+    await runner.stop()
+    clock.advance(3600)
+    hub = await runner.start()  # the panels' last word is an hour old now
+    await hub.supervisor.run_once()
+    assert await open_troubles(hub) == {}
+    panel_of("p-0003-01")
+    await past_grace(hub, clock)
+    troubles = await open_troubles(hub)
+    assert "p-0003-01" not in troubles and len(troubles) == 29
+
+
+async def test_tamper_and_faults_become_troubles_the_desk_can_close(runner, clock, panel_of):
+    hub = await runner.start()
+    panel = panel_of("p-0001-05")
+    receipt = await asyncio.to_thread(
+        panel.send_event("tamper", detail="cover opened").wait, 5
+    )
+    assert receipt.status.value == "accepted"
+    await asyncio.to_thread(panel.send_event("trouble", condition="low_battery").wait, 5)
+    assert {(t.panel_id, t.kind) for t in await hub.panels.troubles()} == {
+        ("p-0001-05", "tamper"), ("p-0001-05", "low_battery"),
+    }
+    texts = [t for phone, t in await trouble_sms(hub) if phone == "+15550000105"]
+    assert any("tampering" in t for t in texts) and any("low battery" in t for t in texts)
+
+    pw = await asyncio.to_thread(hash_password, "correct horse battery")
+    await hub.accounts.add_user("desk", pw, "police", ("z-qiaokou",), None, clock.now_ms())
+    user = (await hub.accounts.find_user("desk"))[0]
+    token = await hub.accounts.new_api_token(user.id, "t", clock.now_ms())
+    auth = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=hub.web), base_url=hub.public_url
+    ) as client:
+        listed = (await client.get("/api/troubles", headers=auth)).json()
+        tamper = next(t for t in listed if t["kind"] == "tamper")
+        assert tamper["address"] == "2-301" and tamper["detail"] == {"detail": "cover opened"}
+        closed = await client.post(f"/api/troubles/{tamper['id']}/close", headers=auth)
+        assert closed.status_code == 200
+    assert {t.kind for t in await hub.panels.troubles()} == {"low_battery"}
+
+
+async def test_an_alarm_names_the_neighbours_whose_buzzers_may_not_sound(
+    runner, clock, panel_of
+):
+    hub = await runner.start()
+    raiser = panel_of("p-0001-01")
+    for i in range(2, 10):
+        panel_of(f"p-0001-{i:02d}")  # every neighbour but h-10
+    await until(lambda: hub.presence.online_count() >= 9)
+    await hub.supervisor.run_once()  # the flush: the database knows who is online
+    receipt = await asyncio.to_thread(raiser.raise_alarm("fire").wait, 5)
+    raised = (await hub.alarms.timeline(receipt.alarm_id))[0]
+    assert raised.detail["offline_neighbours"] == ["p-0001-10"]
