@@ -241,10 +241,13 @@ def _demo_registry(path: Path) -> Path:
 
 
 def _mount_subcommands() -> None:
+    from hub.panel_cli import broker_config, panels
     from hub.user_cli import users
     from simulator.cli import sim
 
     app.add_typer(users, name="user")
+    app.add_typer(panels, name="panel")
+    app.command("broker-config")(broker_config)
     app.add_typer(sim, name="sim")
 
 

@@ -1,0 +1,600 @@
+"""The broker's files, generated from the registry, run by a real Mosquitto.
+
+A panel logs in with its own password, publishes only as itself, and hears only its own
+receipts and its own unit's alerts; the hub's account hears every panel and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import typer
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+from typer.testing import CliRunner
+
+from devices import topics
+from hub.broker_config import (
+    BrokerConfigError,
+    hub_password,
+    panel_accounts,
+    write_broker_config,
+)
+from hub.credential_store import CredentialStore, CredentialTx, PanelSecrets, StoredCredential
+from hub.db import Database
+from hub.mosquitto_passwords import hash_mosquitto_password, verify_mosquitto_password
+from hub.registry import Household, Registry, Unit, parse_registry
+from tests.brokers import free_port, wait_for_port
+
+REGISTRY_YAML = """\
+units:
+  - id: u-1
+    name: "Block 1"
+    zone: z-1
+    households:
+      - {id: h-01, address: "1-101", panel: p-1a, phones: ["+15550000101"]}
+      - {id: h-02, address: "1-102", panel: p-1b, phones: ["+15550000102"]}
+  - id: u-2
+    name: "Block 2"
+    zone: z-1
+    households:
+      - {id: h-01, address: "2-101", panel: p-2a, phones: ["+15550000201"]}
+      - {id: h-02, address: "2-102", panel: p-2b, phones: ["+15550000202"]}
+"""
+NOT_AUTHORIZED = ReasonCode(PacketTypes.CONNACK, "Not authorized")  # CONNACK 5 in MQTT 3.1.1
+SUCCESS = ReasonCode(PacketTypes.CONNACK, "Success")
+
+def make_registry(text: str = REGISTRY_YAML) -> Registry:
+    registry, problems = parse_registry(text, "registry.yaml")
+    assert registry is not None, [p.format() for p in problems]
+    return registry
+
+
+# --- a Mosquitto run by the generated files --------------------------------------------------
+
+
+class MosquittoOnFiles:
+    """`mosquitto -c <generated mosquitto.conf>`, with nothing added to what it says."""
+
+    def __init__(self, conf: Path, port: int, log: Path) -> None:
+        self.conf, self.port, self.log = conf, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=log, stderr=log)
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start: {self.log.read_text()}") from None
+
+    def reload(self) -> None:
+        """What an operator does after re-running broker-config: SIGHUP."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        """A clean stop (SIGTERM): Mosquitto writes its persistence file on the way out."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class GeneratedBroker(MosquittoOnFiles):
+    """A credential database, the files written from it and the registry, and Mosquitto."""
+
+    def __init__(self, workdir: Path, registry: Registry) -> None:
+        self.out = workdir / "broker"
+        super().__init__(self.out / "mosquitto.conf", free_port(), workdir / "mosquitto.log")
+        self.registry = registry
+        self.db_path = workdir / "tenhub.db"
+        self.secrets: dict[str, PanelSecrets] = {}
+        self.hub_password, _ = hub_password(self.out)
+
+    def provision(self, *panel_ids: str) -> None:
+        self.secrets |= {s.panel_id: s for s in run_store(self.db_path, "provision", *panel_ids)}
+
+    def revoke(self, panel_id: str) -> None:
+        run_store(self.db_path, "revoke", panel_id)
+        self.secrets.pop(panel_id, None)
+
+    def write(self) -> list[Path]:
+        return write_broker_config(
+            self.out,
+            self.registry,
+            run_store(self.db_path, "all"),
+            hub_password_hash=hash_mosquitto_password(self.hub_password),
+            listener_port=self.port,
+            listener_host="127.0.0.1",
+            autosave_interval_s=1,
+        )
+
+    def panel(self, panel_id: str, **kw: object) -> Client:
+        return Client(self.port, panel_id, self.secrets[panel_id].password, **kw)
+
+    def hub(self, **kw: object) -> Client:
+        return Client(self.port, "tenhub-hub", self.hub_password, **kw)
+
+
+def run_store(db_path: Path, op: str, *args: str) -> list:
+    """Run one CredentialStore operation on the database, as the CLI does."""
+
+    async def main() -> list:
+        db = Database(db_path)
+        await db.open()
+        try:
+            store = CredentialStore(db)
+            if op == "provision":
+                return [await store.provision(p, 1_700_000_000_000) for p in args]
+            if op == "revoke":
+                return [await store.revoke(p) for p in args]
+            return await store.all()
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
+
+
+class Client:
+    """A paho MQTT 3.1.1 client that records its CONNACK and every message it gets."""
+
+    def __init__(
+        self, port: int, username: str | None, password: str | None,
+        client_id: str | None = None, clean_session: bool = True,
+    ) -> None:
+        self.port = port
+        self.messages: list[tuple[str, bytes]] = []
+        self.connack: ReasonCode | None = None
+        self.disconnected = threading.Event()
+        self._cond = threading.Condition()
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or username or f"anon-{free_port()}",
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+        )
+        if username is not None:
+            self.c.username_pw_set(username, password)
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda *_a: self._subscribed.set()
+        self.c.on_disconnect = lambda *_a: self.disconnected.set()
+
+    def _on_connect(self, _c, _u, _flags, reason_code, _props) -> None:
+        self.connack = reason_code
+        self._connected.set()
+
+    def _on_message(self, _c, _u, msg: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+            self._cond.notify_all()
+
+    def connect(self) -> ReasonCode:
+        """Connect and return the CONNACK; a refused client stops trying."""
+        self.c.connect("127.0.0.1", self.port)
+        # Loop by hand until the CONNACK: a refused client then has no thread to wind down.
+        deadline = time.monotonic() + 5
+        while not self._connected.is_set() and time.monotonic() < deadline:
+            self.c.loop(timeout=0.05)
+        assert self._connected.is_set(), "no CONNACK"
+        if self.connack == SUCCESS:
+            self.c.loop_start()
+        return self.connack  # type: ignore[return-value]
+
+    def subscribe(self, *filters: str) -> None:
+        self._subscribed.clear()
+        self.c.subscribe([(f, 1) for f in filters])
+        assert self._subscribed.wait(5), "no SUBACK"
+
+    def publish(self, topic: str, payload: bytes | str = b"{}", qos: int = 1,
+                retain: bool = False) -> None:
+        self.c.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
+
+    def wait_for(self, topic: str, count: int = 1, timeout: float = 5.0) -> list[bytes]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [p for t, p in self.messages if t == topic]
+                left = deadline - time.monotonic()
+                if len(found) >= count or left <= 0:
+                    return found
+                self._cond.wait(left)
+
+    def topics(self) -> set[str]:
+        with self._cond:
+            return {t for t, _ in self.messages}
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[GeneratedBroker]:
+    """Mosquitto on the generated files; p-1a, p-1b and p-2a provisioned, p-2b not."""
+    b = GeneratedBroker(tmp_path, make_registry())
+    b.provision("p-1a", "p-1b", "p-2a")
+    b.write()
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    made: list[Client] = []
+    yield made
+    for c in made:
+        c.close()
+
+
+def refused_soon(port: int, username: str, password: str) -> bool:
+    """Whether the broker comes to refuse this login: a reload takes effect a little later."""
+    deadline = time.monotonic() + 5
+    while True:
+        client = Client(port, username, password)
+        code = client.connect()
+        client.close()
+        if code == NOT_AUTHORIZED or time.monotonic() > deadline:
+            return code == NOT_AUTHORIZED
+        time.sleep(0.05)
+
+
+def connected(clients: list[Client], client: Client) -> Client:
+    clients.append(client)
+    assert client.connect() == SUCCESS
+    return client
+
+
+# --- stories -------------------------------------------------------------------------------
+
+
+def test_a_provisioned_panel_logs_in_and_the_hub_hears_its_events(broker, clients):
+    hub = connected(clients, broker.hub())
+    hub.subscribe(*(t for t, _ in topics.HUB_SUBSCRIPTIONS))
+    panel = connected(clients, broker.panel("p-1a"))
+
+    panel.publish(topics.status_topic("p-1a"), b'{"state":"online","ts":1}', retain=True)
+    panel.publish(topics.heartbeat_topic("p-1a"), b'{"ts":1}', qos=0)
+    panel.publish(topics.event_topic("p-1a"), b'{"type":"alarm","seq":1,"ts":1}')
+
+    assert hub.wait_for(topics.event_topic("p-1a")) == [b'{"type":"alarm","seq":1,"ts":1}']
+    assert hub.wait_for(topics.status_topic("p-1a"))
+    assert hub.wait_for(topics.heartbeat_topic("p-1a"))
+
+
+def test_wrong_password_unknown_user_and_anonymous_are_refused(broker, clients):
+    cases = [
+        Client(broker.port, "p-1a", "not-its-password"),
+        Client(broker.port, "p-1a", broker.secrets["p-1b"].password),  # a neighbour's
+        Client(broker.port, "p-2b", "whatever"),  # in the registry, never provisioned
+        Client(broker.port, "tenhub-hub", broker.secrets["p-1a"].password),
+        Client(broker.port, None, None),  # anonymous
+    ]
+    for client in cases:
+        assert client.connect() == NOT_AUTHORIZED
+
+
+def test_a_panel_cannot_speak_as_another_panel_or_as_the_hub(broker, clients):
+    hub = connected(clients, broker.hub())
+    hub.subscribe(*(t for t, _ in topics.HUB_SUBSCRIPTIONS))
+    victim = connected(clients, broker.panel("p-1b"))
+    victim.subscribe(topics.receipt_topic("p-1b"), topics.unit_alert_topic("u-1"))
+    thief = connected(clients, broker.panel("p-1a"))
+
+    thief.publish(topics.event_topic("p-1b"), b'{"type":"cancel"}')
+    thief.publish(topics.status_topic("p-1b"), b'{"state":"offline"}', retain=True)
+    thief.publish(topics.heartbeat_topic("p-2a"), b"{}", qos=0)
+    thief.publish(topics.receipt_topic("p-1b"), b'{"seq":1,"status":"accepted"}')
+    thief.publish(topics.unit_alert_topic("u-1"), b'{"state":"resolved"}')
+    thief.publish("tenhub/v1/other", b"{}")
+    # Mosquitto handles one connection's messages in order: once this arrives, any of the
+    # forgeries above would have arrived before it.
+    thief.publish(topics.event_topic("p-1a"), b'{"seq":2}')
+
+    assert hub.wait_for(topics.event_topic("p-1a")) == [b'{"seq":2}']
+    assert hub.topics() == {topics.event_topic("p-1a")}
+    victim_sentinel = topics.receipt_topic("p-1b")
+    hub.publish(victim_sentinel, b'{"seq":9}')
+    assert victim.wait_for(victim_sentinel) == [b'{"seq":9}']
+    assert victim.messages == [(victim_sentinel, b'{"seq":9}')]
+
+    # The hub's account may answer panels but not raise events in their name.
+    hub.publish(topics.event_topic("p-2a"), b'{"seq":3}')
+    thief.publish(topics.event_topic("p-1a"), b'{"seq":4}')
+    assert hub.wait_for(topics.event_topic("p-1a"), 2)[-1] == b'{"seq":4}'
+    assert topics.event_topic("p-2a") not in hub.topics()
+
+
+def test_a_panel_hears_only_its_receipts_and_its_units_alerts(broker, clients):
+    hub = connected(clients, broker.hub())
+    panel = connected(clients, broker.panel("p-1a"))
+    # Asking for more than it may read: Mosquitto grants or refuses each filter, but never
+    # delivers what the ACL does not allow.
+    panel.subscribe(
+        "#", "tenhub/#", "tenhub/v1/panel/+/receipt", "tenhub/v1/panel/+/event",
+        "tenhub/v1/unit/+/alert", topics.receipt_topic("p-1b"), topics.unit_alert_topic("u-2"),
+        topics.receipt_topic("p-1a"), topics.unit_alert_topic("u-1"),
+    )
+    neighbour = connected(clients, broker.panel("p-1b"))
+
+    neighbour.publish(topics.event_topic("p-1b"), b'{"type":"alarm"}')
+    neighbour.publish(topics.status_topic("p-1b"), b'{"state":"online"}', retain=True)
+    hub.publish(topics.receipt_topic("p-1b"), b'{"seq":1}')
+    hub.publish(topics.receipt_topic("p-2a"), b'{"seq":1}')
+    hub.publish(topics.unit_alert_topic("u-2"), b'{"state":"raised"}')
+    hub.publish(topics.receipt_topic("p-1a"), b'{"seq":7}')
+    hub.publish(topics.unit_alert_topic("u-1"), b'{"state":"raised"}')
+
+    assert panel.wait_for(topics.receipt_topic("p-1a"))[0] == b'{"seq":7}'
+    assert panel.wait_for(topics.unit_alert_topic("u-1"))[0] == b'{"state":"raised"}'
+    assert panel.topics() == {topics.receipt_topic("p-1a"), topics.unit_alert_topic("u-1")}
+
+
+def test_reprovisioning_cuts_off_the_stolen_panel_after_a_reload(broker, clients):
+    stolen = broker.secrets["p-1b"].password
+    thief = connected(clients, broker.panel("p-1b"))
+
+    broker.provision("p-1b")  # the replacement panel
+    broker.write()
+    broker.reload()
+
+    # Mosquitto checks connected clients again on reload and drops those that fail.
+    assert thief.disconnected.wait(5)
+    assert Client(broker.port, "p-1b", stolen).connect() == NOT_AUTHORIZED
+    assert connected(clients, broker.panel("p-1b"))
+
+    replacement = broker.secrets["p-1b"].password
+    broker.revoke("p-1b")
+    broker.write()
+    broker.reload()
+    assert refused_soon(broker.port, "p-1b", replacement)
+
+
+def test_events_wait_for_the_hub_past_the_default_queue_and_across_a_restart(broker, clients):
+    hub = connected(clients, broker.hub(client_id="tenhub-hub", clean_session=False))
+    hub.subscribe(topics.event_topic("+"))
+    hub.close()
+    panel = connected(clients, broker.panel("p-2a"))
+    count = 1500  # Mosquitto's default max_queued_messages is 1000
+    infos = [
+        panel.c.publish(topics.event_topic("p-2a"), json.dumps({"seq": n}), qos=1)
+        for n in range(count)
+    ]
+    for info in infos:
+        info.wait_for_publish(10)
+
+    broker.stop()  # a clean stop writes the persistence file
+    broker.start()
+
+    hub = connected(clients, broker.hub(client_id="tenhub-hub", clean_session=False))
+    got = hub.wait_for(topics.event_topic("p-2a"), count, timeout=15)
+    assert [json.loads(p)["seq"] for p in got] == list(range(count))
+
+
+# --- the files -----------------------------------------------------------------------------
+
+
+def test_our_hashes_have_mosquitto_passwds_form_and_verify_its_hashes(tmp_path):
+    exe = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    path = tmp_path / "pw"
+    subprocess.run([exe, "-c", "-b", str(path), "alice", "s3cret-pw"], check=True)
+    theirs = path.read_text().strip().removeprefix("alice:")
+    ours = hash_mosquitto_password("s3cret-pw")
+
+    assert verify_mosquitto_password("s3cret-pw", theirs)
+    assert not verify_mosquitto_password("s3cret-px", theirs)
+    assert verify_mosquitto_password("s3cret-pw", ours)
+    assert [len(part) for part in ours.split("$")] == [len(p) for p in theirs.split("$")]
+    assert ours.startswith("$7$101$") and theirs.startswith("$7$101$")
+    assert ours != hash_mosquitto_password("s3cret-pw")  # a fresh salt every time
+
+
+def test_the_acl_grants_exactly_the_protocols_topics(tmp_path):
+    b = GeneratedBroker(tmp_path, make_registry())
+    b.provision("p-1a", "p-9z")  # p-9z is not (or no longer) in the registry
+    b.write()
+    acl = (b.out / "acl").read_text()
+    rules = [line for line in acl.splitlines() if line and not line.startswith("#")]
+
+    assert rules == [
+        "user tenhub-hub",
+        "topic read tenhub/v1/panel/+/event",
+        "topic read tenhub/v1/panel/+/status",
+        "topic read tenhub/v1/panel/+/heartbeat",
+        "topic write tenhub/v1/panel/+/receipt",
+        "topic write tenhub/v1/unit/+/alert",
+        "user p-1a",
+        "topic write tenhub/v1/panel/p-1a/event",
+        "topic write tenhub/v1/panel/p-1a/status",
+        "topic write tenhub/v1/panel/p-1a/heartbeat",
+        "topic read tenhub/v1/panel/p-1a/receipt",
+        "topic read tenhub/v1/unit/u-1/alert",
+    ]
+    users = [line.split(":", 1)[0] for line in (b.out / "passwords").read_text().splitlines()]
+    assert users == ["tenhub-hub", "p-1a"]
+    conf = (b.out / "mosquitto.conf").read_text()
+    for line in (
+        "allow_anonymous false", f"password_file {(b.out / 'passwords').resolve()}",
+        f"acl_file {(b.out / 'acl').resolve()}", "persistence true",
+        f"persistence_location {(b.out / 'data').resolve()}/", "set_tcp_nodelay true",
+        "max_queued_messages 100000",
+    ):
+        assert line in conf.splitlines()
+    for name in ("passwords", "acl", "mosquitto.conf", "hub-password"):
+        assert stat.S_IMODE((b.out / name).stat().st_mode) == 0o600
+    assert not [p for p in b.out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["p-1/#", "p-1\nuser x", "p-1 +", "P-1", "p-1:$7$1$AA$AA", "u-1/../#", ""],
+)
+def test_a_hostile_id_never_reaches_a_file(tmp_path, hostile):
+    out = tmp_path / "broker"
+    good = GeneratedBroker(tmp_path, make_registry())
+    good.provision("p-1a")
+    good.write()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    credentials = run_store(good.db_path, "all")
+    hub_hash = hash_mosquitto_password("hub-password-x")
+
+    # Built without validation, as a registry that slipped past the loader would be.
+    def household(panel: str) -> Household:
+        return Household.model_construct(id="h-01", address="x", panel=panel, phones=[])
+
+    as_panel = Registry.model_construct(units=[Unit.model_construct(
+        id="u-1", name="x", zone="z-1", key_households=[], households=[household(hostile)]
+    )])
+    as_unit = Registry.model_construct(units=[Unit.model_construct(
+        id=hostile, name="x", zone="z-1", key_households=[], households=[household("p-1a")]
+    )])
+    tampered_row = StoredCredential(hostile, credentials[0].password_hash, b"k", True, 1)
+    attempts = [
+        (as_panel, [*credentials, tampered_row]),
+        (as_unit, credentials),
+        (make_registry(), [tampered_row]),
+    ]
+    for registry, creds in attempts:
+        with pytest.raises(BrokerConfigError):
+            write_broker_config(out, registry, creds, hub_password_hash=hub_hash)
+    with pytest.raises(ValueError):
+        run_store(good.db_path, "provision", hostile)
+
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("username", ["tenhub/#", "hub\nuser x", "hub:x", "hub +", ""])
+def test_a_hostile_hub_username_never_reaches_a_file(tmp_path, username):
+    hub_hash = hash_mosquitto_password("hub-password-x")
+    with pytest.raises(BrokerConfigError):
+        write_broker_config(tmp_path, make_registry(), [], hub_password_hash=hub_hash,
+                            hub_username=username)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["with space", "new\nline"])
+def test_an_out_dir_mosquitto_would_misread_is_refused(tmp_path, name):
+    hub_hash = hash_mosquitto_password("hub-password-x")
+    with pytest.raises(BrokerConfigError):
+        write_broker_config(tmp_path / name, make_registry(), [], hub_password_hash=hub_hash)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_hash_that_is_not_a_hash_never_reaches_a_file(tmp_path):
+    row = StoredCredential("p-1a", "$7$101$AA==$AA==\nuser x", b"k", True, 1)
+    with pytest.raises(BrokerConfigError):
+        panel_accounts(make_registry(), [row])
+
+
+def test_the_store_replaces_secrets_and_gives_the_writer_the_key(tmp_path):
+    db_path = tmp_path / "tenhub.db"
+    (first,) = run_store(db_path, "provision", "p-1a")
+    (second,) = run_store(db_path, "provision", "p-1a")
+    assert len(first.password) >= 24 and len(first.hmac_key) == 32
+    assert first.password != second.password and first.hmac_key != second.hmac_key
+    (stored,) = run_store(db_path, "all")
+    assert verify_mosquitto_password(second.password, stored.password_hash)
+    assert not verify_mosquitto_password(first.password, stored.password_hash)
+    assert stored.hmac_key == second.hmac_key and stored.require_signed
+
+    async def in_writer() -> tuple:
+        db = Database(db_path)
+        await db.open()
+        try:
+            def check(d):
+                tx = CredentialTx(d)
+                return tx.key_of("p-1a"), tx.require_signed("p-1a"), tx.key_of("p-1b")
+            return await db.write(check)
+        finally:
+            await db.close()
+
+    assert asyncio.run(in_writer()) == (second.hmac_key, True, None)
+
+
+# --- the commands --------------------------------------------------------------------------
+
+
+def cli_app() -> typer.Typer:
+    """The commands mounted as `tenhub` mounts them."""
+    from hub.panel_cli import broker_config, panels
+
+    app = typer.Typer()
+    app.add_typer(panels, name="panel")
+    app.command("broker-config")(broker_config)
+    return app
+
+
+def test_the_commands_provision_and_write_a_broker_mosquitto_accepts(tmp_path, clients):
+    registry_path = tmp_path / "registry.yaml"
+    registry_path.write_text(REGISTRY_YAML)
+    env = {"TENHUB_REGISTRY": str(registry_path), "TENHUB_DB_PATH": str(tmp_path / "t.db")}
+    run = CliRunner().invoke
+    app = cli_app()
+
+    missing = run(app, ["panel", "provision", "p-7x"], env=env)
+    assert missing.exit_code == 1 and "no panel 'p-7x'" in missing.output
+    no_registry = run(app, ["panel", "provision", "p-1a"], env={**env, "TENHUB_REGISTRY": ""})
+    assert no_registry.exit_code == 2
+
+    shown = run(app, ["panel", "provision", "p-1a", "--json", "--broker-host", "mq.example",
+                      "--broker-port", "1884"], env=env)
+    assert shown.exit_code == 0, shown.output
+    device = json.loads(shown.stdout)
+    assert device["broker"] == {"host": "mq.example", "port": 1884, "tls": False}
+    assert device["username"] == "p-1a" and device["unit_id"] == "u-1"
+    assert device["topics"]["alert"] == "tenhub/v1/unit/u-1/alert"
+    assert len(bytes.fromhex(device["hmac_key"])) == 32
+    with_qr = run(app, ["panel", "provision", "p-1b", "--no-signing"], env=env)
+    assert with_qr.exit_code == 0 and "█" in with_qr.stdout
+
+    listed = run(app, ["panel", "list"], env=env)
+    assert "p-1a" in listed.stdout and "optional" in listed.stdout
+
+    out = tmp_path / "broker"
+    port = free_port()
+    args = ["broker-config", "--out", str(out), "--listener-port", str(port),
+            "--listener-host", "127.0.0.1"]
+    first = run(app, args, env=env)
+    assert first.exit_code == 0, first.output
+    again = run(app, args, env=env)
+    url = next(line for line in first.stdout.splitlines() if "TENHUB_BROKER_URL=" in line)
+    assert url in again.stdout  # the hub's password is kept across runs
+    hub_pw = (out / "hub-password").read_text().strip()
+    assert f"mqtt://tenhub-hub:{hub_pw}@localhost:{port}" in url
+
+    b = MosquittoOnFiles(out / "mosquitto.conf", port, tmp_path / "mosquitto.log")
+    b.start()
+    try:
+        assert connected(clients, Client(port, "tenhub-hub", hub_pw))
+        assert connected(clients, Client(port, "p-1a", device["password"]))
+        revoked = run(app, ["panel", "revoke", "p-1a"], env=env)
+        assert revoked.exit_code == 0
+        assert run(app, ["panel", "revoke", "p-1a"], env=env).exit_code == 1
+        assert run(app, args, env=env).exit_code == 0
+        b.reload()
+        assert refused_soon(port, "p-1a", device["password"])
+    finally:
+        for client in clients:
+            client.close()
+        b.stop()
