@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import paho.mqtt.client as mqtt
 
 from devices.panel_state import PanelStateFile
+from devices.pending_event import PendingEvent
 from devices.protocol import (
     MAX_PAYLOAD_BYTES,
     AlarmKind,
@@ -25,11 +27,11 @@ from devices.protocol import (
     Receipt,
     ReceiptStatus,
     UnitAlert,
-    canonical_json,
     encode,
     parse_model,
 )
 from devices.retry_scheduler import RetryScheduler
+from devices.signing import sign_event
 from devices.topics import (
     event_topic,
     heartbeat_topic,
@@ -48,6 +50,9 @@ STOP_PUBLISH_TIMEOUT_S = 2.0
 _MAX_DOUBLINGS = 30  # caps the exponent so a retry forever never overflows a float
 
 
+_HUB_TIME = re.compile(r"hub time (\d+)")
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -63,42 +68,6 @@ def _guarded(method: F) -> F:
             self._log(logging.ERROR, "panel callback failed", True, callback=method.__name__)
 
     return wrapper  # type: ignore[return-value]
-
-
-class PendingEvent:
-    """One event, repeated byte for byte until its receipt comes; `wait()` returns the receipt."""
-
-    def __init__(self, payload: dict[str, Any]) -> None:
-        self.payload = payload
-        self.seq: int = payload["seq"]
-        self.body = canonical_json(payload).encode()
-        self.attempts = 0
-        self.receipt: Receipt | None = None
-        self.gave_up = False
-        self.created_at = time.monotonic()
-        self.first_sent_at: float | None = None
-        self.receipt_at: float | None = None
-        self._done = threading.Event()
-
-    @property
-    def type(self) -> str:
-        return str(self.payload.get("type"))
-
-    @property
-    def done(self) -> bool:
-        """True once a receipt came or the panel gave up."""
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> Receipt | None:
-        """Block until the receipt (returned) or timeout / giving up (None)."""
-        self._done.wait(timeout)
-        return self.receipt
-
-    def _finish(self, receipt: Receipt | None, at: float) -> None:
-        self.receipt = receipt
-        self.receipt_at = at if receipt is not None else None
-        self.gave_up = receipt is None
-        self._done.set()
 
 
 class ReferencePanel:
@@ -123,6 +92,7 @@ class ReferencePanel:
         on_receipt: Callable[[PendingEvent, Receipt], None] | None = None,
         battery: int | None = None,
         fw: str | None = "tenhub-ref-1",
+        hmac_key: bytes | None = None,
     ) -> None:
         self.panel_id = panel_id
         self.host = host
@@ -135,6 +105,8 @@ class ReferencePanel:
         self.max_attempts = max_attempts
         self.battery = battery
         self.fw = fw
+        self.hmac_key = hmac_key  # set for provisioned panels: every event is signed
+        self.clock_offset_ms = 0  # learnt from the hub when our clock drifts
         self._on_alert = on_alert
         self._on_receipt = on_receipt
         self._topics = {
@@ -234,16 +206,42 @@ class ReferencePanel:
             if self._phase in ("stopping", "stopped"):
                 raise RuntimeError(f"panel {self.panel_id} is stopped")
         type_name = type.value if isinstance(type, EventType) else str(type)
-
-        def build(seq: int) -> dict[str, Any]:
-            return {"type": type_name, "seq": seq, "ts": _now_ms(), **fields}
-
-        event = PendingEvent(self._state.add_new(build))
+        event = PendingEvent(self._state.add_new(self._builder(type_name, fields)))
         with self._lock:
             self._pending[event.seq] = event
         self._log(logging.INFO, "panel event", type=type_name, seq=event.seq)
         self._send(event)
         return event
+
+    def _builder(self, type_name: str, fields: dict[str, Any]) -> Any:
+        def build(seq: int) -> dict[str, Any]:
+            payload = {"type": type_name, "seq": seq, "ts": _now_ms() + self.clock_offset_ms,
+                       **fields}
+            return sign_event(payload, self.hmac_key) if self.hmac_key else payload
+
+        return build
+
+    def _send_again_with_the_hubs_time(self, event: PendingEvent, receipt: Receipt) -> bool:
+        """The hub refused our clock: learn its time, send the same event under a new seq.
+
+        Nothing is lost to a drifting clock or a late delivery; returns False when the
+        receipt is not such a refusal (or the event was already sent again three times).
+        """
+        error = receipt.error or ""
+        match = _HUB_TIME.search(error)
+        if not error.startswith("ts_out_of_window") or match is None or event.resent >= 3:
+            return False
+        self.clock_offset_ms = int(match.group(1)) - _now_ms()
+        fields = {k: v for k, v in event.payload.items() if k not in ("type", "seq", "ts", "sig")}
+        self._forget(event.seq)
+        event._arm(self._state.add_new(self._builder(event.type, fields)))
+        event.resent += 1
+        with self._lock:
+            self._pending[event.seq] = event
+        self._log(logging.WARNING, "clock corrected from the hub; event sent again",
+                  seq=event.seq, offset_ms=self.clock_offset_ms)
+        self._send(event)
+        return True
 
     # -- sending ------------------------------------------------------------------------
 
@@ -410,6 +408,10 @@ class ReferencePanel:
             )
             silenced = self._alarms.mark_own(receipt.alarm_id) if own_alarm else None
         self._retries.cancel(receipt.seq)
+        if receipt.status == ReceiptStatus.REJECTED and self._send_again_with_the_hubs_time(
+            event, receipt
+        ):
+            return
         self._forget(receipt.seq)
         event._finish(receipt, arrived)
         level = logging.WARNING if receipt.status == ReceiptStatus.REJECTED else logging.INFO

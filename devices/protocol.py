@@ -78,6 +78,10 @@ class Reason(StrEnum):
     WRONG_PIN = "wrong_pin"
     CANCEL_LOCKED = "cancel_locked"
     CANCEL_WINDOW_CLOSED = "cancel_window_closed"
+    UNSIGNED = "unsigned"
+    BAD_SIGNATURE = "bad_signature"
+    TS_OUT_OF_WINDOW = "ts_out_of_window"
+    RATE_LIMITED = "rate_limited"
 
 
 class ProtocolError(ValueError):

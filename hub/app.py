@@ -18,12 +18,14 @@ from hub.alarm_store import AlarmStore
 from hub.channels import delivery_channels
 from hub.clock import Clock, SystemClock
 from hub.contact_store import ContactStore
+from hub.credential_store import CredentialStore
 from hub.db import Database
 from hub.embedded_broker import EmbeddedBroker
 from hub.escalation import EscalationEngine
 from hub.events import EventBus
 from hub.ingest import PanelIngest
 from hub.jobs import JobRunner
+from hub.keyring import KeyRefresher, KeyRing
 from hub.metrics import HubMetrics
 from hub.mqtt_transport import MqttTransport
 from hub.outbox_store import OutboxStore
@@ -82,6 +84,8 @@ class Hub:
         self.contacts = ContactStore(self.db)
         self.accounts = AccountStore(self.db)
         self.panels = PanelStore(self.db)
+        self.credentials = CredentialStore(self.db)
+        self.keys = KeyRing()
         self.embedded_broker: EmbeddedBroker | None = None
         external = settings.broker()
         if external is None:
@@ -101,6 +105,7 @@ class Hub:
             presence=self.presence,
             on_stored=self._on_stored,
             max_payload_bytes=settings.max_payload_bytes,
+            keys=self.keys,
         )
         self.transport = MqttTransport(
             self.broker_address, settings.hub_client_id, self.ingest.on_message, self.metrics,
@@ -124,7 +129,11 @@ class Hub:
             connected_since=lambda: self.transport.connected_at,
             on_commit=self._after_commit,
         )
-        self.job_runners = [self.engine_runner, self.sender_runner, JobRunner(self.supervisor)]
+        self.key_refresher = KeyRefresher(self.credentials, self.keys)
+        self.job_runners = [
+            self.engine_runner, self.sender_runner, JobRunner(self.supervisor),
+            JobRunner(self.key_refresher, tick_s=10.0),
+        ]
         self.actions = AlarmService(self.db, self.context, self.clock, self._after_commit)
         self.web = create_web_app(self)
         self.started = asyncio.Event()
@@ -206,6 +215,7 @@ class Hub:
             if self.embedded_broker is not None:
                 await self.embedded_broker.start()
             await self.db.open()
+            await self.key_refresher.run_once()  # before the first event is checked
             for panel_id, presence in await self.panels.load_presence():
                 self.presence.restore(panel_id, presence)
             interrupted = await self.outbox.recover_interrupted()

@@ -34,9 +34,11 @@ from devices.protocol import (
 )
 from hub.clock import Clock
 from hub.db import Database
+from hub.keyring import KeyRing, SignatureRefused
 from hub.metrics import HubMetrics
 from hub.panel_events import EventOutcome, PanelEventHandler
 from hub.presence import PresenceTracker
+from hub.rate import TokenBuckets
 from hub.registry import Registry
 from hub.rejects import RejectLog
 
@@ -73,6 +75,7 @@ class PanelIngest:
         presence: PresenceTracker,
         on_stored: Callable[[EventOutcome], None],
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        keys: KeyRing | None = None,
         workers: int = 8,
         queue_size: int = 1000,
     ) -> None:
@@ -86,6 +89,8 @@ class PanelIngest:
         self.presence = presence
         self.on_stored = on_stored
         self.max_payload_bytes = max_payload_bytes
+        self.keys = keys or KeyRing()
+        self._answers = TokenBuckets(rate=5.0, burst=20)
         # Bounded: when the database falls behind, the MQTT reader waits instead of
         # buffering without limit (the broker keeps the rest for the hub's session).
         self._queues: list[asyncio.Queue[_Inbound]] = [
@@ -150,9 +155,14 @@ class PanelIngest:
                 f"unknown_panel: panel {item.panel_id!r} is not in the registry", event.seq,
             )
             return
+        try:
+            signed = self.keys.check(item.panel_id, obj)
+        except SignatureRefused as exc:
+            self._reject(item, exc.reason, f"{exc.reason.value}: {exc.detail}", event.seq)
+            return
         payload_text = canonical_json(obj)
         outcome = await self.db.write(
-            lambda d: self.handler.apply(d, place, event, payload_text, now)
+            lambda d: self.handler.apply(d, place, event, payload_text, now, signed=signed)
         )
         # Stored (committed, fsynced): only now may the panel be told.
         receipt = outcome.receipt
@@ -180,6 +190,10 @@ class PanelIngest:
             at=self.clock.now_ms(), topic=item.topic, panel_id=item.panel_id,
             reason=reason.value, error=error, payload=item.payload,
         )
+        if not self._answers.allow(item.panel_id, time.monotonic()):
+            # A flood of garbage gets a few answers, not one each: answering is what costs.
+            self.metrics.unanswered.labels("rate_limited").inc()
+            return
         receipt = Receipt(
             seq=NO_SEQ if seq is None else seq, status=ReceiptStatus.REJECTED, error=error
         )

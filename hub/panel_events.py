@@ -52,8 +52,14 @@ class PanelEventHandler:
         event: PanelEvent,
         payload_text: str,
         now: int,
+        *,
+        signed: bool = False,
     ) -> EventOutcome:
-        """Dedupe, apply and record one event; returns the receipt to send after commit."""
+        """Dedupe, apply and record one event; returns the receipt to send after commit.
+
+        A signed event must carry a `ts` near the hub's time (a replay window): a repeat
+        of a stored event is still a duplicate, however late it comes.
+        """
         w = Work.begin(db, self.context, now)
         panel_id = place.household.panel
         stored = w.alarms.find_panel_event(panel_id, event.seq)
@@ -61,6 +67,8 @@ class PanelEventHandler:
             return _repeat(stored, event.seq, payload_text)
         new_alarm = False
         try:
+            if signed:
+                self._check_window(event.ts, now)
             if isinstance(event, AlarmEvent):
                 alarm = lifecycle.raise_alarm(w, place, event.kind.value, event.ts, event.seq)
                 new_alarm = alarm.seq == event.seq  # else a repeat joined an open alarm
@@ -110,6 +118,19 @@ class PanelEventHandler:
         return EventOutcome(
             receipt, alarm_id=receipt.alarm_id, notifications_queued=w.queued,
             new_alarm=new_alarm, changes=tuple(w.changes),
+        )
+
+    def _check_window(self, ts: int, now: int) -> None:
+        rules = self.context.rules
+        drift = ts - now
+        if -rules.ts_behind_ms <= drift <= rules.ts_ahead_ms:
+            return
+        where = f"{-drift / 1000:.0f} s behind" if drift < 0 else f"{drift / 1000:.0f} s ahead of"
+        raise Refused(
+            Reason.TS_OUT_OF_WINDOW,
+            f"ts is {where} the hub's clock (allowed {rules.ts_behind_ms // 1000} s behind,"
+            f" {rules.ts_ahead_ms // 1000} s ahead); hub time {now}: send the event again"
+            " with a new seq and the hub's time",
         )
 
     def _alarm_of_unit(self, w: Work, place: PanelPlace, alarm_id: str) -> Alarm:

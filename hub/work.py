@@ -21,6 +21,10 @@ class LifecycleRules:
 
     cancel_window_ms: int = 120_000
     max_wrong_pins: int = 5
+    # Signed events: how far a panel's `ts` may be from the hub's time, as alarm
+    # receivers allow (SIA DC-09: −40 s / +20 s).
+    ts_behind_ms: int = 40_000
+    ts_ahead_ms: int = 20_000
 
 
 @dataclass(frozen=True, slots=True)
