@@ -25,29 +25,36 @@ def is_valid_id(value: object) -> bool:
     return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
+def _id(value: str) -> str:
+    # An id goes into a topic: '/', '+', '#' or a NUL would change what the topic means.
+    if not is_valid_id(value):
+        raise ValueError(f"{value!r} is not a protocol id (lower-case [a-z0-9-], 1-64)")
+    return value
+
+
 def event_topic(panel_id: str) -> str:
     """Topic on which a panel publishes its events."""
-    return f"{ROOT}/panel/{panel_id}/event"
+    return f"{ROOT}/panel/{_id(panel_id)}/event"
 
 
 def receipt_topic(panel_id: str) -> str:
     """Topic on which the hub answers a panel's events."""
-    return f"{ROOT}/panel/{panel_id}/receipt"
+    return f"{ROOT}/panel/{_id(panel_id)}/receipt"
 
 
 def status_topic(panel_id: str) -> str:
     """Retained topic carrying a panel's online state and its Last Will."""
-    return f"{ROOT}/panel/{panel_id}/status"
+    return f"{ROOT}/panel/{_id(panel_id)}/status"
 
 
 def heartbeat_topic(panel_id: str) -> str:
     """Topic of a panel's periodic heartbeat."""
-    return f"{ROOT}/panel/{panel_id}/heartbeat"
+    return f"{ROOT}/panel/{_id(panel_id)}/heartbeat"
 
 
 def unit_alert_topic(unit_id: str) -> str:
     """Topic on which the hub tells every panel of a unit about its alarms."""
-    return f"{ROOT}/unit/{unit_id}/alert"
+    return f"{ROOT}/unit/{_id(unit_id)}/alert"
 
 
 @dataclass(frozen=True, slots=True)

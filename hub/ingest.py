@@ -21,6 +21,7 @@ from devices.protocol import (
     MAX_PAYLOAD_BYTES,
     NO_SEQ,
     Heartbeat,
+    PanelEvent,
     PanelStatus,
     ProtocolError,
     Reason,
@@ -39,7 +40,7 @@ from hub.metrics import HubMetrics
 from hub.panel_events import EventOutcome, PanelEventHandler
 from hub.presence import PresenceTracker
 from hub.rate import TokenBuckets
-from hub.registry import Registry
+from hub.registry import PanelPlace, Registry
 from hub.rejects import RejectLog
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,17 @@ class _Inbound:
     arrived: float  # time.perf_counter()
 
 
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """An event that passed every check but the database's: ready to be stored."""
+
+    inbound: _Inbound
+    place: PanelPlace
+    event: PanelEvent
+    payload_text: str
+    signed: bool
+
+
 class PanelIngest:
     """Turns panel messages into stored events and receipts."""
 
@@ -76,8 +88,9 @@ class PanelIngest:
         on_stored: Callable[[EventOutcome], None],
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         keys: KeyRing | None = None,
+        event_rate: float = 20.0,
         workers: int = 8,
-        queue_size: int = 1000,
+        queue_size: int = 10_000,
     ) -> None:
         self.registry = registry
         self.db = db
@@ -89,30 +102,75 @@ class PanelIngest:
         self.presence = presence
         self.on_stored = on_stored
         self.max_payload_bytes = max_payload_bytes
-        self.keys = keys or KeyRing()
+        self.keys = keys if keys is not None else KeyRing()  # an empty ring is falsy
         self._answers = TokenBuckets(rate=5.0, burst=20)
-        # Bounded: when the database falls behind, the MQTT reader waits instead of
-        # buffering without limit (the broker keeps the rest for the hub's session).
-        self._queues: list[asyncio.Queue[_Inbound]] = [
+        # A panel sends a handful of events a day; this is for a broken or captured one.
+        self._event_rate = TokenBuckets(rate=event_rate, burst=max(10, int(event_rate * 3)))
+        self.event_rate = event_rate
+        # Bounded, so a hub far behind cannot grow without limit; what does not fit is
+        # not answered, and its panel sends it again (it repeats until it has a receipt).
+        self._queues: list[asyncio.Queue[_Checked]] = [
             asyncio.Queue(queue_size) for _ in range(workers)
         ]
         self._sends: set[asyncio.Task[None]] = set()
 
-    async def on_message(self, topic: str, payload: bytes) -> None:
-        """Take one MQTT message; events are queued for their panel's worker."""
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """Take one MQTT message, in the order the broker delivered them.
+
+        Everything that needs no database is decided here, at once: a flood of garbage
+        is answered (or counted) without queueing, and a real alarm behind it is not
+        kept waiting. Events that pass go to their panel's worker to be stored.
+        """
         arrived = time.perf_counter()
         parsed = topics.parse_panel_topic(topic)
         if parsed is None:
             self._unanswerable(topic, payload, "bad_topic", "not a panel topic of protocol v1")
             return
         if parsed.channel == "event":
+            checked = self._check_event(_Inbound(parsed.panel_id, topic, payload, arrived))
+            if checked is None:
+                return
             queue = self._queues[zlib.crc32(parsed.panel_id.encode()) % len(self._queues)]
-            await queue.put(_Inbound(parsed.panel_id, topic, payload, arrived))
+            try:
+                queue.put_nowait(checked)
+            except asyncio.QueueFull:
+                self.metrics.unanswered.labels("overloaded").inc()
+                logger.error("ingest queue full; the panel will send again",
+                             extra={"panel_id": parsed.panel_id})
         elif parsed.channel == "status":
             self._on_status(parsed.panel_id, topic, payload)
         elif parsed.channel == "heartbeat":
             self._on_heartbeat(parsed.panel_id, topic, payload)
         # receipts are the hub's own messages; a broker may echo them back: nothing to do.
+
+    def _check_event(self, item: _Inbound) -> _Checked | None:
+        """Parse, validate, and check panel, rate and signature; None when refused."""
+        try:
+            obj = load_json_object(item.payload, self.max_payload_bytes)
+            event = validate_event(obj)
+        except ProtocolError as exc:
+            self._reject(item, exc.reason, exc.error, exc.seq)
+            return None
+        place = self.registry.panel_place(item.panel_id)
+        if place is None:
+            self._reject(
+                item, Reason.UNKNOWN_PANEL,
+                f"unknown_panel: panel {item.panel_id!r} is not in the registry", event.seq,
+            )
+            return None
+        if not self._event_rate.allow(item.panel_id, time.monotonic()):
+            self._reject(
+                item, Reason.RATE_LIMITED,
+                f"rate_limited: more than {self.event_rate:g} events a second from this panel;"
+                " send it again later", event.seq,
+            )
+            return None
+        try:
+            signed = self.keys.check(item.panel_id, obj)
+        except SignatureRefused as exc:
+            self._reject(item, exc.reason, f"{exc.reason.value}: {exc.detail}", event.seq)
+            return None
+        return _Checked(item, place, event, canonical_json(obj), signed)
 
     async def run(self) -> None:
         """Run the workers until cancelled."""
@@ -129,40 +187,26 @@ class PanelIngest:
                 if self._sends:
                     await asyncio.gather(*self._sends, return_exceptions=True)
 
-    async def _worker(self, queue: asyncio.Queue[_Inbound]) -> None:
+    async def _worker(self, queue: asyncio.Queue[_Checked]) -> None:
         while True:
-            item = await queue.get()
+            checked = await queue.get()
             try:
-                await self._handle_event(item)
+                await self._store_event(checked)
             except Exception:
                 # Never lose the worker: the panel repeats the event and is answered then.
-                logger.exception("event handling failed", extra={"panel_id": item.panel_id})
+                logger.exception(
+                    "event handling failed", extra={"panel_id": checked.inbound.panel_id}
+                )
             finally:
                 queue.task_done()
 
-    async def _handle_event(self, item: _Inbound) -> None:
+    async def _store_event(self, checked: _Checked) -> None:
+        item, place, event = checked.inbound, checked.place, checked.event
         now = self.clock.now_ms()
-        try:
-            obj = load_json_object(item.payload, self.max_payload_bytes)
-            event = validate_event(obj)
-        except ProtocolError as exc:
-            self._reject(item, exc.reason, exc.error, exc.seq)
-            return
-        place = self.registry.panel_place(item.panel_id)
-        if place is None:
-            self._reject(
-                item, Reason.UNKNOWN_PANEL,
-                f"unknown_panel: panel {item.panel_id!r} is not in the registry", event.seq,
-            )
-            return
-        try:
-            signed = self.keys.check(item.panel_id, obj)
-        except SignatureRefused as exc:
-            self._reject(item, exc.reason, f"{exc.reason.value}: {exc.detail}", event.seq)
-            return
-        payload_text = canonical_json(obj)
         outcome = await self.db.write(
-            lambda d: self.handler.apply(d, place, event, payload_text, now, signed=signed)
+            lambda d: self.handler.apply(
+                d, place, event, checked.payload_text, now, signed=checked.signed
+            )
         )
         # Stored (committed, fsynced): only now may the panel be told.
         receipt = outcome.receipt

@@ -24,9 +24,10 @@ class MqttProbe:
         self.client.on_subscribe = lambda *_a: self._subscribed.set()
         self.client.connect(host, port)
         self.client.loop_start()
-        self.client.subscribe([(s, 1) for s in subscriptions])
-        if not self._subscribed.wait(5):
-            raise TimeoutError("probe did not subscribe")
+        if subscriptions:
+            self.client.subscribe([(s, 1) for s in subscriptions])
+            if not self._subscribed.wait(5):
+                raise TimeoutError("probe did not subscribe")
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:

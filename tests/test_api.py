@@ -73,7 +73,7 @@ async def raise_alarm(hub, panel_id: str, kind: str = "burglary") -> str:
     """A panel's alarm event, handed to the hub's ingest as the broker would hand it."""
     seq = next(SEQS)
     event = {"type": "alarm", "seq": seq, "ts": hub.clock.now_ms(), "kind": kind}
-    await hub.ingest.on_message(event_topic(panel_id), json.dumps(event).encode())
+    hub.ingest.on_message(event_topic(panel_id), json.dumps(event).encode())
     place = hub.registry.panel_place(panel_id)
     async with asyncio.timeout(5):
         while True:
