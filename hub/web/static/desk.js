@@ -88,11 +88,29 @@ function renderOffline(panels) {
   showEmpty("no-offline", panels.length === 0);
 }
 
+function renderTroubles(troubles) {
+  // Offline panels have their own list; here what else needs someone: tamper, faults.
+  const others = troubles.filter((t) => t.kind !== "offline");
+  document.getElementById("troubles").replaceChildren(
+    ...others.map((t) =>
+      h("li", { "data-trouble-id": t.id },
+        h("strong", {}, label(t.kind)), ` ${t.panel_id} · ${t.address ?? ""} · ${t.unit_id ?? ""}`,
+        h("br"), h("small", {}, `since ${clock(t.opened_at)}`),
+      ),
+    ),
+  );
+  document.getElementById("trouble-count").textContent = others.length ? `(${others.length})` : "";
+  showEmpty("no-troubles", others.length === 0);
+}
+
 const refreshAlarms = coalesced(async () => renderAlarms(await api("/api/alarms?state=open")));
 const refreshUnits = coalesced(async () =>
   drawMap(document.getElementById("map"), await api("/api/units"), document.getElementById("unplaced")),
 );
-const refreshPanels = coalesced(async () => renderOffline(await api("/api/panels?state=offline")));
+const refreshPanels = coalesced(async () => {
+  renderOffline(await api("/api/panels?state=offline"));
+  renderTroubles(await api("/api/troubles"));
+});
 const refreshAll = () => Promise.all([refreshAlarms(), refreshUnits(), refreshPanels()]);
 
 listen({
