@@ -13,7 +13,7 @@ from simulator.twilio_gateway import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, Tw
 from simulator.twilio_store import PlacedCall, Record
 
 sim = typer.Typer(
-    help="The simulator: a local SMS/voice gateway that speaks Twilio's API.",
+    help="The simulator: virtual panels by the thousand, scenarios, a local SMS gateway.",
     no_args_is_help=True,
 )
 out = Console(highlight=False, soft_wrap=True)
@@ -62,3 +62,12 @@ def gateway(
     finally:
         gw.stop()
     out.print("Twilio gateway stopped", markup=False)
+
+
+def _mount_fleet() -> None:
+    from simulator.cli_fleet import fleet_app
+
+    sim.add_typer(fleet_app)  # `tenhub sim fleet`, `tenhub sim make-registry`
+
+
+_mount_fleet()
