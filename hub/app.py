@@ -16,7 +16,7 @@ from hub.account_store import AccountStore
 from hub.alarm_service import AlarmService
 from hub.alarm_store import AlarmStore
 from hub.channels import delivery_channels
-from hub.clock import Clock, SystemClock
+from hub.clock import Clock
 from hub.contact_store import ContactStore
 from hub.credential_store import CredentialStore
 from hub.db import Database
@@ -59,7 +59,7 @@ class Hub:
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.clock = clock or SystemClock()
+        self.clock = clock or settings.clock()
         # Bound now, so port 0 works and the public URL (in SMS links, calls) is known.
         self._http_socket = _bind(settings.http_addr)
         self.http_port: int = self._http_socket.getsockname()[1]
@@ -118,11 +118,12 @@ class Hub:
             limiter=RateLimiter(self.outbox.recent_sends),
             on_result=self._on_send_result,
         )
-        self.sender_runner = JobRunner(self.sender)
+        speed = settings.clock_speed
+        self.sender_runner = JobRunner(self.sender, speed=speed)
         self.engine = EscalationEngine(
             self.db, self.context, self.clock, on_commit=self._after_commit
         )
-        self.engine_runner = JobRunner(self.engine)
+        self.engine_runner = JobRunner(self.engine, speed=speed)
         self.supervisor = PanelSupervisor(
             self.db, self.panels, self.presence, self.context, self.clock,
             offline_after_ms=settings.offline_after_ms,
@@ -131,7 +132,7 @@ class Hub:
         )
         self.key_refresher = KeyRefresher(self.credentials, self.keys)
         self.job_runners = [
-            self.engine_runner, self.sender_runner, JobRunner(self.supervisor),
+            self.engine_runner, self.sender_runner, JobRunner(self.supervisor, speed=speed),
             JobRunner(self.key_refresher, tick_s=10.0),
         ]
         self.actions = AlarmService(self.db, self.context, self.clock, self._after_commit)

@@ -36,3 +36,20 @@ class ManualClock:
         with self._lock:
             self._now += int(seconds * 1000)
             return self._now
+
+
+class ScaledClock:
+    """Hub time that runs `speed` times faster than the wall clock, from a fixed epoch.
+
+    For simulations only: a ladder of minutes plays out in seconds. Anchored to an epoch
+    on the wall clock (not to when this process started), so a hub killed and started
+    again carries on at the same hub time instead of jumping back.
+    """
+
+    def __init__(self, speed: float, epoch_ms: int) -> None:
+        self.speed = speed
+        self.epoch_ms = epoch_ms
+
+    def now_ms(self) -> int:
+        wall = time.time_ns() // 1_000_000
+        return self.epoch_ms + int((wall - self.epoch_ms) * self.speed)

@@ -18,16 +18,17 @@ class Job(Protocol):
     name: str
 
     async def run_once(self) -> float | None:
-        """Do all work due now; return seconds until more falls due (None: nothing known)."""
+        """Do all work due now; hub seconds until more falls due (None: wait for a tick)."""
         ...
 
 
 class JobRunner:
     """Runs a job when woken, when its next work falls due, and on a safety tick."""
 
-    def __init__(self, job: Job, *, tick_s: float = 1.0) -> None:
+    def __init__(self, job: Job, *, tick_s: float = 1.0, speed: float = 1.0) -> None:
         self.job = job
-        self.tick_s = tick_s
+        self.tick_s = tick_s  # wall-clock seconds
+        self.speed = speed  # hub seconds per wall-clock second (simulations run faster)
         self._wake = asyncio.Event()
         self.runs = 0
 
@@ -45,7 +46,8 @@ class JobRunner:
                 logger.exception("job failed", extra={"job": self.job.name})
                 delay = self.tick_s
             self.runs += 1
-            wait = self.tick_s if delay is None else max(0.0, min(delay, self.tick_s))
+            # A job says when its next work falls due in hub time; we sleep in wall time.
+            wait = self.tick_s if delay is None else max(0.0, min(delay / self.speed, self.tick_s))
             if wait > 0:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
                 # lands as the wait ends, and the job would never stop.

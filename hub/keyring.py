@@ -63,14 +63,13 @@ class KeyRefresher:
 
     name = "key-refresh"
 
-    def __init__(self, store: Any, ring: KeyRing, every_s: float = 10.0) -> None:
+    def __init__(self, store: Any, ring: KeyRing) -> None:
         self.store = store  # CredentialStore
         self.ring = ring
-        self.every_s = every_s
 
     async def run_once(self) -> float | None:
         credentials = await self.store.all()
         self.ring.replace(
             {c.panel_id: PanelKey(c.hmac_key, c.require_signed) for c in credentials}
         )
-        return self.every_s
+        return None  # again on the runner's tick

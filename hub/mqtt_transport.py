@@ -99,7 +99,7 @@ class MqttTransport:
         self.clock = clock or SystemClock()
         self.connected_at: int | None = None  # hub time of the current connection, if any
         self._client: aiomqtt.Client | None = None
-        self._stopping = False
+        self._lost: asyncio.Future[None] | None = None  # done when this connection ends
 
     def _new_client(self) -> aiomqtt.Client:
         return _DirectClient(
@@ -128,6 +128,7 @@ class MqttTransport:
                 async with client:
                     await client.subscribe(list(topics.HUB_SUBSCRIPTIONS))
                     self._client = client
+                    self._lost = asyncio.get_running_loop().create_future()
                     self.connected_at = self.clock.now_ms()
                     self.connected.set()
                     self.metrics.broker_connected.set(1)
@@ -147,6 +148,9 @@ class MqttTransport:
                 )
             finally:
                 self._client = None
+                if self._lost is not None and not self._lost.done():
+                    self._lost.set_result(None)
+                self._lost = None
                 self.connected_at = None
                 self.connected.clear()
                 self.metrics.broker_connected.set(0)
@@ -158,10 +162,19 @@ class MqttTransport:
         timeout: float = 10.0,
     ) -> None:
         """Publish and wait for the broker's acknowledgement; NotConnected when offline."""
-        client = self._client
-        if client is None:
+        client, lost = self._client, self._lost
+        if client is None or lost is None:
             raise NotConnected("not connected to the broker")
+        sending = asyncio.ensure_future(
+            client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+        )
+        # The next connection is a new client: what waits for a PUBACK on the lost one
+        # would wait for nothing. Fail it at once, so the outbox sends it again.
+        await asyncio.wait((sending, lost), return_when=asyncio.FIRST_COMPLETED)
+        if not sending.done():
+            sending.cancel()
+            raise NotConnected("the connection was lost before the broker acknowledged")
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+            sending.result()
         except aiomqtt.MqttError as exc:
             raise NotConnected(str(exc)) from exc

@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hub.clock import Clock, ScaledClock, SystemClock
 from hub.problems import ConfigError, Problem
 
 # Keys whose variable is not TENHUB_<KEY>: Twilio's own names, kept as operators know them.
@@ -51,6 +52,9 @@ class Settings(BaseModel):
     cancel_window_s: Seconds = 120.0
     max_wrong_pins: Annotated[int, Field(ge=1, le=100)] = 5
     max_payload_bytes: Annotated[int, Field(ge=256, le=262_144)] = 4096
+    # Simulations only: hub time runs this many times faster, from clock_epoch_ms.
+    clock_speed: Annotated[float, Field(ge=1, le=3600)] = 1.0
+    clock_epoch_ms: int | None = None
     log_level: str = "info"
     log_format: str = "text"
 
@@ -84,6 +88,12 @@ class Settings(BaseModel):
     @property
     def offline_after_ms(self) -> int:
         return int((self.offline_after_s or max(20.0, 3 * self.heartbeat_s)) * 1000)
+
+    def clock(self) -> Clock:
+        """The hub's clock: the wall clock, or a faster one for simulations."""
+        if self.clock_speed == 1.0:
+            return SystemClock()
+        return ScaledClock(self.clock_speed, self.clock_epoch_ms or SystemClock().now_ms())
 
     def broker(self) -> BrokerAddress | None:
         """The external broker, or None for the embedded one."""

@@ -76,7 +76,6 @@ class PanelSupervisor:
         offline_after_ms: int,
         connected_since: Callable[[], int | None],
         on_commit: Callable[[int, tuple[AlarmChange, ...]], None],
-        tick_s: float = 1.0,
     ) -> None:
         self.db = db
         self.store = store
@@ -86,7 +85,6 @@ class PanelSupervisor:
         self.offline_after_ms = offline_after_ms
         self.connected_since = connected_since
         self.on_commit = on_commit
-        self.tick_s = tick_s
         self._open_offline: set[str] | None = None  # panels with an open offline trouble
 
     async def run_once(self) -> float | None:
@@ -98,13 +96,13 @@ class PanelSupervisor:
             }
         since = self.connected_since()
         if since is None or now < since + self.offline_after_ms:
-            return self.tick_s  # deaf, or just back: nobody is judged yet
+            return None  # deaf, or just back: nobody is judged yet
         offline, online = self._judge(now)
         to_open = [p for p in offline if p.household.panel not in self._open_offline]
         to_close = [p for p in online if p in self._open_offline]
         if to_open or to_close:
             await self._record(to_open, to_close, now)
-        return self.tick_s
+        return None  # judged again on the runner's next tick
 
     def _judge(self, now: int) -> tuple[list[PanelPlace], list[str]]:
         offline: list[PanelPlace] = []

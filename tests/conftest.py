@@ -4,61 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hub.embedded_broker import EmbeddedBroker
-from tests.brokers import Mosquitto, free_port
-
-
-class EmbeddedBrokerThread:
-    """The embedded broker in a thread of its own, so blocking test code cannot stall it."""
-
-    def __init__(self) -> None:
-        self.host = "127.0.0.1"
-        self.port = free_port()
-        self.url = f"mqtt://{self.host}:{self.port}"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._broker: EmbeddedBroker | None = None
-
-    def start(self) -> None:
-        started = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            self._broker = EmbeddedBroker(self.host, self.port)
-            try:
-                loop.run_until_complete(self._broker.start())
-            except BaseException as exc:
-                errors.append(exc)
-                started.set()
-                return
-            started.set()
-            loop.run_forever()
-            loop.run_until_complete(self._broker.stop())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="embedded-broker", daemon=True)
-        self._thread.start()
-        started.wait(10)
-        if errors:
-            raise errors[0]
-
-    def stop(self) -> None:
-        if self._loop and self._thread:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(15)
-        self._loop = self._thread = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+from tests.brokers import EmbeddedBrokerThread, Mosquitto
 
 
 @pytest.fixture
