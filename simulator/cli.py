@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -71,3 +72,33 @@ def _mount_fleet() -> None:
 
 
 _mount_fleet()
+
+
+@sim.command("scenario")
+def scenario(
+    files: Annotated[list[Path], typer.Argument(help="Scenario files (YAML).", exists=True)],
+) -> None:
+    """Play scenarios against a real hub (its clock sped up) and check what they expect.
+
+    Exits 1 when any expectation did not hold, 2 when a file is not a valid scenario.
+    """
+    import asyncio
+
+    from hub.logs import setup_logging
+    from hub.problems import ConfigError
+    from simulator.scenario_runner import run_scenario
+
+    setup_logging("error")
+    failed = 0
+    for path in files:
+        try:
+            report = asyncio.run(run_scenario(path, out))
+        except ConfigError as exc:
+            for problem in exc.problems:
+                err.print(problem.format(), style="red", markup=False)
+            raise typer.Exit(2) from None
+        failed += not report.passed
+        out.print()
+    if len(files) > 1:
+        out.print(f"{len(files) - failed}/{len(files)} scenarios passed")
+    raise typer.Exit(1 if failed else 0)

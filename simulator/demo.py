@@ -145,6 +145,8 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
                     await stop.wait()
     finally:
         console.print("\nstopping…")
+        for task in list(tally.background):
+            task.cancel()
         await asyncio.to_thread(fleet.stop)
         hub.stop()
         await hub_task

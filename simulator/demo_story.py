@@ -9,6 +9,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from rich.console import Console
 
@@ -16,6 +17,7 @@ from devices.panel import AlertChange
 from devices.protocol import AlarmKind, ReceiptStatus
 from hub.app import Hub
 from hub.registry import Registry
+from hub.work import Responder
 from simulator.fleet import PanelFleet
 from simulator.twilio_gateway import TwilioGateway
 
@@ -56,6 +58,7 @@ class Tally:
     neighbours_sounded: int = 0
     sms: int = 0
     problems: int = 0
+    background: set[asyncio.Future[Any]] = field(default_factory=set)
 
 
 def _stamp() -> str:
@@ -144,24 +147,59 @@ async def one_alarm(
     _line(console, "SMS", "cyan", f"{len(sent)}/{queued} delivered by the gateway"
           + (f", {held} held back by the per-phone rate limit" if held else "")
           + (f"; to {example.to}: \"{example.body}\"" if example else ""))
-    if to_patrol and rng.random() < 0.5:
+    story = tally.raised % 3
+    if story == 1:  # a false alarm: a neighbour comes, the household cancels with its PIN
+        helper = rng.choice([h for h in unit.households if h.id != household.id])
+        ack = await asyncio.to_thread(fleet[helper.panel].ack(alarm_id).wait, 10)
+        _line(console, "ACK", "cyan", f"{helper.id} ({helper.address}) presses \"I'm coming\""
+              f" → {ack.status.value if ack else 'no receipt'}")
+        await asyncio.sleep(min(1.5, every_s / 2))
+        assert household.pin is not None
+        cancel = await asyncio.to_thread(panel.cancel(alarm_id, household.pin).wait, 10)
+        stopped = await asyncio.to_thread(board.wait, "stopped", alarm_id, neighbours, 5)
+        _line(console, "CANCEL", "blue", f"{household.id} cancels with its PIN →"
+              f" {cancel.status.value if cancel else 'no receipt'}; {len(stopped)} buzzers"
+              " stopped")
+    elif story == 2 and to_patrol:  # the patrol answers by SMS, goes, and resolves it
         code = re.search(r"Reply (\d+)", to_patrol[0].body)
         answer = await gateway.reply_async(
             to_patrol[0].to, code.group(1) if code else "ACK", f"{hub.public_url}/twilio/sms"
         )
         said = re.sub(r"<[^>]+>", "", answer.text).strip()
         _line(console, "REPLY", "cyan", f"patrol {to_patrol[0].to} texts back → \"{said}\"")
-    else:
-        helper = rng.choice([h for h in unit.households if h.id != household.id])
-        ack = await asyncio.to_thread(fleet[helper.panel].ack(alarm_id).wait, 10)
-        _line(console, "ACK", "cyan", f"{helper.id} ({helper.address}) presses \"I'm coming\""
-              f" → {ack.status.value if ack else 'no receipt'}")
-    await asyncio.sleep(min(1.5, every_s / 2))
-    assert household.pin is not None
-    cancel = await asyncio.to_thread(panel.cancel(alarm_id, household.pin).wait, 10)
-    stopped = await asyncio.to_thread(board.wait, "stopped", alarm_id, neighbours, 5)
-    _line(console, "CANCEL", "blue", f"{household.id} cancels with its PIN →"
-          f" {cancel.status.value if cancel else 'no receipt'}; {len(stopped)} buzzers stopped")
+        later(_patrol_resolves(hub, alarm_id, to_patrol[0].to, console), tally)
+    else:  # nobody answers: left for the desk, where its ladder counts down
+        _line(console, "OPEN", "bold magenta",
+              f"nobody answers: the ladder climbs (police at 60 s); take it on the desk:"
+              f" {hub.public_url}/alarms/{alarm_id}")
+        later(_close_if_still_open(hub, alarm_id, console), tally)
+
+
+async def _patrol_resolves(hub: Hub, alarm_id: str, phone: str, console: Console) -> None:
+    patrol = Responder(f"phone:{phone}", "patrol")
+    await asyncio.sleep(4)
+    await hub.actions.on_scene(alarm_id, patrol, "web")
+    await asyncio.sleep(4)
+    result = await hub.actions.resolve(alarm_id, patrol, "web", "window left open; all well")
+    if result.ok:
+        _line(console, "RESOLVED", "green",
+              f"{alarm_id}: the patrol was on scene and resolved it (\"window left open\")")
+
+
+async def _close_if_still_open(hub: Hub, alarm_id: str, console: Console) -> None:
+    await asyncio.sleep(120)
+    alarm = await hub.alarms.get(alarm_id)
+    if alarm is not None and alarm.state in ("raised", "acknowledged", "on_scene"):
+        desk = Responder("user:demo", "police")
+        await hub.actions.resolve(alarm_id, desk, "web", "closed by the demo after 2 minutes")
+        _line(console, "RESOLVED", "green", f"{alarm_id}: closed by the demo after 2 minutes")
+
+
+def later(coro: Any, tally: Tally) -> None:
+    """Let a story go on in the background (cancelled when the demo stops)."""
+    task = asyncio.ensure_future(coro)
+    tally.background.add(task)
+    task.add_done_callback(tally.background.discard)
 
 
 def summary(tally: Tally, console: Console) -> None:

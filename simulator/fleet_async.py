@@ -61,23 +61,41 @@ class AsyncFleet:
         self.failed: dict[str, BaseException] = {}
         self._latencies: deque[float] = deque(maxlen=_KEPT_LATENCIES)
         self._started: list[VirtualPanel] = []
+        self._make_options = {
+            "host": host, "port": port, "heartbeat_s": heartbeat_s,
+            "retry_initial_s": retry_initial_s, "username_of": username_of,
+            "password_of": password_of,
+        }
         units = [u for u in registry.units if unit_ids is None or u.id in unit_ids]
         for unit in units[:max_units]:
             for household in unit.households:
-                panel_id = household.panel
-                self.panels[panel_id] = VirtualPanel(
-                    panel_id,
-                    host,
-                    port,
-                    username=username_of(panel_id),
-                    password=password_of(panel_id) if password_of else None,
-                    household_id=household.id,
-                    unit_id=unit.id,
-                    heartbeat_s=heartbeat_s,
-                    retry_initial_s=retry_initial_s,
-                    on_alert=self._alert_hook(panel_id),
-                    on_receipt=self._on_receipt,
-                )
+                self.panels[household.panel] = self._make(household.panel, unit.id, household.id)
+
+    def _make(self, panel_id: str, unit_id: str, household_id: str) -> VirtualPanel:
+        o = self._make_options
+        return VirtualPanel(
+            panel_id,
+            o["host"],
+            o["port"],
+            username=o["username_of"](panel_id),
+            password=o["password_of"](panel_id) if o["password_of"] else None,
+            household_id=household_id,
+            unit_id=unit_id,
+            heartbeat_s=o["heartbeat_s"],
+            retry_initial_s=o["retry_initial_s"],
+            on_alert=self._alert_hook(panel_id),
+            on_receipt=self._on_receipt,
+        )
+
+    async def restart(self, panel_id: str, timeout: float = 10.0) -> VirtualPanel:
+        """Power a panel back on: a new one with the same id takes its place and connects."""
+        old = self.panels[panel_id]
+        assert old.unit_id is not None and old.household_id is not None
+        panel = self._make(panel_id, old.unit_id, old.household_id)
+        self.panels[panel_id] = panel
+        await panel.start(timeout)
+        self._started.append(panel)
+        return panel
 
     def __getitem__(self, panel_id: str) -> VirtualPanel:
         return self.panels[panel_id]

@@ -178,7 +178,8 @@ def test_the_demo_shows_alarm_receipt_neighbours_and_cancel(tmp_path):
     assert out.count("ALARM") == 2
     assert out.count("RECEIPT   accepted") == 2
     assert out.count("SOUNDING  9/9 neighbour panels") == 2
-    assert out.count("cancels with its PIN → accepted; 9 buzzers stopped") == 2
+    assert out.count("cancels with its PIN → accepted; 9 buzzers stopped") == 1  # false alarm
+    assert out.count("texts back → \"Thank you: you acknowledged") == 1  # the patrol takes one
     assert "2 alarms raised · 2 receipted" in out
     assert "neighbours sounded 18/18" in out
 
