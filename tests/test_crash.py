@@ -6,19 +6,15 @@ of seconds so the story takes seconds.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from devices.panel import ReferencePanel
+from simulator.hub_process import HubProcess
 from simulator.twilio_gateway import TwilioGateway
 from tests.brokers import free_port
 from tests.conftest import EXAMPLE_REGISTRY
@@ -35,54 +31,21 @@ SHORT_LADDER = textwrap.dedent("""\
 """)
 
 
-class HubProcess:
-    """`tenhub serve` as its own process, killed the hard way."""
+class CrashableHub(HubProcess):
+    """The hub process with a short ladder, and what a test reads from its database."""
 
     def __init__(self, tmp_path: Path, broker_port: int, **env: str) -> None:
         policy = tmp_path / "policy.yaml"
         policy.write_text(SHORT_LADDER)
-        self.db_path = tmp_path / "hub.db"
-        self.http_port = free_port()
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
-        self.env = {
-            **clean,
+        super().__init__(tmp_path / "hub", free_port(), {
             "TENHUB_BROKER_URL": f"mqtt://tenhub-hub@127.0.0.1:{broker_port}",
             "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
             "TENHUB_POLICY": str(policy),
-            "TENHUB_DB_PATH": str(self.db_path),
-            "TENHUB_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
             **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.http_port}/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, "the hub exited"
-            assert time.monotonic() < deadline, "the hub never became healthy"
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+        })
 
     def query(self, sql: str, *params) -> list[tuple]:
-        """Read the hub's database from outside, as an operator's sqlite3 would."""
+        """Read the hub's database from outside, read-only, as an operator's sqlite3 would."""
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
         try:
             return conn.execute(sql, params).fetchall()
@@ -103,7 +66,7 @@ class HubProcess:
 
 @pytest.fixture
 def hub_process(tmp_path, mosquitto):
-    process = HubProcess(tmp_path, mosquitto.port)
+    process = CrashableHub(tmp_path, mosquitto.port)
     yield process
     process.stop()
 
@@ -178,7 +141,7 @@ def test_messages_queued_at_a_kill_all_go_out_after_the_restart_none_twice(
 ):
     gateway_port = free_port()
     gateway = TwilioGateway(port=gateway_port, callback_delay_s=0.01)
-    hub = HubProcess(
+    hub = CrashableHub(
         tmp_path, mosquitto.port,
         TWILIO_ACCOUNT_SID=gateway.account_sid, TWILIO_AUTH_TOKEN=gateway.auth_token,
         TWILIO_FROM="+15550001000", TENHUB_TWILIO_API_BASE=gateway.base_url,
