@@ -12,6 +12,10 @@ ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 PanelChannel = Literal["event", "receipt", "status", "heartbeat"]
 PANEL_CHANNELS: tuple[PanelChannel, ...] = ("event", "receipt", "status", "heartbeat")
 
+# Topic filters over every panel or unit (for the hub's subscriptions and broker ACLs).
+ALL_RECEIPTS = f"{ROOT}/panel/+/receipt"
+ALL_UNIT_ALERTS = f"{ROOT}/unit/+/alert"
+
 # What the hub subscribes to; receipts and unit alerts are the hub's own output.
 HUB_SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
     (f"{ROOT}/panel/+/event", 1),

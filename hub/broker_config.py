@@ -99,8 +99,8 @@ def render_acl(hub_username: str, accounts: list[PanelAccount]) -> str:
         "",
         f"user {hub_username}",
         *(f"topic read {topic}" for topic, _qos in topics.HUB_SUBSCRIPTIONS),
-        f"topic write {topics.receipt_topic('+')}",
-        f"topic write {topics.unit_alert_topic('+')}",
+        f"topic write {topics.ALL_RECEIPTS}",
+        f"topic write {topics.ALL_UNIT_ALERTS}",
     ]
     for a in accounts:
         out += [

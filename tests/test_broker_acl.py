@@ -373,7 +373,7 @@ def test_reprovisioning_cuts_off_the_stolen_panel_after_a_reload(broker, clients
 
 def test_events_wait_for_the_hub_past_the_default_queue_and_across_a_restart(broker, clients):
     hub = connected(clients, broker.hub(client_id="tenhub-hub", clean_session=False))
-    hub.subscribe(topics.event_topic("+"))
+    hub.subscribe(topics.HUB_SUBSCRIPTIONS[0][0])  # every panel's events
     hub.close()
     panel = connected(clients, broker.panel("p-2a"))
     count = 1500  # Mosquitto's default max_queued_messages is 1000
