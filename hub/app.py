@@ -10,7 +10,7 @@ import socket
 import uvicorn
 
 from alerts.panel_channel import PanelChannel
-from alerts.rate_limit import RateLimiter
+from alerts.rate_limit import RateLimiter, Tier
 from alerts.sender import OutboxSender
 from hub.account_store import AccountStore
 from hub.alarm_service import AlarmService
@@ -115,7 +115,7 @@ class Hub:
             self.outbox,
             {"panel": PanelChannel(self.publish)},  # the others join in run(): keys on disk
             self.clock,
-            limiter=RateLimiter(self.outbox.recent_sends),
+            limiter=RateLimiter(self.outbox.recent_sends, _rate_tiers(settings)),
             on_result=self._on_send_result,
         )
         speed = settings.clock_speed
@@ -262,6 +262,13 @@ class Hub:
                 await self.embedded_broker.stop()
             http_socket.close()
             logger.info("hub stopped")
+
+
+def _rate_tiers(settings: Settings) -> dict[str, tuple[Tier, ...]]:
+    window = 15 * 60_000
+    limits = {"sms": settings.sms_per_15min, "voice": settings.calls_per_15min,
+              "push": settings.pushes_per_15min}
+    return {channel: (Tier(n, window),) for channel, n in limits.items() if n > 0}
 
 
 def _local_url(addr: str, port: int) -> str:

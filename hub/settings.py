@@ -49,6 +49,10 @@ class Settings(BaseModel):
     heartbeat_s: Seconds = 30.0
     # A panel silent this long is offline; unset: three heartbeats.
     offline_after_s: Annotated[float, Field(ge=20)] | None = None
+    # At most this many messages per recipient phone in any 15 minutes (0: no limit).
+    sms_per_15min: Annotated[int, Field(ge=0)] = 5
+    calls_per_15min: Annotated[int, Field(ge=0)] = 3
+    pushes_per_15min: Annotated[int, Field(ge=0)] = 20
     cancel_window_s: Seconds = 120.0
     max_wrong_pins: Annotated[int, Field(ge=1, le=100)] = 5
     max_payload_bytes: Annotated[int, Field(ge=256, le=262_144)] = 4096
