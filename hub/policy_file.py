@@ -22,7 +22,14 @@ from hub.policy import (
     parse_duration,
     policy_name_error,
 )
-from hub.problems import ConfigError, Problem, Severity, format_path, sort_problems
+from hub.problems import (
+    ConfigError,
+    Problem,
+    Severity,
+    format_path,
+    load_checked,
+    sort_problems,
+)
 from hub.yaml_source import PathPart, YamlDocument
 
 logger = logging.getLogger(__name__)
@@ -77,27 +84,8 @@ _MODEL_AT_DEPTH: dict[int, type[BaseModel]] = {
 
 
 def load_policies(path: str | Path) -> PolicySet:
-    """Read and check a policy file; raises ConfigError listing every problem found.
-
-    Warnings alone do not stop loading: they are logged.
-    """
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem(file, None, None, "", "policy file not found")]) from None
-    except UnicodeDecodeError as exc:
-        message = f"policy file is not UTF-8 text ({exc.reason} at byte {exc.start})"
-        raise ConfigError([Problem(file, None, None, "", message)]) from None
-    except OSError as exc:
-        message = f"cannot read the policy file: {exc.strerror or exc}"
-        raise ConfigError([Problem(file, None, None, "", message)]) from None
-    policies, problems = parse_policies(text, file)
-    if policies is None:
-        raise ConfigError(problems)
-    for problem in problems:
-        logger.warning("%s", problem.format())
-    return policies
+    """Read and check a policy file; ConfigError listing every problem (warnings are logged)."""
+    return load_checked(path, "policy", parse_policies)
 
 
 def parse_policies(text: str, file: str) -> tuple[PolicySet | None, list[Problem]]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, TypeVar
+
+logger = logging.getLogger(__name__)
 
 Severity = Literal["error", "warning"]
+T = TypeVar("T")
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -68,3 +73,29 @@ def format_path(path: Sequence[str | int]) -> str:
 def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
     """Problems in the order of the file: whole-file ones first, then by line and column."""
     return sorted(problems, key=lambda p: (p.file, p.line or 0, p.col or 0))
+
+
+def load_checked(
+    path: str | Path, what: str, parse: Callable[[str, str], tuple[T | None, list[Problem]]]
+) -> T:
+    """Read a config file and check it with `parse`; ConfigError listing every problem found.
+
+    Warnings alone do not stop loading: they are logged.
+    """
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(file, None, None, "", f"{what} file not found")]) from None
+    except UnicodeDecodeError as exc:
+        message = f"{what} file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise ConfigError([Problem(file, None, None, "", message)]) from None
+    except OSError as exc:
+        message = f"cannot read the {what} file: {exc.strerror or exc}"
+        raise ConfigError([Problem(file, None, None, "", message)]) from None
+    parsed, problems = parse(text, file)
+    if parsed is None:
+        raise ConfigError(problems)
+    for problem in problems:
+        logger.warning("%s", problem.format())
+    return parsed

@@ -22,7 +22,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from devices.topics import ID_RE
-from hub.problems import ConfigError, Problem, Severity, format_path, sort_problems
+from hub.problems import (
+    ConfigError,
+    Problem,
+    Severity,
+    format_path,
+    load_checked,
+    sort_problems,
+)
 from hub.yaml_source import PathPart, YamlDocument
 
 logger = logging.getLogger(__name__)
@@ -274,27 +281,8 @@ class Registry(_Model):
 
 
 def load_registry(path: str | Path) -> Registry:
-    """Read and check a registry file; raises ConfigError listing every problem found.
-
-    Warnings alone do not stop loading: they are logged.
-    """
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem(file, None, None, "", "registry file not found")]) from None
-    except UnicodeDecodeError as exc:
-        message = f"registry file is not UTF-8 text ({exc.reason} at byte {exc.start})"
-        raise ConfigError([Problem(file, None, None, "", message)]) from None
-    except OSError as exc:
-        message = f"cannot read the registry file: {exc.strerror or exc}"
-        raise ConfigError([Problem(file, None, None, "", message)]) from None
-    registry, problems = parse_registry(text, file)
-    if registry is None:
-        raise ConfigError(problems)
-    for problem in problems:
-        logger.warning("%s", problem.format())
-    return registry
+    """Read and check a registry file; ConfigError listing every problem (warnings are logged)."""
+    return load_checked(path, "registry", parse_registry)
 
 
 def parse_registry(text: str, file: str) -> tuple[Registry | None, list[Problem]]:
