@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import socket
 import threading
 import time
@@ -28,7 +27,10 @@ from devices.protocol import (
     ReceiptStatus,
     UnitAlert,
     encode,
+    hub_time_of,
     parse_model,
+    repeat_delay_s,
+    resend_fields,
 )
 from devices.retry_scheduler import RetryScheduler
 from devices.signing import sign_event
@@ -47,10 +49,8 @@ F = TypeVar("F", bound=Callable[..., None])
 
 KEEPALIVE_S = 60
 STOP_PUBLISH_TIMEOUT_S = 2.0
-_MAX_DOUBLINGS = 30  # caps the exponent so a retry forever never overflows a float
 
 
-_HUB_TIME = re.compile(r"hub time (\d+)")
 
 
 def _now_ms() -> int:
@@ -227,12 +227,11 @@ class ReferencePanel:
         Nothing is lost to a drifting clock or a late delivery; returns False when the
         receipt is not such a refusal (or the event was already sent again three times).
         """
-        error = receipt.error or ""
-        match = _HUB_TIME.search(error)
-        if not error.startswith("ts_out_of_window") or match is None or event.resent >= 3:
+        hub_time = hub_time_of(receipt)
+        if hub_time is None or event.resent >= 3:
             return False
-        self.clock_offset_ms = int(match.group(1)) - _now_ms()
-        fields = {k: v for k, v in event.payload.items() if k not in ("type", "seq", "ts", "sig")}
+        self.clock_offset_ms = hub_time - _now_ms()
+        fields = resend_fields(event.payload)
         self._forget(event.seq)
         event._arm(self._state.add_new(self._builder(event.type, fields)))
         event.resent += 1
@@ -246,8 +245,7 @@ class ReferencePanel:
     # -- sending ------------------------------------------------------------------------
 
     def _backoff(self, attempts: int) -> float:
-        doublings = min(max(attempts - 1, 0), _MAX_DOUBLINGS)
-        return min(self.retry_initial_s * 2**doublings, self.retry_max_s)
+        return repeat_delay_s(attempts, self.retry_initial_s, self.retry_max_s)
 
     def _send(self, event: PendingEvent) -> None:
         """Publish one copy now when connected and schedule the next; offline, on_connect sends."""

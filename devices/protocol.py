@@ -7,6 +7,7 @@ module, so what the hub accepts is exactly what a panel is able to send.
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -281,3 +282,27 @@ def parse_model(model: type[M], payload: bytes, max_bytes: int = 1024) -> M:
         reason, detail = _describe(exc.errors(include_url=False)[0])
         raise ProtocolError(reason, detail) from None
 
+
+
+_HUB_TIME = re.compile(r"hub time (\d+)")
+_MAX_DOUBLINGS = 30  # caps the exponent, so a retry forever never overflows a float
+
+
+def hub_time_of(receipt: Receipt) -> int | None:
+    """The hub's time (ms) from a `ts_out_of_window` refusal; None for any other receipt."""
+    error = receipt.error or ""
+    if receipt.status != ReceiptStatus.REJECTED or not error.startswith("ts_out_of_window"):
+        return None
+    match = _HUB_TIME.search(error)
+    return int(match.group(1)) if match else None
+
+
+def resend_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """An event's own fields, without those a panel sets anew when it sends it again."""
+    return {k: v for k, v in payload.items() if k not in ("type", "seq", "ts", "sig")}
+
+
+def repeat_delay_s(attempts: int, initial_s: float, max_s: float) -> float:
+    """How long a panel waits before repeating an event sent `attempts` times: doubling."""
+    doublings = min(max(attempts - 1, 0), _MAX_DOUBLINGS)
+    return min(initial_s * 2**doublings, max_s)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Generator
@@ -27,7 +26,10 @@ from devices.protocol import (
     UnitAlert,
     canonical_json,
     encode,
+    hub_time_of,
     parse_model,
+    repeat_delay_s,
+    resend_fields,
 )
 from devices.signing import sign_event
 from devices.topics import (
@@ -43,9 +45,7 @@ from simulator.mqtt_lite import Message, MqttClient, MqttError, Will
 logger = logging.getLogger(__name__)
 
 STOP_PUBLISH_TIMEOUT_S = 2.0
-_MAX_DOUBLINGS = 30  # caps the exponent so a retry forever never overflows a float
 _REMEMBERED_ALERTS = 256
-_HUB_TIME = re.compile(r"hub time (\d+)")
 _MAX_CLOCK_RESENDS = 3
 
 
@@ -284,14 +284,11 @@ class VirtualPanel:
 
     def _send_again_with_the_hubs_time(self, event: PendingEvent, receipt: Receipt) -> bool:
         """The hub refused our clock: learn its time, send the same event under a new seq."""
-        error = receipt.error or ""
-        match = _HUB_TIME.search(error)
-        if not error.startswith("ts_out_of_window") or match is None:
+        hub_time = hub_time_of(receipt)
+        if hub_time is None or event.resent >= _MAX_CLOCK_RESENDS:
             return False
-        if event.resent >= _MAX_CLOCK_RESENDS:
-            return False
-        self.clock_offset_ms = int(match.group(1)) - _now_ms()
-        fields = {k: v for k, v in event.payload.items() if k not in ("type", "seq", "ts", "sig")}
+        self.clock_offset_ms = hub_time - _now_ms()
+        fields = resend_fields(event.payload)
         event._arm(self._build(event.type, fields))
         event.resent += 1
         self._pending[event.seq] = event
@@ -303,8 +300,7 @@ class VirtualPanel:
     # -- sending ------------------------------------------------------------------------
 
     def _backoff(self, attempts: int) -> float:
-        doublings = min(max(attempts - 1, 0), _MAX_DOUBLINGS)
-        return min(self.retry_initial_s * 2**doublings, self.retry_max_s)
+        return repeat_delay_s(attempts, self.retry_initial_s, self.retry_max_s)
 
     def _send(self, event: PendingEvent) -> None:
         """Publish one copy now and arm the next; offline, the reconnect sends it."""

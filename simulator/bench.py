@@ -1,0 +1,248 @@
+"""`tenhub bench`: alarm latency and throughput through a real hub, beside the bare broker.
+
+One broker, one SMS gateway in this process; per fleet size a fresh hub process (its own
+database) and a fleet of heartbeating panels. At each offered rate the broker's own round
+trip is measured first (the floor), then the same number of alarms go through the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from hub.alarm_store import AlarmStore
+from hub.db import Database
+from hub.registry import Registry, load_registry
+from hub.settings import BrokerAddress
+from simulator.bench_load import (
+    AlarmLoad,
+    AlarmWatch,
+    Batch,
+    BrokerProbe,
+    CpuWindow,
+    LoadResult,
+    peak_rss_mb,
+)
+from simulator.brokers import Mosquitto, free_port
+from simulator.fleet_async import AsyncFleet, raise_fd_limit
+from simulator.hub_process import HubProcess
+from simulator.registry_gen import make_registry
+from simulator.twilio_gateway import TwilioGateway
+
+HUB_NUMBER = "+15550001000"
+# One SMS per alarm to the zone's patrol at once; the police step lies beyond any run.
+BENCH_POLICY = """\
+policies:
+  default:
+    steps:
+      - {after: 0s, notify: [patrol], name: patrol}
+      - {after: 2h, unless: resolved, notify: [police], name: police}
+"""
+# A household pressing again joins its open alarm of that kind, so each load has its own
+# kind: a household may then raise once per load without joining an earlier alarm.
+LOAD_KINDS = ("burglary", "fire", "medical", "gas")
+# As `tenhub broker-config` writes it, but in memory only and without accounts.
+_BROKER_CONFIG = "persistence false\nmax_connections -1\nmax_inflight_messages 100\n"
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """What to run: fleet sizes (in units of ten panels), offered rates, time per load."""
+
+    units: tuple[int, ...] = (100, 1000)
+    rates: tuple[int, ...] = (10, 100, 500)
+    duration_s: float = 10.0
+    storm_fraction: float = 0.10
+    settle_s: float = 10.0  # after connecting: the panels' first heartbeats spread out
+    heartbeat_s: float = 10.0
+    load_drain_s: float = 45.0  # per load: receipts, neighbours and SMS, before the next
+    final_drain_s: float = 60.0  # at the end of a fleet: for whatever is still on its way
+    broker_url: str | None = None  # None: a Mosquitto of the bench's own
+
+
+QUICK = BenchConfig(
+    units=(100,), duration_s=2.0, settle_s=2.0, load_drain_s=6.0, final_drain_s=10.0
+)
+FULL = BenchConfig()
+
+
+@dataclass(slots=True)
+class PhaseResult:
+    """One fleet size: its loads, the hub's peak memory and CPU, the database's count."""
+
+    units: int
+    panels: int
+    connect_s: float = 0.0
+    loads: list[LoadResult] = field(default_factory=list)
+    alarms_raised: int = 0
+    alarms_in_db: int = 0
+    hub_peak_rss_mb: float = 0.0
+    cpu_pct: dict[str, float] = field(default_factory=dict)
+
+
+class Observer(Protocol):
+    """What the bench tells whoever runs it, as it goes."""
+
+    def note(self, text: str) -> None: ...
+    def connecting(self, done: int, total: int) -> None: ...
+    def phase_started(self, panels: int, hub_pid: int) -> None: ...
+    def load_started(self, panels: int, name: str, alarms: int) -> None: ...
+    def load_done(self, panels: int, load: LoadResult) -> None: ...
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def rotation(registry: Registry) -> list[str]:
+    """Every panel, one household of each unit in turn: alarms spread over the units."""
+    return [
+        h.panel
+        for i in range(max(len(u.households) for u in registry.units))
+        for u in registry.units
+        for h in u.households[i : i + 1]
+    ]
+
+
+class Bench:
+    """Starts the parts, runs every phase, stops the parts."""
+
+    def __init__(self, config: BenchConfig, workdir: Path, observer: Observer) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.observer = observer
+        self.broker: Mosquitto | None = None
+        self.gateway = TwilioGateway(phone_number=HUB_NUMBER, callback_delay_s=0.05)
+        self.watch = AlarmWatch()
+        self.gateway.subscribe(self.watch.on_record)
+
+    async def run(self) -> list[PhaseResult]:
+        """Every phase in turn; the parts are stopped however it ends."""
+        # Mosquitto inherits this limit: the fleet's sockets and the broker's both need it.
+        raise_fd_limit(max(self.config.units) * 10 + 1024)
+        probe: BrokerProbe | None = None
+        try:
+            if self.config.broker_url is None:
+                self.broker = Mosquitto(self.workdir / "mosquitto", extra_config=_BROKER_CONFIG)
+                await asyncio.to_thread(self.broker.start)
+            address = BrokerAddress.parse(self.config.broker_url or self.broker.url)  # type: ignore[union-attr]
+            self.gateway.start()
+            probe = BrokerProbe(address)
+            await probe.start()
+            return [await self._phase(units, address, probe) for units in self.config.units]
+        finally:
+            if probe is not None:
+                await probe.stop()
+            self.gateway.stop()
+            if self.broker is not None:
+                await asyncio.to_thread(self.broker.stop)
+
+    def _hub(self, units: int, address: BrokerAddress) -> HubProcess:
+        workdir = self.workdir / f"hub-{units * 10}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "registry.yaml").write_text(make_registry(units), encoding="utf-8")
+        (workdir / "policy.yaml").write_text(BENCH_POLICY, encoding="utf-8")
+        user = address.username or "tenhub-hub"
+        secret = f":{address.password}" if address.password else ""
+        env = {
+            "TENHUB_BROKER_URL": f"mqtt://{user}{secret}@{address.host}:{address.port}",
+            "TENHUB_REGISTRY": str(workdir / "registry.yaml"),
+            "TENHUB_POLICY": str(workdir / "policy.yaml"),
+            "TENHUB_HEARTBEAT_S": str(self.config.heartbeat_s),
+            "TENHUB_SMS_PER_15MIN": "0",
+            "TENHUB_CALLS_PER_15MIN": "0",
+            "TENHUB_PUSHES_PER_15MIN": "0",
+            "TENHUB_LOG_LEVEL": "warning",
+            "TENHUB_TWILIO_API_BASE": self.gateway.base_url,
+            "TWILIO_ACCOUNT_SID": self.gateway.account_sid,
+            "TWILIO_AUTH_TOKEN": self.gateway.auth_token,
+            "TWILIO_FROM": HUB_NUMBER,
+        }
+        return HubProcess(workdir, free_port(), env)
+
+    async def _phase(self, units: int, address: BrokerAddress, probe: BrokerProbe) -> PhaseResult:
+        cfg, say = self.config, self.observer.note
+        phase = PhaseResult(units, units * 10)
+        hub = self._hub(units, address)
+        say(f"{phase.panels:,} panels: starting the hub")
+        await asyncio.to_thread(hub.start, 60.0)
+        assert hub.proc is not None
+        self.observer.phase_started(phase.panels, hub.proc.pid)
+        registry = load_registry(hub.workdir / "registry.yaml")
+        credentials = {} if address.username is None else {
+            "username_of": lambda _p: address.username, "password_of": lambda _p: address.password,
+        }  # fmt: skip
+        fleet = AsyncFleet(
+            registry, address.host, address.port, heartbeat_s=cfg.heartbeat_s,
+            on_alert=self.watch.on_alert, **credentials,
+        )  # fmt: skip
+        try:
+            started = time.monotonic()
+            failed = await fleet.start(progress=self.observer.connecting, timeout=60.0)
+            if failed:
+                raise RuntimeError(f"{len(failed)} panels could not connect: {sorted(failed)[:3]}")
+            phase.connect_s = round(time.monotonic() - started, 1)
+            say(f"{phase.panels:,} panels connected in {phase.connect_s} s; settling")
+            await asyncio.sleep(cfg.settle_s)
+            await self._loads(phase, fleet, registry, hub, probe)
+            phase.alarms_in_db = await _count_alarms(hub.db_path)
+            phase.hub_peak_rss_mb = round(peak_rss_mb(hub.proc.pid), 1)
+        finally:
+            say(f"{phase.panels:,} panels: stopping")
+            await fleet.stop()
+            await asyncio.to_thread(hub.stop)
+        return phase
+
+    async def _loads(
+        self, phase: PhaseResult, fleet: AsyncFleet, registry: Registry, hub: HubProcess,
+        probe: BrokerProbe,
+    ) -> None:  # fmt: skip
+        cfg, observer = self.config, self.observer
+        assert hub.proc is not None
+        pids = {"hub": hub.proc.pid, "bench": None}
+        if self.broker is not None and self.broker.proc is not None:
+            pids["broker"] = self.broker.proc.pid
+        whole = CpuWindow(pids)
+        order = [fleet.panels[p] for p in rotation(registry)]
+        load = AlarmLoad(self.watch)
+        batches: list[Batch] = []
+        for rate, kind in zip(cfg.rates, LOAD_KINDS, strict=False):
+            count = min(round(rate * cfg.duration_s), len(order))
+            observer.load_started(phase.panels, f"{rate}/s", count)
+            bare = await probe.run(count, rate, cfg.load_drain_s)
+            batch = await load.run(f"{rate}/s", order[:count], kind, rate, pids, cfg.load_drain_s)
+            batch.bare = bare
+            batches.append(batch)
+            observer.load_done(phase.panels, load.collect(batch, set()))
+            await asyncio.sleep(1.0)  # the hub's tail work (status callbacks) settles
+        storm = max(1, round(len(order) * cfg.storm_fraction))
+        observer.load_started(phase.panels, "storm", storm)
+        batch = await load.run("storm", order[:storm], LOAD_KINDS[-1], None, pids, cfg.load_drain_s)
+        batches.append(batch)
+        observer.load_done(phase.panels, load.collect(batch, set()))
+        phase.cpu_pct = whole.pct()
+        # A load drains for a bounded time only: what came later still counts, and lost
+        # means no receipt at all by the end of the phase.
+        left = await load.drain([e for b in batches for e in b.events], cfg.final_drain_s)
+        if left:
+            observer.note(f"{left:,} alarms still incomplete after the final drain")
+        seen: set[str] = set()
+        phase.loads = [load.collect(b, seen) for b in batches]
+        phase.alarms_raised = sum(r.alarms for r in phase.loads)
+
+
+async def _count_alarms(db_path: Path) -> int:
+    """Alarms in the hub's database, read beside the running hub."""
+    db = Database(db_path, readers=1)
+    await db.open()
+    try:
+        return await AlarmStore(db).count()
+    finally:
+        await db.close()
+
+
+def run_bench(config: BenchConfig, workdir: Path, observer: Observer) -> list[PhaseResult]:
+    """Run the whole bench in a new event loop; workdir holds the broker's and hubs' files."""
+    return asyncio.run(Bench(config, workdir, observer).run())

@@ -1,0 +1,145 @@
+"""`tenhub bench`: run the benchmark, print as it goes, write bench.json, bench.md, latency.png."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hub.settings import BrokerAddress
+from simulator.bench import FULL, QUICK, run_bench
+from simulator.bench_load import MEASURES, LoadResult
+from simulator.bench_report import (
+    bench_doc,
+    machine_info,
+    percentiles_ms,
+    write_outputs,
+)
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class ConsoleObserver:
+    """Prints the bench's progress: a bar while panels connect, a line per load."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._progress: Progress | None = None
+
+    def note(self, text: str) -> None:
+        self.console.print(text, style="dim", markup=False)
+
+    def phase_started(self, panels: int, hub_pid: int) -> None:
+        self.note(f"{panels:,} panels: hub running (pid {hub_pid}); connecting the fleet")
+
+    def connecting(self, done: int, total: int) -> None:
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("connecting panels"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=self.console, transient=True,
+            )  # fmt: skip
+            self._progress.start()
+            self._task = self._progress.add_task("connect", total=total)
+        self._progress.update(self._task, completed=done)
+        if done >= total:
+            self._progress.stop()
+            self._progress = None
+
+    def load_started(self, panels: int, name: str, alarms: int) -> None:
+        what = "all at once" if name == "storm" else f"at {name}, broker round trips first"
+        self.console.print(f"  {name:>6}: {alarms:,} alarms {what} …", markup=False)
+
+    def load_done(self, panels: int, load: LoadResult) -> None:
+        parts = []
+        for name, label in (("bare_broker", "bare"), ("receipt", "receipt"),
+                            ("neighbours", "neighbours"), ("sms", "SMS")):  # fmt: skip
+            if name in load.samples:
+                s = percentiles_ms(load.samples[name])
+                if s["count"]:
+                    parts.append(f"{label} {s['p50_ms']:.2f}/{s['p99_ms']:.2f}")
+        style = "red" if load.lost else "green"
+        self.console.print(
+            f"          p50/p99 ms: {', '.join(parts)}; {load.throughput:.0f} alarms/s, "
+            f"last receipt {load.last_receipt_s:.2f} s, [{style}]{load.lost} lost[/{style}]",
+            highlight=False,
+        )
+
+
+def summary_table(phase: dict[str, Any]) -> Table:
+    """A fleet's final figures: p50 / p99 in ms per measure and load, throughput, lost."""
+    table = Table(title=f"{phase['panels']:,} panels, p50 / p99 ms", title_justify="left")
+    table.add_column("load")
+    for label in ("bare broker", "receipt", "9 neighbours", "SMS"):
+        table.add_column(label, justify="right")
+    table.add_column("alarms/s", justify="right")
+    table.add_column("lost", justify="right")
+    for load in phase["loads"]:
+        cells = []
+        for name in MEASURES:
+            s = load["measures"].get(name)
+            cells.append(f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f}" if s and s["count"] else "–")
+        lost = f"[red]{load['lost']}[/red]" if load["lost"] else "0"
+        table.add_row(load["name"], *cells, f"{load['throughput_per_s']:g}", lost)
+    return table
+
+
+def bench(
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for bench.json, bench.md, latency.png.")
+    ] = Path("bench-results"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="1,000 panels, ~2 s per load: under a minute, for CI.")
+    ] = False,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            help="Use this broker (mqtt://[user:pass@]host:port), not a Mosquitto of "
+            "the bench's own."
+        ),
+    ] = None,
+) -> None:
+    """Measure alarm latency and throughput through the hub, beside the bare broker.
+
+    Exits 1 when an alarm was lost or not stored; timings never fail the run.
+    """
+    from hub.logs import setup_logging
+
+    if broker is not None:
+        try:
+            if BrokerAddress.parse(broker).tls:
+                raise ValueError("mqtts:// is not supported by the bench's fleet")
+        except ValueError as exc:
+            err.print(f"tenhub bench: {exc}", style="red", markup=False)
+            raise typer.Exit(2) from None
+    setup_logging("error")
+    config = dataclasses.replace(QUICK if quick else FULL, broker_url=broker)
+    machine = machine_info(broker)
+    err.print(
+        f"tenhub bench ({'quick' if quick else 'full'}): {machine['cores']} cores, "
+        f"{machine['memory_gib']} GiB, Python {machine['python']}, {machine['broker']}",
+        markup=False,
+    )
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tenhub-bench-") as workdir:
+        phases = run_bench(config, Path(workdir), ConsoleObserver(err))
+    doc = bench_doc(phases, config, machine, time.monotonic() - started)
+    paths = write_outputs(doc, out)
+    for phase in doc["phases"]:
+        err.print(summary_table(phase))
+    err.print(f"wrote {', '.join(str(p) for p in paths)} in {doc['elapsed_s']:g} s", markup=False)
+    for t in doc["targets"]:
+        mark = {True: "[green]met[/green]", False: "[red]not met[/red]", None: "not measured"}
+        err.print(f"  {mark[t['met']]}  {escape(t['target'])}: {escape(t['measured'])}")
+    stored = all(p["alarms_in_db"] == p["alarms_raised"] for p in doc["phases"])
+    lost = sum(x["lost"] for p in doc["phases"] for x in p["loads"])
+    if lost or not stored:
+        err.print(f"tenhub bench: {lost} alarms lost; stored as raised: {stored}", style="red")
+        raise typer.Exit(1)
