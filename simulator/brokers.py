@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -34,51 +35,37 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
-class Mosquitto:
-    """A mosquitto process with a config of the test's own; it can stop and start again."""
+class MosquittoProcess:
+    """`mosquitto -c CONFIG` listening on `port`; stop (SIGTERM), start again, reload (SIGHUP)."""
 
-    def __init__(self, workdir: Path, *, extra_config: str = "") -> None:
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.exe = exe
-        self.workdir = workdir
-        self.port = free_port()
+        self.config_path = config_path
+        self.port = port
         self.host = "127.0.0.1"
-        self.url = f"mqtt://{self.host}:{self.port}"
-        self.config_path = workdir / "mosquitto.conf"
-        self.log_path = workdir / "mosquitto.log"
-        (workdir / "data").mkdir(parents=True, exist_ok=True)
-        # Persistence on: queued QoS 1 messages of persistent sessions survive a restart.
-        self.config_path.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {workdir / 'data'}/\n"
-            "autosave_interval 1\n"
-            "set_tcp_nodelay true\n"
-            "max_queued_messages 100000\n"
-            f"log_dest file {self.log_path}\n"
-            # Started as root, Mosquitto drops to user `mosquitto`, which cannot write this
-            # (private) directory: no persistence file, so no session survives a restart.
-            f"user {getpass.getuser()}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n" + extra_config
-        )
+        self.url = f"mqtt://{self.host}:{port}"
+        self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "-c", str(self.config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.exe, "-c", str(self.config_path)], stdout=log, stderr=log
+            )
         try:
             wait_for_port(self.port)
         except TimeoutError:
-            self.proc.kill()
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            log = self.log_path.read_text() if self.log_path.exists() else ""
-            raise RuntimeError(f"mosquitto did not start: {err}{log}") from None
+            self.stop()
+            log_text = self.log_path.read_text() if self.log_path.exists() else ""
+            raise RuntimeError(f"mosquitto did not start: {log_text}") from None
+
+    def reload(self) -> None:
+        """What an operator does after changing password or ACL files: SIGHUP."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         """Stop gracefully (SIGTERM): Mosquitto writes its persistence file on the way out."""
@@ -89,13 +76,33 @@ class Mosquitto:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
         self.proc = None
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class Mosquitto(MosquittoProcess):
+    """A Mosquitto with a config of its own on a free port: anonymous, persistent."""
+
+    def __init__(self, workdir: Path, *, extra_config: str = "") -> None:
+        (workdir / "data").mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir / "mosquitto.conf", free_port(), workdir / "mosquitto.log")
+        # Persistence on: queued QoS 1 messages of persistent sessions survive a restart.
+        self.config_path.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir / 'data'}/\n"
+            "autosave_interval 1\n"
+            "set_tcp_nodelay true\n"
+            "max_queued_messages 100000\n"
+            # Started as root, Mosquitto drops to user `mosquitto`, which cannot write this
+            # (private) directory: no persistence file, so no session survives a restart.
+            f"user {getpass.getuser()}\n"
+            "log_type error\nlog_type warning\nlog_type notice\n" + extra_config
+        )
 
 
 class EmbeddedBrokerThread:

@@ -3,10 +3,11 @@
 from simulator.brokers import (
     EmbeddedBrokerThread,
     Mosquitto,
+    MosquittoProcess,
     free_port,
     mosquitto_available,
     wait_for_port,
 )
 
-__all__ = ["EmbeddedBrokerThread", "Mosquitto", "free_port", "mosquitto_available",
-           "wait_for_port"]
+__all__ = ["EmbeddedBrokerThread", "Mosquitto", "MosquittoProcess", "free_port",
+           "mosquitto_available", "wait_for_port"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
 import stat
 import subprocess
 import threading
@@ -35,7 +34,7 @@ from hub.credential_store import CredentialStore, CredentialTx, PanelSecrets, St
 from hub.db import Database
 from hub.mosquitto_passwords import hash_mosquitto_password, verify_mosquitto_password
 from hub.registry import Household, Registry, Unit, parse_registry
-from tests.brokers import free_port, wait_for_port
+from tests.brokers import MosquittoProcess, free_port
 
 REGISTRY_YAML = """\
 units:
@@ -64,41 +63,7 @@ def make_registry(text: str = REGISTRY_YAML) -> Registry:
 # --- a Mosquitto run by the generated files --------------------------------------------------
 
 
-class MosquittoOnFiles:
-    """`mosquitto -c <generated mosquitto.conf>`, with nothing added to what it says."""
-
-    def __init__(self, conf: Path, port: int, log: Path) -> None:
-        self.conf, self.port, self.log = conf, port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=log, stderr=log)
-        try:
-            wait_for_port(self.port)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(f"mosquitto did not start: {self.log.read_text()}") from None
-
-    def reload(self) -> None:
-        """What an operator does after re-running broker-config: SIGHUP."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGHUP)
-
-    def stop(self) -> None:
-        """A clean stop (SIGTERM): Mosquitto writes its persistence file on the way out."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
-class GeneratedBroker(MosquittoOnFiles):
+class GeneratedBroker(MosquittoProcess):
     """A credential database, the files written from it and the registry, and Mosquitto."""
 
     def __init__(self, workdir: Path, registry: Registry) -> None:
@@ -583,7 +548,7 @@ def test_the_commands_provision_and_write_a_broker_mosquitto_accepts(tmp_path, c
     hub_pw = (out / "hub-password").read_text().strip()
     assert f"mqtt://tenhub-hub:{hub_pw}@localhost:{port}" in url
 
-    b = MosquittoOnFiles(out / "mosquitto.conf", port, tmp_path / "mosquitto.log")
+    b = MosquittoProcess(out / "mosquitto.conf", port, tmp_path / "mosquitto.log")
     b.start()
     try:
         assert connected(clients, Client(port, "tenhub-hub", hub_pw))
