@@ -229,6 +229,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX outbox_no_alarm ON outbox (channel, status) WHERE alarm_id IS NULL;
         """,
     ),
+    (
+        6,
+        "the sender finds a recipient's queued messages without reading its history",
+        """
+        -- due() asks, per queued message, whether an older one of the same recipient is
+        -- still queued; without this it read every message the recipient ever had.
+        CREATE INDEX outbox_queued_by_recipient ON outbox (channel, recipient, id)
+            WHERE status = 'queued';
+        """,
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ themselves, the rules every ladder keeps, and the built-in ladders.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -209,11 +210,18 @@ class Policy(_Model):
     @classmethod
     def from_json(cls, text: str) -> Policy:
         """The policy a to_json snapshot was taken of."""
-        return cls.model_validate_json(text)
+        return _policy_from_json(text)
 
     def police_step(self) -> int | None:
         """Index of the first step that notifies police (where a duress alarm goes at once)."""
         return next((i for i, step in enumerate(self.steps) if "police" in step.notify), None)
+
+
+@functools.lru_cache(maxsize=64)
+def _policy_from_json(text: str) -> Policy:
+    # Every alarm carries its ladder as JSON and every step reads it back: a handful of
+    # policies, parsed once each instead of once per alarm and step. Policies are frozen.
+    return Policy.model_validate_json(text)
 
 
 @dataclass(frozen=True)
