@@ -244,8 +244,10 @@ def _mount_subcommands() -> None:
     from hub.panel_cli import broker_config, panels
     from hub.user_cli import users
     from simulator.cli import sim
+    from simulator.cli_bench import bench
 
     app.add_typer(users, name="user")
+    app.command("bench")(bench)
     app.add_typer(panels, name="panel")
     app.command("broker-config")(broker_config)
     app.add_typer(sim, name="sim")

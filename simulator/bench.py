@@ -8,10 +8,17 @@ trip is measured first (the floor), then the same number of alarms go through th
 from __future__ import annotations
 
 import asyncio
+import datetime
+import os
+import platform
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import quote
 
 from hub.alarm_store import AlarmStore
 from hub.db import Database
@@ -58,8 +65,10 @@ class BenchConfig:
     storm_fraction: float = 0.10
     settle_s: float = 10.0  # after connecting: the panels' first heartbeats spread out
     heartbeat_s: float = 10.0
-    load_drain_s: float = 45.0  # per load: receipts, neighbours and SMS, before the next
-    final_drain_s: float = 60.0  # at the end of a fleet: for whatever is still on its way
+    # Each load waits for its alarms' receipts, neighbours and SMS (so the next one starts
+    # on a settled hub), but no longer than this.
+    load_drain_s: float = 150.0
+    final_drain_s: float = 30.0  # at the end of a fleet: for whatever is still on its way
     broker_url: str | None = None  # None: a Mosquitto of the bench's own
 
 
@@ -81,6 +90,7 @@ class PhaseResult:
     alarms_in_db: int = 0
     hub_peak_rss_mb: float = 0.0
     cpu_pct: dict[str, float] = field(default_factory=dict)
+    reconnects: int = 0  # panels' reconnects during the phase: 0 on a healthy broker
 
 
 class Observer(Protocol):
@@ -91,6 +101,45 @@ class Observer(Protocol):
     def phase_started(self, panels: int, hub_pid: int) -> None: ...
     def load_started(self, panels: int, name: str, alarms: int) -> None: ...
     def load_done(self, panels: int, load: LoadResult) -> None: ...
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+def machine_info(broker_url: str | None) -> dict[str, Any]:
+    """Cores, memory, CPU model, Python, broker and tenhub versions, and the date."""
+    cpu_model = platform.processor() or platform.machine()
+    with open("/proc/meminfo") as f:
+        mem_kib = next((int(line.split()[1]) for line in f if line.startswith("MemTotal:")), 0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                cpu_model,
+            )
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 1024**2, 1),
+        "cpu": cpu_model,
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "broker": broker_url or mosquitto_version(),
+        "tenhub": metadata.version("tenhub"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def mosquitto_version() -> str:
+    """`mosquitto version 2.0.11`, as `mosquitto -h` says it; "unknown" without one."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    try:
+        run = subprocess.run([exe, "-h"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    lines = (run.stdout or run.stderr).splitlines()
+    return lines[0].strip() if lines else "unknown"
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -144,8 +193,8 @@ class Bench:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "registry.yaml").write_text(make_registry(units), encoding="utf-8")
         (workdir / "policy.yaml").write_text(BENCH_POLICY, encoding="utf-8")
-        user = address.username or "tenhub-hub"
-        secret = f":{address.password}" if address.password else ""
+        user = quote(address.username or "tenhub-hub", safe="")
+        secret = f":{quote(address.password, safe='')}" if address.password else ""
         env = {
             "TENHUB_BROKER_URL": f"mqtt://{user}{secret}@{address.host}:{address.port}",
             "TENHUB_REGISTRY": str(workdir / "registry.yaml"),
@@ -163,37 +212,44 @@ class Bench:
         return HubProcess(workdir, free_port(), env)
 
     async def _phase(self, units: int, address: BrokerAddress, probe: BrokerProbe) -> PhaseResult:
-        cfg, say = self.config, self.observer.note
         phase = PhaseResult(units, units * 10)
         hub = self._hub(units, address)
-        say(f"{phase.panels:,} panels: starting the hub")
-        await asyncio.to_thread(hub.start, 60.0)
-        assert hub.proc is not None
-        self.observer.phase_started(phase.panels, hub.proc.pid)
-        registry = load_registry(hub.workdir / "registry.yaml")
-        credentials = {} if address.username is None else {
-            "username_of": lambda _p: address.username, "password_of": lambda _p: address.password,
-        }  # fmt: skip
-        fleet = AsyncFleet(
-            registry, address.host, address.port, heartbeat_s=cfg.heartbeat_s,
-            on_alert=self.watch.on_alert, **credentials,
-        )  # fmt: skip
+        fleet: AsyncFleet | None = None
+        self.observer.note(f"{phase.panels:,} panels: starting the hub")
         try:
-            started = time.monotonic()
-            failed = await fleet.start(progress=self.observer.connecting, timeout=60.0)
-            if failed:
-                raise RuntimeError(f"{len(failed)} panels could not connect: {sorted(failed)[:3]}")
-            phase.connect_s = round(time.monotonic() - started, 1)
-            say(f"{phase.panels:,} panels connected in {phase.connect_s} s; settling")
-            await asyncio.sleep(cfg.settle_s)
+            await asyncio.to_thread(hub.start, 60.0)
+            assert hub.proc is not None
+            self.observer.phase_started(phase.panels, hub.proc.pid)
+            registry = load_registry(hub.workdir / "registry.yaml")
+            credentials = {} if address.username is None else {
+                "username_of": lambda _p: address.username,
+                "password_of": lambda _p: address.password,
+            }  # fmt: skip
+            fleet = AsyncFleet(
+                registry, address.host, address.port, heartbeat_s=self.config.heartbeat_s,
+                on_alert=self.watch.on_alert, **credentials,
+            )  # fmt: skip
+            await self._connect(phase, fleet)
             await self._loads(phase, fleet, registry, hub, probe)
             phase.alarms_in_db = await _count_alarms(hub.db_path)
             phase.hub_peak_rss_mb = round(peak_rss_mb(hub.proc.pid), 1)
+            phase.reconnects = fleet.stats().reconnects
         finally:
-            say(f"{phase.panels:,} panels: stopping")
-            await fleet.stop()
+            self.observer.note(f"{phase.panels:,} panels: stopping")
+            if fleet is not None:
+                await fleet.stop()
             await asyncio.to_thread(hub.stop)
         return phase
+
+    async def _connect(self, phase: PhaseResult, fleet: AsyncFleet) -> None:
+        """Connect every panel, then let their first heartbeats spread out."""
+        started = time.monotonic()
+        failed = await fleet.start(progress=self.observer.connecting, timeout=60.0)
+        if failed:
+            raise RuntimeError(f"{len(failed)} panels could not connect: {sorted(failed)[:3]}")
+        phase.connect_s = round(time.monotonic() - started, 1)
+        self.observer.note(f"{phase.panels:,} panels connected in {phase.connect_s} s; settling")
+        await asyncio.sleep(self.config.settle_s)
 
     async def _loads(
         self, phase: PhaseResult, fleet: AsyncFleet, registry: Registry, hub: HubProcess,

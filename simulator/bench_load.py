@@ -48,6 +48,7 @@ class LoadResult:
     raise_s: float = 0.0  # first alarm sent → last alarm sent
     last_receipt_s: float = 0.0  # first alarm sent → last receipt
     cpu_pct: dict[str, float] = field(default_factory=dict)
+    unsettled: int = 0  # alarms still on their way when the load's drain time ran out
 
     @property
     def throughput(self) -> float:
@@ -184,6 +185,7 @@ class Batch:
     events: list[PendingEvent]
     bare: list[float] | None = None
     cpu_pct: dict[str, float] = field(default_factory=dict)
+    unsettled: int = 0  # alarms not yet complete when the drain gave up
 
 
 class AlarmLoad:
@@ -203,8 +205,8 @@ class AlarmLoad:
             events = [panel.raise_alarm(kind) for panel in panels]
         else:
             await paced(len(panels), rate, lambda i: events.append(panels[i].raise_alarm(kind)))
-        await self.drain(events, drain_s)
-        return Batch(name, rate, events, cpu_pct=cpu.pct())
+        unsettled = await self.drain(events, drain_s)
+        return Batch(name, rate, events, cpu_pct=cpu.pct(), unsettled=unsettled)
 
     def _complete(self, event: PendingEvent) -> bool:
         receipt = event.receipt
@@ -227,7 +229,9 @@ class AlarmLoad:
     def collect(self, batch: Batch, seen: set[str]) -> LoadResult:
         """The load's figures so far; `seen` holds the alarm ids of earlier loads, to see joins."""
         events = batch.events
-        result = LoadResult(batch.name, batch.rate, len(events), cpu_pct=batch.cpu_pct)
+        result = LoadResult(
+            batch.name, batch.rate, len(events), cpu_pct=batch.cpu_pct, unsettled=batch.unsettled
+        )
         receipts, neighbours, sms = [], [], []
         sent = [e.first_sent_at for e in events if e.first_sent_at is not None]
         received = [e.receipt_at for e in events if e.receipt_at is not None]

@@ -11,15 +11,21 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from hub.settings import BrokerAddress
-from simulator.bench import FULL, QUICK, run_bench
+from simulator.bench import FULL, QUICK, machine_info, run_bench
 from simulator.bench_load import MEASURES, LoadResult
 from simulator.bench_report import (
     bench_doc,
-    machine_info,
     percentiles_ms,
     write_outputs,
 )
@@ -33,6 +39,7 @@ class ConsoleObserver:
     def __init__(self, console: Console) -> None:
         self.console = console
         self._progress: Progress | None = None
+        self._task: TaskID | None = None
 
     def note(self, text: str) -> None:
         self.console.print(text, style="dim", markup=False)
@@ -48,7 +55,8 @@ class ConsoleObserver:
             )  # fmt: skip
             self._progress.start()
             self._task = self._progress.add_task("connect", total=total)
-        self._progress.update(self._task, completed=done)
+        if self._task is not None:
+            self._progress.update(self._task, completed=done)
         if done >= total:
             self._progress.stop()
             self._progress = None
@@ -101,8 +109,8 @@ def bench(
     broker: Annotated[
         str | None,
         typer.Option(
-            help="Use this broker (mqtt://[user:pass@]host:port), not a Mosquitto of "
-            "the bench's own."
+            help="Use this broker (mqtt://host:port or mqtt://user:pass@host:port) "
+            "instead of a Mosquitto of its own."
         ),
     ] = None,
 ) -> None:
@@ -112,16 +120,20 @@ def bench(
     """
     from hub.logs import setup_logging
 
+    shown = None  # the broker's URL without its password, for the report
     if broker is not None:
         try:
-            if BrokerAddress.parse(broker).tls:
-                raise ValueError("mqtts:// is not supported by the bench's fleet")
+            address = BrokerAddress.parse(broker)
         except ValueError as exc:
             err.print(f"tenhub bench: {exc}", style="red", markup=False)
             raise typer.Exit(2) from None
+        if address.tls:
+            err.print("tenhub bench: mqtts:// is not supported by the fleet", style="red")
+            raise typer.Exit(2)
+        shown = address.display()
     setup_logging("error")
     config = dataclasses.replace(QUICK if quick else FULL, broker_url=broker)
-    machine = machine_info(broker)
+    machine = machine_info(shown)
     err.print(
         f"tenhub bench ({'quick' if quick else 'full'}): {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB, Python {machine['python']}, {machine['broker']}",

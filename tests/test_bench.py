@@ -1,0 +1,128 @@
+"""`tenhub bench --quick`: what a reader of its output finds, and that no alarm was lost.
+
+The quick bench runs once for the module against a real Mosquitto, hub process, gateway and
+fleet. Its timings are the benchmark's output, never a reason for a test to fail.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from simulator.bench_load import MEASURES
+from simulator.bench_report import MEASURE_NAMES
+from simulator.brokers import mosquitto_available
+from simulator.cli_bench import bench
+
+pytestmark = [
+    pytest.mark.skipif(not mosquitto_available(), reason="mosquitto is not installed"),
+    pytest.mark.timeout(300),  # the module's first test runs the bench (under a minute here)
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench_mounted() -> bool:
+    """Whether `tenhub bench` is a command of the hub's CLI yet."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "hub", "--help"], cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    ).stdout  # fmt: skip
+    return any(line.split()[:2] in (["bench"], ["│", "bench"]) for line in help_text.splitlines())
+
+
+def _run_quick(out: Path) -> int:
+    """Run `tenhub bench --quick --out out`; its exit code."""
+    if _bench_mounted():
+        args = [sys.executable, "-m", "hub", "bench", "--quick", "--out", str(out)]
+        return subprocess.run(args, cwd=ROOT, timeout=240).returncode
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, so the command is called by its name
+    app.command("bench")(bench)
+    result = CliRunner().invoke(app, ["bench", "--quick", "--out", str(out)])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    return _run_quick(out), out
+
+
+@pytest.fixture(scope="module")
+def report(quick: tuple[int, Path]) -> dict[str, Any]:
+    return json.loads((quick[1] / "bench.json").read_text(encoding="utf-8"))
+
+
+def test_the_quick_bench_completes_and_loses_no_alarm(
+    quick: tuple[int, Path], report: dict[str, Any]
+) -> None:
+    code, _out = quick
+    assert code == 0
+    for phase in report["phases"]:
+        assert phase["alarms_raised"] > 0
+        assert phase["alarms_in_db"] == phase["alarms_raised"]
+        for load in phase["loads"]:
+            assert load["lost"] == 0, load["name"]
+            assert load["accepted"] == load["alarms"]
+            assert load["joined"] == 0
+
+
+def test_every_measure_has_figures_at_every_offered_rate(report: dict[str, Any]) -> None:
+    (phase,) = report["phases"]
+    assert phase["panels"] == 1000
+    rated = [load for load in phase["loads"] if load["offered_rate_per_s"]]
+    assert [load["name"] for load in rated] == ["10/s", "100/s", "500/s"]
+    for load in rated:
+        for name in MEASURES:
+            stats = load["measures"][name]
+            assert stats["count"] > 0, (load["name"], name)
+            assert set(stats) >= {"p50_ms", "p95_ms", "p99_ms", "max_ms"}
+            if name != "bare_broker":
+                assert set(stats["ratio_to_bare"]) == {"p50", "p95", "p99", "max"}
+    storm = phase["loads"][-1]
+    assert storm["name"] == "storm"
+    assert storm["alarms"] == 100  # 10% of the panels
+    assert storm["measures"]["receipt"]["count"] == 100
+    assert storm["measures"]["neighbours"]["count"] > 0
+
+
+def test_the_report_records_the_machine_the_hub_and_the_targets(report: dict[str, Any]) -> None:
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["memory_gib"] > 0
+    assert machine["python"] and machine["tenhub"]
+    assert "mosquitto" in machine["broker"]
+    (phase,) = report["phases"]
+    assert phase["hub_peak_rss_mb"] > 0
+    assert set(phase["cpu_pct_of_one_core"]) >= {"hub", "bench", "broker"}
+    assert report["targets"]
+    assert all(t["met"] in (True, False, None) and t["measured"] for t in report["targets"])
+
+
+def test_the_markdown_has_a_table_for_every_measure_and_the_targets(
+    quick: tuple[int, Path],
+) -> None:
+    text = (quick[1] / "bench.md").read_text(encoding="utf-8")
+    assert "| Load | Measure | Count | p50 | p95 | p99 | max |" in text
+    for load in ("10/s", "100/s", "500/s", "storm"):
+        for name in ("receipt", "neighbours"):
+            assert f"| {load} | {MEASURE_NAMES[name]} |" in text
+    for name in MEASURES:
+        assert f"| 500/s | {MEASURE_NAMES[name]} |" in text
+    assert "## Targets (issue 8)" in text
+    assert "Machine: " in text
+
+
+def test_the_latency_plot_is_a_png(quick: tuple[int, Path]) -> None:
+    data = (quick[1] / "latency.png").read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 10_000
