@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -113,10 +114,13 @@ class _TwilioChannel:
     def __init__(self, settings: TwilioSettings, client: Client | None = None) -> None:
         self.settings = settings
         self.client = client or twilio_client(settings)
+        # The client blocks: its own threads, as many as the sender sends at once (the
+        # default executor has cores + 4, and every SMS would queue behind six).
+        self._pool = ThreadPoolExecutor(32, thread_name_prefix=f"twilio-{self.name}")
 
     async def _call(self, create: Callable[[], Any]) -> str:
         try:
-            resource = await asyncio.to_thread(create)
+            resource = await asyncio.get_running_loop().run_in_executor(self._pool, create)
         except Exception as exc:
             raise sort_error(exc, self.settings.timeout_s) from exc
         return str(resource.sid)
