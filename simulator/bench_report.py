@@ -107,7 +107,7 @@ def bench_doc(
     }
 
 
-# -- the targets of issue 8 ---------------------------------------------------------------
+# -- the targets ------------------------------------------------------------------------
 
 
 @dataclass
@@ -134,7 +134,7 @@ def _at_most(target: str, value: float | None, limit: float, unit: str) -> Targe
 
 
 def judge(phases: list[dict[str, Any]]) -> list[Target]:
-    """Issue 8's targets, judged on the largest fleet of the run."""
+    """The latency and throughput targets, judged on the largest fleet of the run."""
     phase = max(phases, key=lambda p: p["panels"])
     targets = []
     for rate in ("10/s", "100/s"):
@@ -237,7 +237,7 @@ def markdown(doc: dict[str, Any]) -> str:
             for load in phase["loads"]
             if load["unsettled_after_drain"]
         ]
-    lines += ["", "## Targets (issue 8)", "", "| Target | Measured | Met |", "|---|---|---|"]
+    lines += ["", "## Targets", "", "| Target | Measured | Met |", "|---|---|---|"]
     verdict = {True: "met", False: "**not met**", None: "not measured"}
     lines += [f"| {t['target']} | {t['measured']} | {verdict[t['met']]} |" for t in doc["targets"]]
     return "\n".join(lines) + "\n"
