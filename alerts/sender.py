@@ -82,6 +82,7 @@ class OutboxSender:
         self.batch = batch
         self.on_result = on_result or (lambda channel, outcome: None)
         self._limit = asyncio.Semaphore(concurrency)
+        self._fast: set[asyncio.Task[None]] = set()
 
     async def run_once(self) -> float | None:
         """Send what is due; seconds until the next message falls due (None: none queued)."""
@@ -95,6 +96,33 @@ class OutboxSender:
         if next_at is None:
             return None
         return max(0.0, (next_at - self.clock.now_ms()) / 1000)
+
+    def send_now(
+        self, messages: Collection[OutboxMessage], then: Callable[[], None] | None = None
+    ) -> None:
+        """Send these just-committed messages at once, without waiting for `run_once`.
+
+        Their rows must not be due yet (`run_once` would offer them too); a send that
+        fails is queued for retry like any other, and `then` runs when all are done.
+        """
+
+        async def send_all() -> None:
+            results = await asyncio.gather(
+                *(self._send(m) for m in messages), return_exceptions=True
+            )
+            for m, result in zip(messages, results, strict=True):
+                if isinstance(result, Exception):
+                    # Its row stays queued and falls due shortly: the sender sends it then.
+                    logger.warning(
+                        "fast send not recorded; the outbox sender takes it over",
+                        extra={"channel": m.channel, "id": m.id, "error": str(result)},
+                    )
+            if then is not None:
+                then()
+
+        task = asyncio.create_task(send_all())
+        self._fast.add(task)
+        task.add_done_callback(self._fast.discard)
 
     async def _send(self, message: OutboxMessage) -> None:
         channel = self.channels[message.channel]  # due() offers only channels we have

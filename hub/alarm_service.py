@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
+from alerts.channel import OutboxMessage
 from hub import escalation, lifecycle
 from hub.alarm_store import Alarm
 from hub.clock import Clock
 from hub.db import Database
-from hub.work import AlarmChange, AlarmContext, Refused, Responder, Work
+from hub.work import AfterCommit, AlarmChange, AlarmContext, Refused, Responder, Work
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class ActionResult:
     alarm: Alarm | None
     error: str | None = None
     changes: tuple[AlarmChange, ...] = ()
+    unit_alerts: tuple[OutboxMessage, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -38,12 +40,12 @@ class AlarmService:
         db: Database,
         context: AlarmContext,
         clock: Clock,
-        on_change: Callable[[int, tuple[AlarmChange, ...]], None],
+        on_change: AfterCommit,
     ) -> None:
         self.db = db
         self.context = context
         self.clock = clock
-        self.on_change = on_change  # (notifications queued, what changed), after commit
+        self.on_change = on_change  # after commit: wake the sender, tell watchers
 
     async def acknowledge(self, alarm_id: str, responder: Responder, channel: str) -> ActionResult:
         """A responder takes the alarm ("I'm coming")."""
@@ -83,9 +85,11 @@ class AlarmService:
                 alarm = action(w, lifecycle.get_alarm(w, alarm_id))
             except Refused as refusal:
                 return ActionResult(None, refusal.error), w.queued
-            return ActionResult(alarm, changes=tuple(w.changes)), w.queued
+            return ActionResult(
+                alarm, changes=tuple(w.changes), unit_alerts=tuple(w.unit_alerts)
+            ), w.queued
 
         result, queued = await self.db.write(work)
         if result.ok:
-            self.on_change(queued, result.changes)
+            self.on_change(queued, result.changes, result.unit_alerts)
         return result

@@ -9,6 +9,7 @@ import socket
 
 import uvicorn
 
+from alerts.channel import OutboxMessage
 from alerts.panel_channel import PanelChannel
 from alerts.rate_limit import RateLimiter, Tier
 from alerts.sender import OutboxSender
@@ -145,10 +146,17 @@ class Hub:
         await self.transport.publish(topic, payload, qos)
 
     def _on_stored(self, outcome: EventOutcome) -> None:
-        self._after_commit(outcome.notifications_queued, outcome.changes)
+        self._after_commit(outcome.notifications_queued, outcome.changes, outcome.unit_alerts)
 
-    def _after_commit(self, queued: int, changes: tuple[AlarmChange, ...]) -> None:
-        """Something was committed: wake who has work, tell who watches."""
+    def _after_commit(
+        self, queued: int, changes: tuple[AlarmChange, ...],
+        unit_alerts: tuple[OutboxMessage, ...] = (),
+    ) -> None:
+        """Something was committed: sound the unit, wake who has work, tell who watches."""
+        if unit_alerts:
+            # The buzzers should not wait for the sender's next look at the outbox; once
+            # these are out, an alert queued behind them may go (the sender is woken).
+            self.sender.send_now(unit_alerts, then=self.sender_runner.wake)
         if queued:
             self.sender_runner.wake()
         if changes:

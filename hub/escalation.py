@@ -10,7 +10,6 @@ shows how late (due_at, fired_at).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Protocol
 
 import sqlite_utils
@@ -21,7 +20,7 @@ from hub.db import Database
 from hub.messages import compose
 from hub.policy import Policy, Step, Unless
 from hub.recipients import Recipient, alarm_text, resolve_recipients, with_push
-from hub.work import AlarmChange, AlarmContext, Refused, Responder, Work
+from hub.work import AfterCommit, AlarmContext, Refused, Responder, Work
 
 logger = logging.getLogger(__name__)
 
@@ -225,14 +224,14 @@ class EscalationEngine:
         db: Database,
         context: AlarmContext,
         clock: ClockLike,
-        on_commit: Callable[[int, tuple[AlarmChange, ...]], None],
+        on_commit: AfterCommit,
         batch: int = 100,
     ) -> None:
         self.db = db
         self.alarms = AlarmStore(db)
         self.context = context
         self.clock = clock
-        self.on_commit = on_commit  # (notifications queued, what changed), after commit
+        self.on_commit = on_commit  # after commit: wake the sender, tell watchers
         self.batch = batch
 
     async def run_once(self) -> float | None:
@@ -246,7 +245,7 @@ class EscalationEngine:
 
             advanced, w = await self.db.write(work)
             if w.queued or w.changes:
-                self.on_commit(w.queued, tuple(w.changes))
+                self.on_commit(w.queued, tuple(w.changes), tuple(w.unit_alerts))
             if advanced < self.batch:
                 break
         next_at = await self.alarms.next_step_due_at()

@@ -7,6 +7,7 @@ in step, so a change and everything it causes commit together or not at all.
 
 from __future__ import annotations
 
+from alerts.channel import OutboxMessage
 from devices.protocol import AlarmState, Reason, UnitAlert, encode
 from hub.alarm_store import Alarm
 from hub.escalation import advance_ladder, close_ladder, go_to_police
@@ -25,8 +26,14 @@ def household_actor(place: PanelPlace) -> str:
     return f"household:{place.unit.id}/{place.household.id}"
 
 
-def raise_alarm(w: Work, place: PanelPlace, kind: str, panel_ts: int, seq: int) -> Alarm:
+def raise_alarm(
+    w: Work, place: PanelPlace, kind: str, panel_ts: int, seq: int, *, fire_due: bool = True
+) -> Alarm:
     """Store a new alarm, tell its unit, and fire the ladder's steps that are due at once.
+
+    With `fire_due=False` the steps due at once are left to the escalation engine's next
+    transaction: the alarm row already says they are due, so they fire even across a crash,
+    and the panel's receipt need not wait for the first round of SMS to be composed.
 
     Storm guard: while the household has an open alarm of the same kind, pressing again
     adds to that alarm's timeline instead of starting a second ladder (a hundred presses
@@ -60,7 +67,8 @@ def raise_alarm(w: Work, place: PanelPlace, kind: str, panel_ts: int, seq: int) 
     )
     queue_unit_alert(w, alarm, AlarmState.RAISED, entry)
     w.changed(alarm, "raised")
-    advance_ladder(w, alarm)
+    if fire_due:
+        advance_ladder(w, alarm)
     return alarm
 
 
@@ -196,19 +204,41 @@ def _duress(w: Work, alarm: Alarm, place: PanelPlace, shown: str) -> None:
     go_to_police(w, w.reload(alarm))
 
 
+# How long a unit alert handed to the fast path waits before the outbox sender sends it
+# instead: only after a crash between commit and publish, or a publish that never returned.
+UNIT_ALERT_FAST_PATH_MS = 5_000
+
+
 def queue_unit_alert(
     w: Work, alarm: Alarm, state: AlarmState, entry_id: int, *, force: bool = False
 ) -> None:
-    """Queue the unit alert for a change of state (never for an alarm under duress)."""
+    """Queue the unit alert for a change of state (never for an alarm under duress).
+
+    The row is the promise; when no older alert of the unit is still waiting, the alert
+    is also handed to the fast path (`w.unit_alerts`), published as soon as the
+    transaction commits rather than when the outbox sender next looks.
+    """
     if alarm.duress and not force:
         return
     alert = UnitAlert(
         alarm_id=alarm.id, household_id=alarm.household_id, kind=alarm.kind, state=state,
         ts=w.now,
     )
-    added = w.outbox.enqueue(
-        alarm_id=alarm.id, channel="panel", recipient=alarm.unit_id,
-        payload=encode(alert).decode(), idempotency_key=f"panel:{alarm.id}:{entry_id}",
-        now=w.now,
+    payload = encode(alert).decode()
+    key = f"panel:{alarm.id}:{entry_id}"
+    # Behind a waiting alert it goes the slow way, so the unit hears them in order.
+    fast = not w.outbox.has_queued("panel", alarm.unit_id)
+    message_id = w.outbox.enqueue(
+        alarm_id=alarm.id, channel="panel", recipient=alarm.unit_id, payload=payload,
+        idempotency_key=key, now=w.now,
+        not_before=w.now + UNIT_ALERT_FAST_PATH_MS if fast else None,
     )
-    w.queued += int(added)
+    if message_id is None:
+        return
+    w.queued += 1
+    if fast:
+        w.unit_alerts.append(
+            OutboxMessage(
+                message_id, alarm.id, "panel", alarm.unit_id, payload, key, 0, state.value
+            )
+        )

@@ -20,16 +20,29 @@ class OutboxTx:
 
     def enqueue(
         self, *, alarm_id: str | None, channel: str, recipient: str, payload: str,
-        idempotency_key: str, now: int,
-    ) -> bool:
-        """Queue one message; False when a message with this key was queued before."""
+        idempotency_key: str, now: int, not_before: int | None = None,
+    ) -> int | None:
+        """Queue one message, due at `not_before` (default now); its id, or None when a
+        message with this key was queued before."""
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO outbox (alarm_id, channel, recipient, payload,"
             " idempotency_key, status, attempts, next_attempt_at, created_at)"
             " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
-            (alarm_id, channel, recipient, payload, idempotency_key, now, now),
+            (alarm_id, channel, recipient, payload, idempotency_key,
+             now if not_before is None else not_before, now),
         )
-        return cur.rowcount == 1
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    def has_queued(self, channel: str, recipient: str) -> bool:
+        """Whether a message to this recipient on this channel is still waiting to go."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM outbox WHERE channel = ? AND recipient = ? AND status = 'queued'"
+                " LIMIT 1",
+                (channel, recipient),
+            ).fetchone()
+            is not None
+        )
 
 
     def exists(self, idempotency_key: str) -> bool:
@@ -94,12 +107,17 @@ class OutboxStore:
         return await self.db.read(q) if channels else []
 
     async def next_due_at(self, channels: Collection[str]) -> int | None:
-        """When the earliest queued message of these channels falls due; None if none is."""
+        """When the earliest queued message of these channels that `due` could offer falls
+        due (the oldest of its recipient); None if none is queued."""
         marks = ", ".join("?" * len(channels))
+        # Only the head of each recipient's line counts: a message waiting behind an older
+        # one that is retrying later is not due, and must not wake the sender in a spin.
         return await self.db.read(
             lambda d: d.conn.execute(
-                "SELECT min(next_attempt_at) FROM outbox WHERE status = 'queued'"
-                f" AND channel IN ({marks})",
+                "SELECT min(o.next_attempt_at) FROM outbox o WHERE o.status = 'queued'"
+                f" AND o.channel IN ({marks})"
+                " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel"
+                "   AND e.recipient = o.recipient AND e.status = 'queued' AND e.id < o.id)",
                 tuple(channels),
             ).fetchone()[0]
         )

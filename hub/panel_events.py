@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
+from alerts.channel import OutboxMessage
 from devices.protocol import (
     AckEvent,
     AlarmEvent,
@@ -37,6 +38,7 @@ class EventOutcome:
     notifications_queued: int = 0
     new_alarm: bool = False
     changes: tuple[AlarmChange, ...] = ()
+    unit_alerts: tuple[OutboxMessage, ...] = ()  # to publish at once (the fast path)
 
 
 class PanelEventHandler:
@@ -70,7 +72,11 @@ class PanelEventHandler:
             if signed:
                 self._check_window(event.ts, now)
             if isinstance(event, AlarmEvent):
-                alarm = lifecycle.raise_alarm(w, place, event.kind.value, event.ts, event.seq)
+                # The ladder's first step is the engine's, woken by this commit: the
+                # receipt and the buzzers wait only for the alarm itself to be stored.
+                alarm = lifecycle.raise_alarm(
+                    w, place, event.kind.value, event.ts, event.seq, fire_due=False
+                )
                 new_alarm = alarm.seq == event.seq  # else a repeat joined an open alarm
             elif isinstance(event, AckEvent):
                 alarm = self._alarm_of_unit(w, place, event.alarm_id)
@@ -117,7 +123,7 @@ class PanelEventHandler:
         )
         return EventOutcome(
             receipt, alarm_id=receipt.alarm_id, notifications_queued=w.queued,
-            new_alarm=new_alarm, changes=tuple(w.changes),
+            new_alarm=new_alarm, changes=tuple(w.changes), unit_alerts=tuple(w.unit_alerts),
         )
 
     def _check_window(self, ts: int, now: int) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import sqlite_utils
 
+from alerts.channel import OutboxMessage
 from devices.protocol import Reason
 from hub.alarm_store import Alarm, AlarmTx
 from hub.contact_store import ContactTx
@@ -38,6 +40,11 @@ class AlarmChange:
     change: str  # raised, state, step, note
 
 
+# What a writer calls once its transaction committed: (outbox rows queued, what changed,
+# unit alerts for the fast path).
+AfterCommit = Callable[[int, tuple[AlarmChange, ...], tuple[OutboxMessage, ...]], None]
+
+
 @dataclass(slots=True)
 class AlarmContext:
     """What the rules consult: who lives where, the ladders, the tunables.
@@ -63,6 +70,8 @@ class Work:
     now: int
     queued: int = 0  # outbox rows added: the sender has work
     changes: list[AlarmChange] = field(default_factory=list)
+    # Unit alerts to publish the moment this transaction commits (see queue_unit_alert).
+    unit_alerts: list[OutboxMessage] = field(default_factory=list)
 
     @classmethod
     def begin(cls, db: sqlite_utils.Database, context: AlarmContext, now: int) -> Work:

@@ -1,0 +1,118 @@
+"""A unit's buzzers hear an alarm's changes in order, even when the first alert could not go.
+
+A unit alert is published the moment its change commits (the fast path); one that fails
+stays in the outbox and is retried, and an alert queued behind it waits its turn, so a
+neighbour's buzzer never hears "cancelled" before "raised" and is left sounding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from alerts.panel_channel import PanelChannel
+from alerts.sender import Backoff, OutboxSender
+from hub import lifecycle
+from hub.clock import ManualClock
+from hub.db import Database
+from hub.outbox_store import OutboxStore
+from hub.policy import DEFAULT_POLICIES
+from hub.work import AlarmContext, Work
+
+pytestmark = pytest.mark.asyncio
+
+
+class FlakyBroker:
+    """Takes unit alerts while up; raises, as a lost connection does, while down."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.heard: list[tuple[str, str]] = []  # (topic, state)
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        if not self.up:
+            raise ConnectionError("broker connection lost")
+        self.heard.append((topic, json.loads(payload)["state"]))
+
+
+@pytest.fixture
+async def setting(tmp_path, registry):
+    db = Database(tmp_path / "hub.db")
+    await db.open()
+    clock = ManualClock(1_800_000_000_000)
+    broker = FlakyBroker()
+    outbox = OutboxStore(db)
+    sender = OutboxSender(
+        outbox, {"panel": PanelChannel(broker.publish)}, clock,
+        backoff=Backoff(initial_ms=1_000, max_ms=1_000),
+    )
+    context = AlarmContext(registry, DEFAULT_POLICIES)
+    yield db, clock, broker, outbox, sender, context
+    await db.close()
+
+
+async def fast_send(sender: OutboxSender, messages) -> None:
+    done = asyncio.Event()
+    sender.send_now(messages, then=done.set)
+    async with asyncio.timeout(5):
+        await done.wait()
+
+
+async def test_an_alert_goes_out_as_its_change_commits(setting, registry):
+    db, clock, broker, outbox, sender, context = setting
+    place = registry.panel_place("p-0001-01")
+
+    def raise_alarm(d):
+        w = Work.begin(d, context, clock.now_ms())
+        lifecycle.raise_alarm(w, place, "burglary", clock.now_ms(), 1, fire_due=False)
+        return w
+
+    w = await db.write(raise_alarm)
+    assert [m.channel for m in w.unit_alerts] == ["panel"]
+    # The sender leaves it to the fast path: nobody sends it twice.
+    assert await outbox.due(clock.now_ms(), ["panel"]) == []
+
+    await fast_send(sender, w.unit_alerts)
+
+    assert broker.heard == [("tenhub/v1/unit/u-0001/alert", "raised")]
+    assert (await outbox.counts()).get("sent") == 1
+
+
+async def test_cancelled_never_overtakes_a_raised_that_could_not_go(setting, registry):
+    db, clock, broker, outbox, sender, context = setting
+    place = registry.panel_place("p-0001-01")
+
+    def raise_alarm(d):
+        w = Work.begin(d, context, clock.now_ms())
+        alarm = lifecycle.raise_alarm(w, place, "burglary", clock.now_ms(), 1, fire_due=False)
+        return alarm, w
+
+    alarm, raised = await db.write(raise_alarm)
+    broker.up = False
+    await fast_send(sender, raised.unit_alerts)
+    assert broker.heard == []
+
+    broker.up = True  # back, but "raised" waits for its retry a second from now
+    clock.advance(0.2)
+
+    def cancel(d):
+        w = Work.begin(d, context, clock.now_ms())
+        lifecycle.cancel_with_pin(w, lifecycle.get_alarm(w, alarm.id), place, "6305")
+        return w
+
+    cancelled = await db.write(cancel)
+    assert cancelled.unit_alerts == [], "behind a waiting alert, it must wait its turn"
+    assert await outbox.due(clock.now_ms(), ["panel"]) == []
+    # Nothing can go before the retry: the sender sleeps until then instead of spinning.
+    assert await outbox.next_due_at(["panel"]) > clock.now_ms()
+
+    clock.advance(1.5)
+    await sender.run_once()
+    await sender.run_once()
+
+    assert broker.heard == [
+        ("tenhub/v1/unit/u-0001/alert", "raised"),
+        ("tenhub/v1/unit/u-0001/alert", "cancelled"),
+    ]
