@@ -90,7 +90,17 @@ class EmbeddedBroker:
         """Stop the broker and close every client connection."""
         if self._broker is not None:
             broker, self._broker = self._broker, None
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(10):
-                    await broker.shutdown()
+            try:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(10):
+                        await broker.shutdown()
+            finally:
+                # amqtt closes its listeners last, after every session: a session that
+                # fails to clean up would leave the port taken, and the next start refused.
+                for server in broker._servers.values():
+                    if server.instance is not None:
+                        server.instance.close()
+                        with contextlib.suppress(Exception):
+                            async with asyncio.timeout(5):
+                                await server.instance.wait_closed()
             logger.info("embedded broker stopped")

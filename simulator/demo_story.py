@@ -71,8 +71,15 @@ def _line(console: Console, tag: str, style: str, text: str) -> None:
 
 async def _show_steps(hub: Hub, alarm_id: str, console: Console) -> int:
     """Print the ladder steps that fired: who was told; returns how many SMS were queued."""
+    # The first step is fired by the escalation engine just after the alarm is stored.
+    deadline = time.monotonic() + 5
+    while True:
+        timeline = await hub.alarms.timeline(alarm_id)
+        if any(e.entry.startswith("step_") for e in timeline) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
     sms = 0
-    for entry in await hub.alarms.timeline(alarm_id):
+    for entry in timeline:
         if entry.entry != "step_fired" or entry.detail is None:
             continue
         by_role: dict[str, set[str]] = {}
