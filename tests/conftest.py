@@ -142,3 +142,14 @@ def panels(broker, tmp_path: Path, registry):
     for panel in started:
         with contextlib.suppress(Exception):
             panel.stop()
+
+
+async def first_step_recorded(hub, alarm_id: str, timeout: float = 5.0) -> None:
+    """Wait until the alarm's first ladder step is recorded (fired or skipped).
+
+    The receipt answers as soon as the alarm is stored; the escalation engine fires the
+    first step in the transaction right after.
+    """
+    async with asyncio.timeout(timeout):
+        while not await hub.alarms.steps(alarm_id):  # noqa: ASYNC110 - a database row, no event
+            await asyncio.sleep(0.01)

@@ -15,6 +15,7 @@ import pytest
 
 from devices.topics import event_topic
 from hub.passwords import hash_password
+from tests.conftest import first_step_recorded
 
 pytestmark = pytest.mark.asyncio
 
@@ -79,6 +80,7 @@ async def raise_alarm(hub, panel_id: str, kind: str = "burglary") -> str:
         while True:
             for alarm in await hub.alarms.search(unit_ids=[place.unit.id]):
                 if alarm.panel_id == panel_id and alarm.seq == seq:
+                    await first_step_recorded(hub, alarm.id)
                     return alarm.id
             await asyncio.sleep(0.02)
 

@@ -104,6 +104,7 @@ def test_steps_that_came_due_while_the_hub_was_dead_fire_once_on_restart(hub_pro
     receipt = panel.raise_alarm("burglary").wait(5)
     assert receipt is not None and receipt.status.value == "accepted"
     alarm_id = receipt.alarm_id
+    hub_process.wait_for_steps(alarm_id, 1)  # the first step follows the receipt at once
     hub_process.kill()  # before the police step (2 s) is due
 
     time.sleep(5)  # both the police (2 s) and the police handling (4 s) steps fall due

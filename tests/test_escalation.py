@@ -15,6 +15,7 @@ from devices.protocol import ReceiptStatus
 from devices.topics import receipt_topic, unit_alert_topic
 from hub.clock import ManualClock
 from hub.work import Responder
+from tests.conftest import first_step_recorded
 from tests.mqtt_probe import MqttProbe
 
 pytestmark = pytest.mark.asyncio
@@ -52,9 +53,10 @@ async def later(hub, clock, seconds: float) -> None:
     await hub.engine.run_once()
 
 
-async def raise_alarm(panel, kind="burglary") -> str:
+async def raise_alarm(hub, panel, kind="burglary") -> str:
     receipt = await receipt_of(panel.raise_alarm(kind))
     assert receipt is not None and receipt.status == ReceiptStatus.ACCEPTED
+    await first_step_recorded(hub, receipt.alarm_id)
     return receipt.alarm_id
 
 
@@ -81,7 +83,7 @@ async def skipped(hub, alarm_id) -> dict[str, str]:
 
 async def test_nobody_answers_and_the_ladder_climbs_to_police_then_command(hub, clock, panels):
     raiser, *_ = panels(*UNIT1)
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
 
     first = await fired(hub, alarm_id)
     assert list(first) == ["first alert"]
@@ -112,7 +114,7 @@ async def test_nobody_answers_and_the_ladder_climbs_to_police_then_command(hub, 
 
 async def test_a_neighbours_ack_does_not_stop_the_police_step(hub, clock, panels):
     raiser, neighbour, *others = panels(*UNIT1[1:])  # h-02 raises; h-03 answers
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     await until(lambda: all(alarm_id in p.sounding for p in [neighbour, *others]))
 
     ack = await receipt_of(neighbour.ack(alarm_id))
@@ -128,7 +130,7 @@ async def test_a_neighbours_ack_does_not_stop_the_police_step(hub, clock, panels
 
 async def test_a_key_households_ack_stops_the_police_step(hub, clock, panels):
     raiser, key = panels("p-0001-02", "p-0001-01")  # u-0001/h-01 is a key household
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     await receipt_of(key.ack(alarm_id))
 
     await later(hub, clock, 61)
@@ -142,7 +144,7 @@ async def test_the_patrol_acks_then_arrives_then_resolves_and_the_ladder_stops(
     hub, clock, panels
 ):
     raiser, neighbour = panels("p-0001-02", "p-0001-03")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     patrol = Responder("phone:+15550009001", "patrol")
 
     assert (await hub.actions.acknowledge(alarm_id, patrol, "sms")).ok
@@ -168,7 +170,7 @@ async def test_the_patrol_acks_then_arrives_then_resolves_and_the_ladder_stops(
 
 async def test_a_pin_cancel_stops_the_buzzers_and_everything_after(hub, clock, panels):
     raiser, *neighbours = panels(*UNIT1[1:])  # h-02
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     await until(lambda: all(p.buzzer_on for p in neighbours))
 
     pin, _duress = PINS["p-0001-02"]
@@ -185,7 +187,7 @@ async def test_a_pin_cancel_stops_the_buzzers_and_everything_after(hub, clock, p
 
 async def test_five_wrong_pins_lock_cancelling(hub, clock, panels):
     raiser, neighbour = panels("p-0001-02", "p-0001-03")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     answers = [await receipt_of(raiser.cancel(alarm_id, "0000")) for _ in range(5)]
     assert [a.status for a in answers] == [ReceiptStatus.REJECTED] * 5
     assert answers[0].error == "wrong_pin: wrong PIN; 4 tries left"
@@ -200,7 +202,7 @@ async def test_five_wrong_pins_lock_cancelling(hub, clock, panels):
 
 async def test_the_cancel_window_closes(hub, clock, panels):
     (raiser,) = panels("p-0001-02")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     clock.advance(121)
     late = await receipt_of(raiser.cancel(alarm_id, PINS["p-0001-02"][0]))
     assert late.error.startswith("cancel_window_closed:")
@@ -216,9 +218,9 @@ async def test_the_duress_pin_looks_exactly_like_a_cancel_and_calls_the_police(
     try:
         raiser, neighbour = panels("p-0001-02", "p-0001-03")
         pin, duress = PINS["p-0001-02"]
-        real = await raise_alarm(raiser)
+        real = await raise_alarm(hub, raiser)
         await receipt_of(raiser.cancel(real, pin))
-        forced = await raise_alarm(raiser)
+        forced = await raise_alarm(hub, raiser)
         await until(lambda: forced in neighbour.sounding)
         clock.advance(10)
         await receipt_of(raiser.cancel(forced, duress))

@@ -16,7 +16,7 @@ from devices.protocol import ReceiptStatus
 from hub.clock import ManualClock
 from simulator.push_service import PushService
 from simulator.twilio_gateway import TwilioGateway
-from tests.conftest import HubRunner
+from tests.conftest import HubRunner, first_step_recorded
 
 pytestmark = pytest.mark.asyncio
 
@@ -90,9 +90,10 @@ def panels(mosquitto, tmp_path, registry):
         p.stop()
 
 
-async def raise_alarm(panel, kind="burglary") -> str:
+async def raise_alarm(hub, panel, kind="burglary") -> str:
     receipt = await asyncio.to_thread(panel.raise_alarm(kind).wait, 5)
     assert receipt is not None and receipt.status == ReceiptStatus.ACCEPTED
+    await first_step_recorded(hub, receipt.alarm_id)
     return receipt.alarm_id
 
 
@@ -120,7 +121,7 @@ async def test_the_patrol_replies_with_its_code_and_the_police_step_is_skipped(
     hub, clock, gateway, panels
 ):
     (raiser,) = panels("p-0001-02")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
 
     (to_patrol,) = await sms_to(gateway, PATROL_1)
     (to_key,) = await sms_to(gateway, KEY_HOUSEHOLD)
@@ -150,7 +151,7 @@ async def test_nobody_answers_and_the_desk_gets_an_sms_and_a_call_it_can_answer(
     hub, clock, gateway, panels
 ):
     (raiser,) = panels("p-0001-03")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     await sms_to(gateway, PATROL_1)
 
     await later(hub, clock, 61)
@@ -172,7 +173,7 @@ async def test_delivery_reports_come_back_and_a_failure_shows_on_the_timeline(
 ):
     gateway.fail_delivery(PATROL_2)
     (raiser,) = panels("p-0001-04")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
 
     async def reported():
         notes = await hub.outbox.for_alarm(alarm_id)
@@ -188,7 +189,7 @@ async def test_delivery_reports_come_back_and_a_failure_shows_on_the_timeline(
 
 async def test_a_forged_reply_is_refused_and_changes_nothing(hub, gateway, panels):
     (raiser,) = panels("p-0001-05")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     (to_patrol,) = await sms_to(gateway, PATROL_1)
     form = {"From": PATROL_1, "To": HUB_NUMBER, "Body": reply_code(to_patrol.body),
             "MessageSid": "SM" + "0" * 32, "AccountSid": gateway.account_sid}
@@ -204,7 +205,7 @@ async def test_a_forged_reply_is_refused_and_changes_nothing(hub, gateway, panel
 
 async def test_unknown_numbers_and_unknown_codes_get_a_clear_answer(hub, gateway, panels):
     (raiser,) = panels("p-0001-06")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     await sms_to(gateway, PATROL_1)
     url = f"{hub.public_url}/twilio/sms"
 
@@ -224,7 +225,7 @@ async def test_unknown_numbers_and_unknown_codes_get_a_clear_answer(hub, gateway
 async def test_a_gateway_error_is_retried_until_delivered(hub, clock, gateway, panels):
     gateway.fail_next(1, 500)
     (raiser,) = panels("p-0001-07")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
 
     async def all_sent():
         await later(hub, clock, 1)
@@ -244,7 +245,7 @@ async def test_a_send_whose_answer_never_came_is_marked_unknown_not_sent_twice(
 ):
     gateway.hang_next(1, 3)
     (raiser,) = panels("p-0001-08")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
 
     async def settled():
         # The first step's SMS are queued just after the receipt, by the engine.
@@ -265,7 +266,7 @@ async def test_one_panel_pressing_again_and_again_is_one_alarm_and_one_round_of_
     hub, gateway, panels
 ):
     (raiser,) = panels("p-0002-03")
-    ids = {await raise_alarm(raiser, "panic") for _ in range(10)}
+    ids = {await raise_alarm(hub, raiser, "panic") for _ in range(10)}
     assert len(ids) == 1
     (alarm_id,) = ids
     await sms_to(gateway, PATROL_1)
@@ -277,7 +278,7 @@ async def test_one_panel_pressing_again_and_again_is_one_alarm_and_one_round_of_
 
 async def test_the_rate_limit_holds_back_the_sixth_sms_and_says_so(hub, clock, gateway, panels):
     raisers = panels(*[f"p-0002-{i:02d}" for i in range(1, 7)])
-    alarms = [await raise_alarm(p) for p in raisers]
+    alarms = [await raise_alarm(hub, p) for p in raisers]
     await sms_to(gateway, PATROL_1, 5)
     await asyncio.sleep(0.5)
     assert len(gateway.messages(PATROL_1)) == 5, "five in 15 minutes, no more"
@@ -297,7 +298,7 @@ async def test_web_push_reaches_a_subscribed_patrol_phone_whose_action_acknowled
         PATROL_1, browser.endpoint, browser.p256dh, browser.auth, clock.now_ms()
     )
     (raiser,) = panels("p-0002-08")  # zone z-qiaokou: patrol t-qiaokou-1
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
 
     (push,) = await asyncio.to_thread(push_service.wait_for, 1, browser.token, 5.0)
     assert push.json["tag"] == alarm_id and "BURGLARY" in push.json["body"]
@@ -318,7 +319,7 @@ async def test_a_subscription_the_browser_dropped_is_forgotten(
     )
     push_service.expire(browser.token)
     (raiser,) = panels("p-0002-09")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
 
     async def forgotten():
         return await hub.contacts.subscription(sub_id) is None
@@ -330,7 +331,7 @@ async def test_a_subscription_the_browser_dropped_is_forgotten(
 
 async def test_the_payloads_say_how_to_answer(hub, gateway, panels):
     (raiser,) = panels("p-0001-09")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
     notes = await hub.outbox.for_alarm(alarm_id)
     sms = [json.loads(n["payload"]) for n in notes if n["channel"] == "sms"]
     assert all(re.search(r"Reply \d+ to acknowledge\.$", p["text"]) for p in sms)
@@ -340,7 +341,7 @@ async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, pane
     from twilio.request_validator import RequestValidator
 
     (raiser,) = panels("p-0001-10")
-    alarm_id = await raise_alarm(raiser)
+    alarm_id = await raise_alarm(hub, raiser)
 
     async def delivered():
         notes = await hub.outbox.for_alarm(alarm_id)
