@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from devices.protocol import Receipt, canonical_json
 
 
-class PendingEvent:
-    """One event, repeated byte for byte until its receipt comes; `wait()` returns the receipt."""
+class EventInFlight:
+    """What every panel keeps of an event it repeats until receipted: the exact bytes,
+    the attempts, and the receipt once it came (both panels build on this)."""
+
+    __slots__ = (
+        "attempts", "body", "first_sent_at", "gave_up", "payload", "receipt", "receipt_at",
+        "resent", "seq",
+    )  # fmt: skip
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self._arm(payload)
@@ -18,10 +23,8 @@ class PendingEvent:
         self.resent = 0  # times it went again under a new seq (the hub's clock disagreed)
         self.receipt: Receipt | None = None
         self.gave_up = False
-        self.created_at = time.monotonic()
-        self.first_sent_at: float | None = None
+        self.first_sent_at: float | None = None  # time.monotonic()
         self.receipt_at: float | None = None
-        self._done = threading.Event()
 
     def _arm(self, payload: dict[str, Any]) -> None:
         self.payload = payload
@@ -31,6 +34,23 @@ class PendingEvent:
     @property
     def type(self) -> str:
         return str(self.payload.get("type"))
+
+    @property
+    def latency_s(self) -> float | None:
+        """Seconds from the first copy sent to the receipt; None without a receipt."""
+        if self.receipt_at is None or self.first_sent_at is None:
+            return None
+        return self.receipt_at - self.first_sent_at
+
+
+class PendingEvent(EventInFlight):
+    """One event, repeated byte for byte until its receipt comes; `wait()` returns the receipt."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(payload)
+        self._done = threading.Event()
 
     @property
     def done(self) -> bool:

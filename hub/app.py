@@ -150,7 +150,7 @@ class Hub:
 
     def _after_commit(
         self, queued: int, changes: tuple[AlarmChange, ...],
-        unit_alerts: tuple[OutboxMessage, ...] = (),
+        unit_alerts: tuple[OutboxMessage, ...],
     ) -> None:
         """Something was committed: sound the unit, wake who has work, tell who watches."""
         if unit_alerts:

@@ -21,7 +21,7 @@ from hub.db import Database
 from hub.panel_store import PanelStore
 from hub.presence import PresenceTracker
 from hub.registry import PanelPlace
-from hub.work import AlarmChange, AlarmContext, Work
+from hub.work import AfterCommit, AlarmContext, Work
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class PanelSupervisor:
         *,
         offline_after_ms: int,
         connected_since: Callable[[], int | None],
-        on_commit: Callable[[int, tuple[AlarmChange, ...]], None],
+        on_commit: AfterCommit,
     ) -> None:
         self.db = db
         self.store = store
@@ -137,4 +137,4 @@ class PanelSupervisor:
         self._open_offline -= set(to_close)
         if to_close:
             logger.info("panels back online", extra={"count": len(to_close)})
-        self.on_commit(queued, ())
+        self.on_commit(queued, (), ())

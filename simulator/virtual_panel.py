@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Generator
 from typing import Any
 
+from devices.pending_event import EventInFlight
 from devices.protocol import (
     MAX_PAYLOAD_BYTES,
     AlarmKind,
@@ -24,7 +25,6 @@ from devices.protocol import (
     Receipt,
     ReceiptStatus,
     UnitAlert,
-    canonical_json,
     encode,
     hub_time_of,
     parse_model,
@@ -53,45 +53,20 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class PendingEvent:
+class PendingEvent(EventInFlight):
     """One event, repeated byte for byte until its receipt comes; `await` it for the receipt."""
 
-    __slots__ = (
-        "_future", "_timer", "attempts", "body", "first_sent_at", "gave_up", "payload",
-        "receipt", "receipt_at", "resent", "seq",
-    )  # fmt: skip
+    __slots__ = ("_future", "_timer")
 
     def __init__(self, payload: dict[str, Any]) -> None:
-        self._arm(payload)
-        self.attempts = 0
-        self.resent = 0  # times it went again under a new seq (the hub's clock disagreed)
-        self.receipt: Receipt | None = None
-        self.gave_up = False
-        self.first_sent_at: float | None = None  # time.monotonic()
-        self.receipt_at: float | None = None
+        super().__init__(payload)
         self._timer: asyncio.TimerHandle | None = None
         self._future: asyncio.Future[Receipt | None] = asyncio.get_running_loop().create_future()
-
-    def _arm(self, payload: dict[str, Any]) -> None:
-        self.payload = payload
-        self.seq: int = payload["seq"]
-        self.body = canonical_json(payload).encode()
-
-    @property
-    def type(self) -> str:
-        return str(self.payload.get("type"))
 
     @property
     def done(self) -> bool:
         """True once a receipt came or the panel gave up."""
         return self._future.done()
-
-    @property
-    def latency_s(self) -> float | None:
-        """Seconds from the first copy sent to the receipt; None without a receipt."""
-        if self.receipt_at is None or self.first_sent_at is None:
-            return None
-        return self.receipt_at - self.first_sent_at
 
     def __await__(self) -> Generator[Any, None, Receipt | None]:
         return asyncio.shield(self._future).__await__()

@@ -53,6 +53,17 @@ async def setting(tmp_path, registry):
     await db.close()
 
 
+async def raise_alarm(db, context, clock, place):
+    """Store an alarm as the panel's event does; (the alarm, its transaction's Work)."""
+
+    def work(d):
+        w = Work.begin(d, context, clock.now_ms())
+        alarm = lifecycle.raise_alarm(w, place, "burglary", clock.now_ms(), 1, fire_due=False)
+        return alarm, w
+
+    return await db.write(work)
+
+
 async def fast_send(sender: OutboxSender, messages) -> None:
     done = asyncio.Event()
     sender.send_now(messages, then=done.set)
@@ -64,12 +75,7 @@ async def test_an_alert_goes_out_as_its_change_commits(setting, registry):
     db, clock, broker, outbox, sender, context = setting
     place = registry.panel_place("p-0001-01")
 
-    def raise_alarm(d):
-        w = Work.begin(d, context, clock.now_ms())
-        lifecycle.raise_alarm(w, place, "burglary", clock.now_ms(), 1, fire_due=False)
-        return w
-
-    w = await db.write(raise_alarm)
+    _, w = await raise_alarm(db, context, clock, place)
     assert [m.channel for m in w.unit_alerts] == ["panel"]
     # The sender leaves it to the fast path: nobody sends it twice.
     assert await outbox.due(clock.now_ms(), ["panel"]) == []
@@ -84,12 +90,7 @@ async def test_cancelled_never_overtakes_a_raised_that_could_not_go(setting, reg
     db, clock, broker, outbox, sender, context = setting
     place = registry.panel_place("p-0001-01")
 
-    def raise_alarm(d):
-        w = Work.begin(d, context, clock.now_ms())
-        alarm = lifecycle.raise_alarm(w, place, "burglary", clock.now_ms(), 1, fire_due=False)
-        return alarm, w
-
-    alarm, raised = await db.write(raise_alarm)
+    alarm, raised = await raise_alarm(db, context, clock, place)
     broker.up = False
     await fast_send(sender, raised.unit_alerts)
     assert broker.heard == []
