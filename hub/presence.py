@@ -6,8 +6,11 @@ silent panel is offline; this class only records what panels say.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+# What the database keeps of a panel: (panel_id, state, last_seen, battery, fw).
+PresenceRow = tuple[str, str, int, int | None, str | None]
 
 
 @dataclass(slots=True)
@@ -68,10 +71,31 @@ class PresenceTracker:
     def items(self) -> list[tuple[str, PanelPresence]]:
         return list(self._panels.items())
 
-    def take_dirty(self) -> list[tuple[str, PanelPresence]]:
-        """Panels changed since the last call, as copies, to write in one batch."""
+    def take_dirty(self) -> list[PresenceRow]:
+        """Panels changed since the last call, as rows to write in one batch."""
         dirty, self._dirty = self._dirty, set()
-        return [(pid, replace(self._panels[pid])) for pid in dirty if pid in self._panels]
+        panels = self._panels
+        return [
+            (pid, p.state, p.last_seen, p.battery, p.fw)
+            for pid in dirty
+            if (p := panels.get(pid)) is not None
+        ]
+
+    def sort_out(self, panel_ids: Iterable[str], cutoff: int) -> tuple[list[str], list[str]]:
+        """(online, not online) among these panels, in their order; an online panel silent
+        since before `cutoff` counts as offline from now on."""
+        online: list[str] = []
+        offline: list[str] = []
+        get = self._panels.get  # 10,000 panels every second: no method call per panel
+        for panel_id in panel_ids:
+            p = get(panel_id)
+            if p is not None and p.state == "online":
+                if p.last_seen >= cutoff:
+                    online.append(panel_id)
+                    continue
+                self.silent(panel_id)  # alive once, silent too long now
+            offline.append(panel_id)
+        return online, offline
 
     def restore(self, panel_id: str, presence: PanelPresence) -> None:
         """Take a panel's last known state from the database at start (no event fired)."""

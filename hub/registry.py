@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -228,6 +228,10 @@ class Registry(_Model):
     def who_has_phone(self, number: str) -> list[str]:
         """Who this phone number belongs to (households, patrol members, desks, command)."""
         return list(self._phones.get(number, []))
+
+    def panel_places(self) -> Mapping[str, PanelPlace]:
+        """Every panel's place, by panel id (read-only)."""
+        return types.MappingProxyType(self._panels)
 
     def panel_place(self, panel_id: str) -> PanelPlace | None:
         """The unit and household of a panel; None for a panel not in the registry."""

@@ -105,20 +105,9 @@ class PanelSupervisor:
         return None  # judged again on the runner's next tick
 
     def _judge(self, now: int) -> tuple[list[PanelPlace], list[str]]:
-        offline: list[PanelPlace] = []
-        online: list[str] = []
-        registry = self.context.registry
-        for unit in registry.units:
-            for household in unit.households:
-                panel_id = household.panel
-                seen = self.presence.get(panel_id)
-                if seen is not None and seen.state == "online":
-                    if now - seen.last_seen <= self.offline_after_ms:
-                        online.append(panel_id)
-                        continue
-                    self.presence.silent(panel_id)  # alive once, silent too long now
-                offline.append(PanelPlace(unit, household))
-        return offline, online
+        places = self.context.registry.panel_places()
+        online, offline = self.presence.sort_out(places, now - self.offline_after_ms)
+        return [places[panel_id] for panel_id in offline], online
 
     async def _record(self, to_open: list[PanelPlace], to_close: list[str], now: int) -> None:
         def w(d: sqlite_utils.Database) -> int:
