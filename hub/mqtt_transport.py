@@ -8,10 +8,12 @@ that imports aiomqtt.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import select
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,34 @@ logger = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes], None]
 
 
+class _RecvBuffer:
+    """The socket read in large chunks; paho's small reads served from memory.
+
+    paho reads a packet a few bytes at a time (type, length, body), one system call
+    each. With 10,000 panels heartbeating that is thousands of calls a second, and each
+    one lets the database and SMS threads take the GIL from the event loop.
+    """
+
+    def __init__(self, recv: Callable[[int], bytes]) -> None:
+        self._recv = recv  # paho's own: BlockingIOError when the socket has nothing
+        self._data = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._data):
+            data = self._recv(_RECV_CHUNK)
+            if not data:
+                return data  # the broker closed the connection
+            self._data, self._pos = data, 0
+        start = self._pos
+        self._pos = min(start + size, len(self._data))
+        return self._data[start : self._pos]
+
+    def pending(self) -> bool:
+        """Whether bytes already read wait here (the socket will not say so again)."""
+        return self._pos < len(self._data)
+
+
 class _DirectClient(aiomqtt.Client):
     """aiomqtt that hands each message straight to the hub and drains the socket per wake-up.
 
@@ -34,12 +64,15 @@ class _DirectClient(aiomqtt.Client):
     asyncio queue and an iterator that waits on two futures: three event-loop rounds per
     message. In a burst (an alarm storm, a flood of garbage) a real alarm then waits behind
     all of them. Here a wake-up reads every packet already there and each message goes to
-    the hub's handler at once, in arrival order.
+    the hub's handler at once, in arrival order. Writes made on the loop's thread go out at
+    the end of the same pass, without a trip through the loop's self-pipe and epoll.
     """
 
     def __init__(self, *args: Any, on_message: MessageHandler, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handle = on_message
+        self._loop_thread = threading.get_ident()  # built on the loop that runs it
+        self._write_soon = False
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         payload = message.payload
@@ -52,23 +85,57 @@ class _DirectClient(aiomqtt.Client):
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         read_one = client.loop_read
+        buffer = _RecvBuffer(functools.partial(type(client)._sock_recv, client))
+        client._sock_recv = buffer.recv
 
         def read_burst(max_packets: int = 1) -> Any:
             rc = read_one()
             for _ in range(_BURST - 1):
                 if rc != 0 or client.socket() is None:
-                    break
-                ready, _, _ = select.select([sock], [], [], 0)
-                if not ready:
-                    break
+                    return rc
+                if not buffer.pending():
+                    ready, _, _ = select.select([sock], [], [], 0)
+                    if not ready:
+                        return rc
                 rc = read_one()
+            if rc == 0 and buffer.pending():
+                # Bytes read but not handled yet: nothing would wake the loop for them.
+                self._loop.call_soon(self._read_more, client)
             return rc
 
         client.loop_read = read_burst
         super()._on_socket_open(client, userdata, sock)
 
+    def _read_more(self, client: Any) -> None:
+        try:
+            client.loop_read()
+        except Exception as exc:  # as aiomqtt's own reader: the connection is broken
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() != self._loop_thread:
+            super()._on_socket_register_write(client, userdata, sock)  # the CONNECT
+            return
+        if not self._write_soon:
+            self._write_soon = True
+            self._loop.call_soon(self._write_now, client, userdata, sock)
+
+    def _write_now(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._write_soon = False
+        try:
+            client.loop_write()
+        except Exception as exc:
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+            return
+        if client.want_write() and client.socket() is sock:
+            # The socket's buffer is full: wait until the broker takes more.
+            super()._on_socket_register_write(client, userdata, sock)
+
 
 _BURST = 256  # packets read per wake-up at most, so other tasks still get their turn
+_RECV_CHUNK = 65536
 
 
 class NotConnected(ConnectionError):
