@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from hub import event_loop
 from hub.alarm_store import AlarmStore
 from hub.db import Database
 from hub.registry import Registry, load_registry
@@ -301,4 +302,4 @@ async def _count_alarms(db_path: Path) -> int:
 
 def run_bench(config: BenchConfig, workdir: Path, observer: Observer) -> list[PhaseResult]:
     """Run the whole bench in a new event loop; workdir holds the broker's and hubs' files."""
-    return asyncio.run(Bench(config, workdir, observer).run())
+    return event_loop.run(Bench(config, workdir, observer).run())
