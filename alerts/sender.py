@@ -124,6 +124,16 @@ class OutboxSender:
         self._fast.add(task)
         task.add_done_callback(self._fast.discard)
 
+    async def close(self) -> None:
+        """Close the channels that hold connections (those with an async `close`)."""
+        for channel in self.channels.values():
+            close = getattr(channel, "close", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception:  # stopping: one channel's failure must not stop the rest
+                    logger.exception("closing a channel failed", extra={"channel": channel.name})
+
     async def _send(self, message: OutboxMessage) -> None:
         channel = self.channels[message.channel]  # due() offers only channels we have
         now = self.clock.now_ms()

@@ -1,26 +1,30 @@
 """The `sms` and `voice` channels: Twilio, through the official `twilio` client.
 
-The client blocks (it is built on requests), so every call runs in a worker thread. Its
-errors are sorted by one question: can the request have reached Twilio? If it cannot, the
-send is retried; if it may have, the outcome is unknown and it is never sent again.
+The client's async calls run on the hub's event loop over one aiohttp session (no thread
+per request: under load those threads took the GIL from the loop that answers panels).
+Errors are sorted by one question: can the request have reached Twilio? If it cannot,
+the send is retried; if it may have, the outcome is unknown and it is never sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import logging
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-import requests
+import aiohttp
 from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.http import AsyncHttpClient
 from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 from alerts.channel import OutboxMessage, OutcomeUnknown, PermanentError, RetryableError
 
@@ -38,14 +42,23 @@ class TwilioSettings:
 
 
 def twilio_client(settings: TwilioSettings, pool_size: int = 32) -> Client:
-    """A twilio `Client` for these settings, pointed at `api_base` when it is set."""
+    """A blocking twilio `Client` for these settings (for tools and tests; the hub sends
+    with `async_twilio_client`)."""
     http = TwilioHttpClient(timeout=settings.timeout_s)
     if http.session is not None:
         # No retries inside the client: a POST retried after a lost answer sends twice.
-        # Sends run in parallel; the default pool of 10 would discard sockets past that.
         for scheme in ("https://", "http://"):
             http.session.mount(scheme, HTTPAdapter(pool_maxsize=pool_size, max_retries=0))
-    client = Client(settings.account_sid, settings.auth_token, http_client=http)
+    return _pointed(Client(settings.account_sid, settings.auth_token, http_client=http), settings)
+
+
+def async_twilio_client(settings: TwilioSettings, pool_size: int = 32) -> Client:
+    """A twilio `Client` whose `*_async` calls go through `AiohttpTwilioClient`."""
+    http = AiohttpTwilioClient(settings.timeout_s, pool_size)
+    return _pointed(Client(settings.account_sid, settings.auth_token, http_client=http), settings)
+
+
+def _pointed(client: Client, settings: TwilioSettings) -> Client:
     if settings.api_base:
         # Messages and Calls both live on the Api domain (2010-04-01), which joins its
         # base_url with each path; the edge/region from TWILIO_EDGE/TWILIO_REGION would
@@ -53,6 +66,61 @@ def twilio_client(settings: TwilioSettings, pool_size: int = 32) -> Client:
         client.api.base_url = settings.api_base.rstrip("/")
         client.edge = client.region = None
     return client
+
+
+class AiohttpTwilioClient(AsyncHttpClient):
+    """twilio's async HTTP interface over one aiohttp session per event loop.
+
+    No retries (a POST repeated after a lost answer sends twice), and the connect and
+    read timeouts kept apart, so a request that never left can be told from one that
+    got no answer. (twilio's own async client retries on request and has one timeout.)
+    """
+
+    def __init__(self, timeout_s: float, pool_size: int = 32) -> None:
+        super().__init__(logging.getLogger("twilio.http_client"), True, timeout_s)
+        self.pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _session_here(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.pool_size),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.timeout, sock_read=self.timeout
+                ),
+            )
+            self._loop = loop
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        uri: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> TwilioResponse:
+        """One request; aiohttp's errors go up as they are (see `sort_error`)."""
+        headers = dict(headers or {})
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+            headers["Authorization"] = f"Basic {token}"
+        async with self._session_here().request(
+            method.upper(), uri, params=params, data=data, headers=headers,
+            allow_redirects=allow_redirects,
+        ) as response:  # fmt: skip
+            text = await response.text()
+        return TwilioResponse(response.status, text, response.headers)
+
+    async def close(self) -> None:
+        """Close the session (the hub's channels live as long as the hub)."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
 
 
 def _payload(message: OutboxMessage) -> dict[str, Any]:
@@ -65,7 +133,7 @@ def _payload(message: OutboxMessage) -> dict[str, Any]:
     return payload
 
 
-def sort_error(exc: Exception, timeout_s: float) -> Exception:
+def sort_error(exc: BaseException, timeout_s: float) -> Exception:
     """The channel error a failed twilio call means: retry, never, or unknown."""
     if isinstance(exc, TwilioRestException | TwilioServiceException):
         text = exc.msg if isinstance(exc, TwilioRestException) else exc.detail or exc.title
@@ -75,36 +143,26 @@ def sort_error(exc: Exception, timeout_s: float) -> Exception:
         if 400 <= exc.status < 500:
             return PermanentError(summary)
         return RetryableError(summary)
-    if isinstance(exc, requests.ReadTimeout):
+    # Before the request could leave: no connection (refused, unresolved, no TLS session).
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return RetryableError(f"cannot reach Twilio: connect timed out after {timeout_s} s")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return RetryableError(f"cannot reach Twilio: {_reason(exc)}")
+    # After it left: Twilio may have acted on it.
+    if isinstance(exc, TimeoutError):
         return OutcomeUnknown(f"no answer from Twilio within {timeout_s} s after sending")
-    if isinstance(exc, requests.ConnectionError):
-        if _never_sent(exc):
-            return RetryableError(f"cannot reach Twilio: {_reason(exc)}")
-        # The connection broke after the request went out: Twilio may have acted on it.
-        return OutcomeUnknown(f"connection to Twilio lost after sending: {_reason(exc)}")
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError | json.JSONDecodeError):
-        # Twilio answered but the answer was cut or not JSON: it may well have sent.
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return OutcomeUnknown(f"connection to Twilio lost after sending: {exc}")
+    if isinstance(exc, json.JSONDecodeError):
+        # Twilio answered but the answer was not JSON: it may well have sent.
         return OutcomeUnknown(f"unreadable answer from Twilio: {exc}")
     return RetryableError(f"{type(exc).__name__}: {exc}")
 
 
-def _never_sent(exc: requests.ConnectionError) -> bool:
-    """True when the request cannot have left: no connection or no TLS session was made."""
-    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
-        return True
-    reason = exc.args[0] if exc.args else None
-    if isinstance(reason, MaxRetryError):
-        reason = reason.reason
-    # urllib3's own test for "the server did not receive the request": refused,
-    # unresolved (NewConnectionError and its subclasses) or connect timeout.
-    return isinstance(reason, ConnectTimeoutError)
-
-
-def _reason(exc: requests.ConnectionError) -> str:
-    reason = exc.args[0] if exc.args else exc
-    if isinstance(reason, MaxRetryError) and reason.reason is not None:
-        reason = reason.reason
-    return str(reason)
+def _reason(exc: aiohttp.ClientConnectorError) -> str:
+    errno = exc.os_error.errno
+    where = f"{exc.host}:{exc.port}"
+    return f"{os.strerror(errno)} ({where})" if errno else f"{exc.os_error} ({where})"
 
 
 class _TwilioChannel:
@@ -113,14 +171,17 @@ class _TwilioChannel:
 
     def __init__(self, settings: TwilioSettings, client: Client | None = None) -> None:
         self.settings = settings
-        self.client = client or twilio_client(settings)
-        # The client blocks: its own threads, as many as the sender sends at once (the
-        # default executor has cores + 4, and every SMS would queue behind six).
-        self._pool = ThreadPoolExecutor(32, thread_name_prefix=f"twilio-{self.name}")
+        self.client = client or async_twilio_client(settings)
 
-    async def _call(self, create: Callable[[], Any]) -> str:
+    async def close(self) -> None:
+        """Close the client's connections."""
+        http = self.client.http_client
+        if isinstance(http, AiohttpTwilioClient):
+            await http.close()
+
+    async def _call(self, create: Callable[[], Awaitable[Any]]) -> str:
         try:
-            resource = await asyncio.get_running_loop().run_in_executor(self._pool, create)
+            resource = await create()
         except Exception as exc:
             raise sort_error(exc, self.settings.timeout_s) from exc
         return str(resource.sid)
@@ -136,7 +197,7 @@ class SmsChannel(_TwilioChannel):
         if not isinstance(text, str) or not text:
             raise PermanentError("SMS payload has no text")
         return await self._call(
-            lambda: self.client.messages.create(
+            lambda: self.client.messages.create_async(
                 to=message.recipient,
                 from_=self.settings.from_number,
                 body=text,
@@ -154,7 +215,7 @@ class VoiceChannel(_TwilioChannel):
     async def send(self, message: OutboxMessage) -> str | None:
         twiml = call_twiml(_payload(message))
         return await self._call(
-            lambda: self.client.calls.create(
+            lambda: self.client.calls.create_async(
                 to=message.recipient,
                 from_=self.settings.from_number,
                 twiml=twiml,

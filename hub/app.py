@@ -79,6 +79,8 @@ class Hub:
         self.rejects = RejectLog()
         self.events = EventBus()
         self.presence = PresenceTracker(on_change=self._on_panel_change)
+        # Read when scraped, not set on every heartbeat.
+        self.metrics.panels_online.set_function(self.presence.online_count)
         self.db = Database(settings.db_path)
         self.alarms = AlarmStore(self.db)
         self.outbox = OutboxStore(self.db)
@@ -265,6 +267,7 @@ class Hub:
                 with contextlib.suppress(asyncio.CancelledError):
                     await web_task
         finally:
+            await self.sender.close()
             await self.db.close()
             if self.embedded_broker is not None:
                 await self.embedded_broker.stop()
