@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 from twilio.request_validator import RequestValidator
@@ -42,12 +43,18 @@ async def _signed_form(request: Request) -> dict[str, str] | None:
     hub: Hub = request.app.state.hub
     token = hub.settings.twilio_auth_token
     signature = request.headers.get("X-Twilio-Signature", "")
-    form = {k: str(v) for k, v in (await request.form()).items()}
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        # What Twilio sends, hundreds a second under load: parsed here, not by the
+        # general form parser, which costs several times more.
+        body = (await request.body()).decode("utf-8", "replace")
+        form = dict(parse_qsl(body, keep_blank_values=True))
+    else:
+        form = {k: str(v) for k, v in (await request.form()).items()}
     if not token or not signature:
         return None
-    url = hub.public_url + request.url.path
-    if request.url.query:
-        url += "?" + request.url.query
+    url = hub.public_url + request.scope["path"]
+    if query := request.scope.get("query_string", b"").decode("latin-1"):
+        url += "?" + query
     if not RequestValidator(token).validate(url, form, signature):
         logger.warning("webhook with a bad signature refused", extra={"path": request.url.path})
         return None
