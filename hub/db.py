@@ -164,16 +164,22 @@ class Database:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             outcomes = [(job, False, exc) for job in batch]
+        # One wake-up per event loop for the whole batch: each call_soon_threadsafe
+        # writes to the loop's self-pipe, and the loop has better things to do.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, ok, value in outcomes:
-            # RuntimeError: the caller's event loop is gone; the write itself stands.
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, settled in by_loop.items():
+            # RuntimeError: the caller's event loop is gone; the writes themselves stand.
             with contextlib.suppress(RuntimeError):
-                job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+                loop.call_soon_threadsafe(_settle_all, settled)
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the caller gave up waiting; the write itself stands
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settled:
+        if future.done():  # the caller gave up waiting; the write itself stands
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
