@@ -39,6 +39,7 @@ from hub.rejects import RejectLog
 from hub.settings import BrokerAddress, Settings, parse_host_port
 from hub.supervision import PanelSupervisor
 from hub.web import create_web_app
+from hub.web.status_fast_path import StatusFastPath
 from hub.work import AlarmChange, AlarmContext, LifecycleRules
 
 logger = logging.getLogger(__name__)
@@ -220,7 +221,10 @@ class Hub:
         """Serve until stop() (or cancellation), then shut down in order."""
         http_socket = self._http_socket
         server = uvicorn.Server(
-            uvicorn.Config(self.web, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                StatusFastPath(self.web, self), log_level="warning", lifespan="off",
+                access_log=False,
+            )
         )
         try:
             if self.embedded_broker is not None:

@@ -358,3 +358,37 @@ async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, pane
     assert answer.status_code == 204
     again = {n["id"]: n["delivery"] for n in await hub.outbox.for_alarm(alarm_id)}
     assert again[note["id"]] == "delivered"
+
+
+async def test_a_forged_delivery_report_is_refused(hub, gateway, panels):
+    from twilio.request_validator import RequestValidator
+
+    (raiser,) = panels("p-0001-09")
+    alarm_id = await raise_alarm(hub, raiser)
+
+    async def delivered():
+        notes = await hub.outbox.for_alarm(alarm_id)
+        return any(n["delivery"] == "delivered" for n in notes)
+
+    await until(delivered)
+    note = next(n for n in await hub.outbox.for_alarm(alarm_id) if n["delivery"] == "delivered")
+    url = f"{hub.public_url}/twilio/status"
+    report = {"MessageSid": note["provider_id"], "MessageStatus": "undelivered",
+              "ErrorCode": "30003", "AccountSid": gateway.account_sid}
+    wrong_key = RequestValidator("not-the-auth-token").compute_signature(url, report)
+    right_key = RequestValidator(gateway.auth_token).compute_signature(url, report)
+    async with httpx.AsyncClient() as client:
+        unsigned = await client.post(url, data=report)
+        forged = await client.post(url, data=report, headers={"X-Twilio-Signature": wrong_key})
+        huge = await client.post(
+            url, data={**report, "Body": "x" * 100_000}, headers={"X-Twilio-Signature": right_key}
+        )
+        signed = await client.post(url, data=report, headers={"X-Twilio-Signature": right_key})
+
+    assert (unsigned.status_code, forged.status_code, huge.status_code) == (403, 403, 413)
+    assert signed.status_code == 204
+    # Delivered stays delivered: a report never moves a message backwards or sideways.
+    again = {n["id"]: n["delivery"] for n in await hub.outbox.for_alarm(alarm_id)}
+    assert again[note["id"]] == "delivered"
+    timeline = await hub.alarms.timeline(alarm_id)
+    assert not any(e.entry == "notification_failed" for e in timeline)
