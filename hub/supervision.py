@@ -110,20 +110,35 @@ class PanelSupervisor:
         return [places[panel_id] for panel_id in offline], online
 
     async def _record(self, to_open: list[PanelPlace], to_close: list[str], now: int) -> None:
-        def w(d: sqlite_utils.Database) -> int:
-            work = Work.begin(d, self.context, now)
-            for place in to_open:
-                last = self.presence.get(place.household.panel)
-                detail = {"last_seen": last.last_seen} if last and last.last_seen else None
-                open_trouble(work, place, "offline", detail)
-            for panel_id in to_close:
-                work.troubles.close(panel_id, "offline", now)
-            return work.queued
-
-        queued = await self.db.write(w)
-        assert self._open_offline is not None
-        self._open_offline |= {p.household.panel for p in to_open}
-        self._open_offline -= set(to_close)
+        # A district losing power turns thousands of panels offline at once: their
+        # troubles go in transactions of a hundred, so an alarm raised meanwhile waits
+        # behind one of them (a few ms), not behind all (most of a second).
+        for start in range(0, max(len(to_open), len(to_close)), _TROUBLES_PER_WRITE):
+            opening = to_open[start : start + _TROUBLES_PER_WRITE]
+            closing = to_close[start : start + _TROUBLES_PER_WRITE]
+            queued = await self.db.write(
+                lambda d, opening=opening, closing=closing: self._write_troubles(
+                    d, opening, closing, now
+                )
+            )
+            assert self._open_offline is not None
+            self._open_offline |= {p.household.panel for p in opening}
+            self._open_offline -= set(closing)
+            self.on_commit(queued, (), ())
         if to_close:
             logger.info("panels back online", extra={"count": len(to_close)})
-        self.on_commit(queued, (), ())
+
+    def _write_troubles(
+        self, d: sqlite_utils.Database, opening: list[PanelPlace], closing: list[str], now: int
+    ) -> int:
+        work = Work.begin(d, self.context, now)
+        for place in opening:
+            last = self.presence.get(place.household.panel)
+            detail = {"last_seen": last.last_seen} if last and last.last_seen else None
+            open_trouble(work, place, "offline", detail)
+        for panel_id in closing:
+            work.troubles.close(panel_id, "offline", now)
+        return work.queued
+
+
+_TROUBLES_PER_WRITE = 100

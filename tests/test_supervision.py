@@ -187,3 +187,42 @@ async def test_an_alarm_names_the_neighbours_whose_buzzers_may_not_sound(
     receipt = await asyncio.to_thread(raiser.raise_alarm("fire").wait, 5)
     raised = (await hub.alarms.timeline(receipt.alarm_id))[0]
     assert raised.detail["offline_neighbours"] == ["p-0001-10"]
+
+
+async def test_a_district_going_dark_is_recorded_without_holding_the_writer(
+    mosquitto, tmp_path, clock
+):
+    from hub.registry import parse_registry
+    from simulator.registry_gen import make_registry
+
+    district, problems = parse_registry(make_registry(25), "district.yaml")  # 250 panels
+    assert district is not None, problems
+    runner = HubRunner(
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", district,
+        offline_after_s=OFFLINE_AFTER,
+    )
+    runner.clock = clock
+    hub = await runner.start()
+    try:
+        transactions: list[int] = []
+        write = hub.db.write
+
+        async def counted(fn):
+            before = len(await open_troubles(hub))
+            result = await write(fn)
+            transactions.append(len(await open_troubles(hub)) - before)
+            return result
+
+        hub.db.write = counted
+        clock.advance(OFFLINE_AFTER + 1)  # no panel ever spoke: the whole district is dark
+        await hub.supervisor.run_once()
+        hub.db.write = write
+
+        troubles = await open_troubles(hub)
+        assert len(troubles) == 250 and set(troubles.values()) == {"offline"}
+        phones = [p for u in district.units for h in u.households for p in h.phones]
+        assert sorted(phone for phone, _ in await trouble_sms(hub)) == sorted(phones)
+        # Every household told once, in transactions an alarm can slip between.
+        assert max(transactions) <= 100 and sum(transactions) == 250
+    finally:
+        await runner.stop()
