@@ -82,7 +82,9 @@ class OutboxSender:
         self.batch = batch
         self.on_result = on_result or (lambda channel, outcome: None)
         self._limit = asyncio.Semaphore(concurrency)
-        self._fast: set[asyncio.Task[None]] = set()
+        # Sends run as tasks of their own: cancelling the job (the hub stopping) does not
+        # cut a request off halfway, where nobody could tell whether it reached Twilio.
+        self._inflight: set[asyncio.Task[None]] = set()
 
     async def run_once(self) -> float | None:
         """Send what is due; seconds until the next message falls due (None: none queued)."""
@@ -90,7 +92,10 @@ class OutboxSender:
         if messages:
             # due() offers one message per recipient, so sending them together keeps
             # each recipient's messages in order.
-            await asyncio.gather(*(self._send(m) for m in messages))
+            done, _ = await asyncio.wait([self._start(m) for m in messages])
+            failures = [e for t in done if (e := t.exception()) is not None]
+            if failures:
+                raise failures[0]  # the runner logs it and tries again
             return 0.0  # a recipient's next message may be waiting behind this one
         next_at = await self.queue.next_due_at(self.channels.keys())
         if next_at is None:
@@ -105,24 +110,36 @@ class OutboxSender:
         Their rows must not be due yet (`run_once` would offer them too); a send that
         fails is queued for retry like any other, and `then` runs when all are done.
         """
+        sends = [self._start(m) for m in messages]
 
-        async def send_all() -> None:
-            results = await asyncio.gather(
-                *(self._send(m) for m in messages), return_exceptions=True
-            )
-            for m, result in zip(messages, results, strict=True):
-                if isinstance(result, Exception):
+        def all_done(_: asyncio.Future[object]) -> None:
+            for m, task in zip(messages, sends, strict=True):
+                if not task.cancelled() and task.exception() is not None:
                     # Its row stays queued and falls due shortly: the sender sends it then.
                     logger.warning(
                         "fast send not recorded; the outbox sender takes it over",
-                        extra={"channel": m.channel, "id": m.id, "error": str(result)},
+                        extra={"channel": m.channel, "id": m.id, "error": str(task.exception())},
                     )
             if then is not None:
                 then()
 
-        task = asyncio.create_task(send_all())
-        self._fast.add(task)
-        task.add_done_callback(self._fast.discard)
+        if sends:
+            asyncio.gather(*sends, return_exceptions=True).add_done_callback(all_done)
+        elif then is not None:
+            then()
+
+    def _start(self, message: OutboxMessage) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._send(message))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return task
+
+    async def drain(self, timeout: float) -> int:
+        """Wait for the sends in flight to finish (at most `timeout` s); how many did not."""
+        if not self._inflight:
+            return 0
+        _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+        return len(pending)
 
     async def close(self) -> None:
         """Close the channels that hold connections (those with an async `close`)."""

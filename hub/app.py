@@ -268,6 +268,14 @@ class Hub:
                 server.should_exit = True
                 for task in tasks[1:]:
                     task.cancel()
+                # An SMS cut off mid-request could not be told sent or not: let the
+                # sends in flight get their answers (each within its channel's timeout).
+                unfinished = await self.sender.drain(timeout=self.settings.twilio_timeout_s + 5)
+                if unfinished:
+                    logger.warning(
+                        "sends still unanswered at stop; they will be marked unknown",
+                        extra={"count": unfinished},
+                    )
                 with contextlib.suppress(asyncio.CancelledError):
                     await web_task
         finally:

@@ -399,3 +399,22 @@ async def test_a_forged_delivery_report_is_refused(hub, gateway, panels):
     assert again[note["id"]] == "delivered"
     timeline = await hub.alarms.timeline(alarm_id)
     assert not any(e.entry == "notification_failed" for e in timeline)
+
+
+async def test_a_hub_stopped_with_sms_on_their_way_waits_for_their_answers(
+    runner, hub, gateway, panels
+):
+    gateway.hang_next(50, 0.5)  # each SMS reaches the gateway; its answer comes 0.5 s later
+    (raiser,) = panels("p-0001-04")
+    alarm_id = await raise_alarm(hub, raiser)
+    queued = [n for n in await hub.outbox.for_alarm(alarm_id) if n["channel"] == "sms"]
+    assert queued
+    await asyncio.to_thread(gateway.wait_for_messages, len(queued), None, 5.0)
+
+    await runner.stop()  # with every answer still on its way
+    hub = await runner.start()
+
+    sms = [n for n in await hub.outbox.for_alarm(alarm_id) if n["channel"] == "sms"]
+    # Sent, not "unknown": a stop never leaves a send it could have finished in doubt.
+    assert [n["status"] for n in sms] == ["sent"] * len(queued)
+    assert len(gateway.messages()) == len(queued)
