@@ -18,8 +18,9 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from simulator.twilio_store import (
     GatewayStore,
@@ -205,7 +206,13 @@ def _basic_credentials(header: str) -> tuple[str, str, str]:
 
 
 async def _form_pairs(request: Request) -> list[tuple[str, str]]:
-    return parse_qsl((await request.body()).decode(), keep_blank_values=True)
+    try:
+        body = await request.body()
+    except ClientDisconnect:
+        # The client hung up mid-request (a hub stopping with sends in flight): as at
+        # Twilio, nothing is created and nobody is left to answer.
+        raise HTTPException(400, "client disconnected before the request was complete") from None
+    return parse_qsl(body.decode(), keep_blank_values=True)
 
 
 async def _form(request: Request) -> dict[str, str]:
