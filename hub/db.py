@@ -2,8 +2,7 @@
 
 No sqlite3 call runs on the event loop. Writes queued while the writer is busy are
 committed together (group commit): each in its own SAVEPOINT, so one failing write
-rolls back alone, and one fsync makes the whole batch durable. A checkpointer thread
-copies the write-ahead log into the database file, so the writer never does.
+rolls back alone, and one fsync makes the whole batch durable.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ WriteFn = Callable[[sqlite_utils.Database], T]
 
 _MAX_BATCH = 256
 _STOP = object()
-CHECKPOINT_EVERY_S = 1.0
 
 
 @dataclass
@@ -57,9 +55,6 @@ def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a commit is on disk before the hub tells a panel its alarm is stored.
         conn.execute("PRAGMA synchronous = FULL")
-        # The writer's commits would otherwise run SQLite's automatic checkpoint every
-        # thousand pages, holding the alarm behind them for 100 ms and more under load.
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
     return conn
 
 
@@ -76,8 +71,6 @@ class Database:
         self._read_conns: list[sqlite3.Connection] = []
         self._read_lock = threading.Lock()
         self._closed = False
-        self._checkpointer: threading.Thread | None = None
-        self._stop_checkpoints = threading.Event()
         self.schema_version = 0
 
     async def open(self) -> None:
@@ -89,10 +82,6 @@ class Database:
             target=self._writer_loop, args=(conn,), name="sqlite-writer", daemon=True
         )
         self._writer.start()
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="sqlite-checkpointer", daemon=True
-        )
-        self._checkpointer.start()
         self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-reader")
 
     async def write(self, fn: WriteFn[T]) -> T:
@@ -125,9 +114,6 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        self._stop_checkpoints.set()
-        if self._checkpointer is not None:
-            await asyncio.to_thread(self._checkpointer.join)
         if self._writer is not None:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._writer.join)
@@ -153,26 +139,7 @@ class Database:
                 batch = [job for job in batch if job is not _STOP]
             if batch:
                 self._commit_batch(conn, db, batch)
-        # The last one out folds the log into the file (and empties it).
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
-
-    def _checkpoint_loop(self) -> None:
-        """Copy committed pages from the log into the database file, every second.
-
-        PASSIVE: it never waits for the writer or readers, and they never wait for it;
-        what it cannot copy now it copies next time. Its fsyncs are its own.
-        """
-        conn = _connect(self.path, read_only=False)
-        try:
-            while not self._stop_checkpoints.wait(CHECKPOINT_EVERY_S):
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    logger.exception("checkpoint failed; trying again")
-        finally:
-            conn.close()
 
     def _commit_batch(
         self, conn: sqlite3.Connection, db: sqlite_utils.Database, batch: list[_WriteJob]
