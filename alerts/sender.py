@@ -93,7 +93,7 @@ class OutboxSender:
             # due() offers one message per recipient, so sending them together keeps
             # each recipient's messages in order.
             done, _ = await asyncio.wait([self._start(m) for m in messages])
-            failures = [e for t in done if (e := t.exception()) is not None]
+            failures = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
             if failures:
                 raise failures[0]  # the runner logs it and tries again
             return 0.0  # a recipient's next message may be waiting behind this one

@@ -34,7 +34,7 @@ class _RecvBuffer:
 
     paho reads a packet a few bytes at a time (type, length, body), one system call
     each. With 10,000 panels heartbeating that is thousands of calls a second, and each
-    one lets the database and SMS threads take the GIL from the event loop.
+    one lets the database thread take the GIL from the event loop.
     """
 
     def __init__(self, recv: Callable[[int], bytes]) -> None:
