@@ -344,18 +344,24 @@ async def test_the_payloads_say_how_to_answer(hub, gateway, panels):
     assert all(re.search(r"Reply \d+ to acknowledge\.$", p["text"]) for p in sms)
 
 
-async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, panels):
-    from twilio.request_validator import RequestValidator
-
-    (raiser,) = panels("p-0001-10")
-    alarm_id = await raise_alarm(hub, raiser)
+async def first_delivered(hub, alarm_id) -> dict:
+    """The first of an alarm's notifications the provider reported delivered (waits for it)."""
 
     async def delivered():
         notes = await hub.outbox.for_alarm(alarm_id)
         return any(n["delivery"] == "delivered" for n in notes)
 
     await until(delivered)
-    note = next(n for n in await hub.outbox.for_alarm(alarm_id) if n["delivery"] == "delivered")
+    return next(n for n in await hub.outbox.for_alarm(alarm_id) if n["delivery"] == "delivered")
+
+
+async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, panels):
+    from twilio.request_validator import RequestValidator
+
+    (raiser,) = panels("p-0001-10")
+    alarm_id = await raise_alarm(hub, raiser)
+
+    note = await first_delivered(hub, alarm_id)
     url = f"{hub.public_url}/twilio/status"
     late = {"MessageSid": note["provider_id"], "MessageStatus": "sent",
             "AccountSid": gateway.account_sid}
@@ -373,12 +379,7 @@ async def test_a_forged_delivery_report_is_refused(hub, gateway, panels):
     (raiser,) = panels("p-0001-09")
     alarm_id = await raise_alarm(hub, raiser)
 
-    async def delivered():
-        notes = await hub.outbox.for_alarm(alarm_id)
-        return any(n["delivery"] == "delivered" for n in notes)
-
-    await until(delivered)
-    note = next(n for n in await hub.outbox.for_alarm(alarm_id) if n["delivery"] == "delivered")
+    note = await first_delivered(hub, alarm_id)
     url = f"{hub.public_url}/twilio/status"
     report = {"MessageSid": note["provider_id"], "MessageStatus": "undelivered",
               "ErrorCode": "30003", "AccountSid": gateway.account_sid}
