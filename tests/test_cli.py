@@ -203,7 +203,14 @@ def test_sim_gateway_runs_alone_and_prints_each_sms(tmp_path):
         ))
         message = OutboxMessage(1, None, "sms", "+15550009001",
                                 json.dumps({"text": "hello patrol"}), "k", 0)
-        sid = asyncio.run(channel.send(message))
+
+        async def send_once() -> str | None:
+            try:
+                return await channel.send(message)
+            finally:
+                await channel.close()
+
+        sid = asyncio.run(send_once())
         assert sid.startswith("SM")
         time.sleep(0.3)
     finally:

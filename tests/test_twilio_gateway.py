@@ -100,6 +100,22 @@ def gateway() -> Iterator[TwilioGateway]:
     gw.stop()
 
 
+@pytest.fixture(autouse=True)
+async def channels_closed_after(monkeypatch):
+    """Every SMS or voice channel a test makes is closed when the test ends (its
+    connections belong to the test's event loop)."""
+    made: list[SmsChannel | VoiceChannel] = []
+    for cls in (SmsChannel, VoiceChannel):
+        def init(self, *args, _init=cls.__init__, **kwargs):
+            _init(self, *args, **kwargs)
+            made.append(self)
+
+        monkeypatch.setattr(cls, "__init__", init)
+    yield
+    for channel in made:
+        await channel.close()
+
+
 @pytest.fixture
 def hub_webhooks() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
