@@ -3,6 +3,10 @@
 No sqlite3 call runs on the event loop. Writes queued while the writer is busy are
 committed together (group commit): each in its own SAVEPOINT, so one failing write
 rolls back alone, and one fsync makes the whole batch durable.
+
+Urgent writes (a panel's event, whose receipt waits on the commit) go ahead of the
+rest: a batch of other writes is committed early, at the next write's boundary, when
+an urgent one arrives, and the urgent ones are committed next, together.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ class _WriteJob:
     fn: Callable[[sqlite_utils.Database], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    urgent: bool = False
 
 
 class DatabaseClosed(RuntimeError):
@@ -84,13 +90,17 @@ class Database:
         self._writer.start()
         self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-reader")
 
-    async def write(self, fn: WriteFn[T]) -> T:
-        """Run fn(db) in a write transaction on the writer thread; its result once committed."""
+    async def write(self, fn: WriteFn[T], *, urgent: bool = False) -> T:
+        """Run fn(db) in a write transaction on the writer thread; its result once committed.
+
+        urgent: someone is waiting on this commit (a panel for its receipt); it is
+        committed before the other writes queued with it.
+        """
         if self._closed or self._writer is None:
             raise DatabaseClosed("database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_WriteJob(fn, future, loop))
+        self._queue.put(_WriteJob(fn, future, loop, urgent))
         return await future
 
     async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
@@ -126,28 +136,31 @@ class Database:
 
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
         db = sqlite_utils.Database(conn)
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < _MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if _STOP in batch:
-                stopping = True
-                batch = [job for job in batch if job is not _STOP]
-            if batch:
-                self._commit_batch(conn, db, batch)
+        lanes = _Lanes(self._queue)
+        while not (lanes.stopping and lanes.empty()):
+            if lanes.empty():
+                lanes.add(self._queue.get())
+                continue
+            lanes.take_all()
+            if lanes.urgent:
+                self._commit_batch(conn, db, lanes.urgent_batch(_MAX_BATCH))
+            else:
+                self._commit_batch(conn, db, lanes.others_until_urgent(_MAX_BATCH))
         conn.close()
 
     def _commit_batch(
-        self, conn: sqlite3.Connection, db: sqlite_utils.Database, batch: list[_WriteJob]
+        self,
+        conn: sqlite3.Connection,
+        db: sqlite_utils.Database,
+        next_job: Callable[[], _WriteJob | None],
     ) -> None:
+        """Run jobs from next_job() until it gives None, and commit them together."""
         outcomes: list[tuple[_WriteJob, bool, Any]] = []
+        batch: list[_WriteJob] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
+            while (job := next_job()) is not None:
+                batch.append(job)
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job.fn(db)
@@ -173,6 +186,57 @@ class Database:
             # RuntimeError: the caller's event loop is gone; the writes themselves stand.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle_all, settled)
+
+
+class _Lanes:
+    """The writer's queued jobs, urgent ones apart; only the writer thread touches it."""
+
+    def __init__(self, source: queue.SimpleQueue[Any]) -> None:
+        self.source = source
+        self.urgent: deque[_WriteJob] = deque()
+        self.other: deque[_WriteJob] = deque()
+        self.stopping = False
+
+    def empty(self) -> bool:
+        return not self.urgent and not self.other
+
+    def add(self, item: Any) -> None:
+        if item is _STOP:
+            self.stopping = True  # the jobs queued before it are still committed
+        elif item.urgent:
+            self.urgent.append(item)
+        else:
+            self.other.append(item)
+
+    def take_all(self) -> None:
+        """Move every job waiting in the source queue here, without blocking."""
+        while True:
+            try:
+                self.add(self.source.get_nowait())
+            except queue.Empty:
+                return
+
+    def urgent_batch(self, limit: int) -> Callable[[], _WriteJob | None]:
+        """The urgent jobs waiting now (at most `limit`), one at a time, then None."""
+        jobs = iter([self.urgent.popleft() for _ in range(min(limit, len(self.urgent)))])
+        return lambda: next(jobs, None)
+
+    def others_until_urgent(self, limit: int) -> Callable[[], _WriteJob | None]:
+        """Other jobs one at a time; None after `limit`, or as soon as an urgent one waits."""
+        given = 0
+
+        def next_job() -> _WriteJob | None:
+            nonlocal given
+            if given == limit or not self.other:
+                return None
+            if given:
+                self.take_all()
+                if self.urgent:  # what is done so far is committed; the urgent go next
+                    return None
+            given += 1
+            return self.other.popleft()
+
+        return next_job
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:

@@ -1,7 +1,7 @@
 """Panel messages in, receipts out: validate, store, answer — in that order, never another.
 
-Events are handed to a fixed set of workers by panel id, so one panel's events are
-handled in the order they came while different panels' events are stored together.
+Each panel's events are stored one after another, in the order they came; different
+panels' events are stored at once, so alarms arriving together share one commit.
 Status and heartbeat messages only update memory and are handled at once.
 """
 
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -89,7 +89,6 @@ class PanelIngest:
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         keys: KeyRing | None = None,
         event_rate: float = 20.0,
-        workers: int = 8,
         queue_size: int = 10_000,
     ) -> None:
         self.registry = registry  # also indexes its panels (see the setter)
@@ -109,9 +108,15 @@ class PanelIngest:
         self.event_rate = event_rate
         # Bounded, so a hub far behind cannot grow without limit; what does not fit is
         # not answered, and its panel sends it again (it repeats until it has a receipt).
-        self._queues: list[asyncio.Queue[_Checked]] = [
-            asyncio.Queue(queue_size) for _ in range(workers)
-        ]
+        self.queue_size = queue_size
+        # A lane per panel with an event being stored: its later events wait their turn.
+        # A fixed set of workers made an alarm wait for other panels' writes that happened
+        # to share its worker, one commit after another.
+        self._lanes: dict[str, deque[_Checked]] = {}
+        self._waiting = 0  # events taken and not yet handled, in every lane
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._lane_tasks: set[asyncio.Task[None]] = set()
         self._sends: set[asyncio.Task[None]] = set()
         # Counted a thousand times a second with 10,000 panels: the labelled child once.
         self._heartbeats = metrics.status_messages.labels("heartbeat")
@@ -144,13 +149,7 @@ class PanelIngest:
             checked = self._check_event(_Inbound(parsed.panel_id, topic, payload, arrived))
             if checked is None:
                 return
-            queue = self._queues[zlib.crc32(parsed.panel_id.encode()) % len(self._queues)]
-            try:
-                queue.put_nowait(checked)
-            except asyncio.QueueFull:
-                self.metrics.unanswered.labels("overloaded").inc()
-                logger.error("ingest queue full; the panel will send again",
-                             extra={"panel_id": parsed.panel_id})
+            self._take(parsed.panel_id, checked)
         elif parsed.channel == "status":
             self._on_status(parsed.panel_id, topic, payload)
         elif parsed.channel == "heartbeat":
@@ -186,41 +185,76 @@ class PanelIngest:
             return None
         return _Checked(item, place, event, canonical_json(obj), signed)
 
+    def _take(self, panel_id: str, checked: _Checked) -> None:
+        """Store the event now, or after the events of its panel taken before it."""
+        if self._waiting >= self.queue_size:
+            self.metrics.unanswered.labels("overloaded").inc()
+            logger.error("ingest queue full; the panel will send again",
+                         extra={"panel_id": panel_id})
+            return
+        self._waiting += 1
+        self._idle.clear()
+        lane = self._lanes.get(panel_id)
+        if lane is not None:
+            lane.append(checked)
+            return
+        self._lanes[panel_id] = deque()
+        task = asyncio.create_task(self._run_lane(panel_id, checked))
+        self._lane_tasks.add(task)
+        task.add_done_callback(self._lane_tasks.discard)
+
+    async def _run_lane(self, panel_id: str, checked: _Checked) -> None:
+        lane = self._lanes[panel_id]
+        try:
+            while True:
+                try:
+                    await self._store_event(checked)
+                except Exception:
+                    # Never lose the lane: the panel repeats the event and is answered then.
+                    logger.exception("event handling failed", extra={"panel_id": panel_id})
+                finally:
+                    self._handled(1)
+                if not lane:
+                    return
+                checked = lane.popleft()
+        finally:
+            del self._lanes[panel_id]
+            # Cancelled (the hub stopping): what waited behind is not answered, and
+            # its panel sends it again to the next hub.
+            self._handled(len(lane))
+
+    def _handled(self, count: int) -> None:
+        self._waiting -= count
+        if self._waiting == 0:
+            self._idle.set()
+
     async def run(self) -> None:
-        """Run the workers until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            for i, queue in enumerate(self._queues):
-                tg.create_task(self._worker(queue), name=f"ingest-worker-{i}")
+        """Keep the lanes until cancelled; then cancel the events still being stored."""
+        try:
+            await asyncio.Future()
+        finally:
+            for task in list(self._lane_tasks):
+                task.cancel()
+            if self._lane_tasks:
+                await asyncio.gather(*self._lane_tasks, return_exceptions=True)
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Wait until queued events are handled and receipts handed to the broker."""
+        """Wait until taken events are handled and receipts handed to the broker."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                for queue in self._queues:
-                    await queue.join()
+                await self._idle.wait()
                 if self._sends:
                     await asyncio.gather(*self._sends, return_exceptions=True)
-
-    async def _worker(self, queue: asyncio.Queue[_Checked]) -> None:
-        while True:
-            checked = await queue.get()
-            try:
-                await self._store_event(checked)
-            except Exception:
-                # Never lose the worker: the panel repeats the event and is answered then.
-                logger.exception(
-                    "event handling failed", extra={"panel_id": checked.inbound.panel_id}
-                )
-            finally:
-                queue.task_done()
 
     async def _store_event(self, checked: _Checked) -> None:
         item, place, event = checked.inbound, checked.place, checked.event
         now = self.clock.now_ms()
+        # Urgent: the panel is waiting on this commit for its receipt.
         outcome = await self.db.write(
             lambda d: self.handler.apply(
                 d, place, event, checked.payload_text, now, signed=checked.signed
-            )
+            ),
+            urgent=True,
         )
         # Stored (committed, fsynced): only now may the panel be told.
         receipt = outcome.receipt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 
 import pytest
 
@@ -81,4 +82,31 @@ async def test_reads_do_not_write(tmp_path):
     await db.open()
     with pytest.raises(sqlite3.OperationalError):
         await db.read(lambda d: d.execute("CREATE TABLE nope (x)"))
+    await db.close()
+
+
+async def test_an_alarm_write_goes_ahead_of_the_writes_queued_before_it(tmp_path):
+    db = Database(tmp_path / "t.db")
+    await db.open()
+    await db.write(lambda d: d.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, v TEXT)"))
+    started, release = threading.Event(), threading.Event()
+
+    def slow(d):
+        started.set()
+        release.wait(5)  # the writer is busy with a long write
+        d.execute("INSERT INTO t (v) VALUES ('first')")
+
+    def insert(v):
+        return lambda d: d.execute("INSERT INTO t (v) VALUES (?)", (v,))
+
+    first = asyncio.ensure_future(db.write(slow))
+    await asyncio.to_thread(started.wait, 5)
+    others = [asyncio.ensure_future(db.write(insert(f"other {i}"))) for i in range(5)]
+    alarm = asyncio.ensure_future(db.write(insert("alarm"), urgent=True))
+    await asyncio.sleep(0.05)  # all queued behind the long write
+    release.set()
+    await asyncio.gather(first, alarm, *others)
+    # The alarm is committed right after the write in progress, before those queued earlier.
+    rows = await db.read(lambda d: [r[0] for r in d.execute("SELECT v FROM t ORDER BY n")])
+    assert rows == ["first", "alarm", *(f"other {i}" for i in range(5))]
     await db.close()
