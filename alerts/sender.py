@@ -109,7 +109,9 @@ class OutboxSender:
 
         Their rows must not be due yet (`run_once` would offer them too); a send that
         fails is queued for retry like any other, and `then` runs when all are done.
+        Messages of a channel this sender does not have stay queued for one that has it.
         """
+        messages = [m for m in messages if m.channel in self.channels]
         sends = [self._start(m) for m in messages]
 
         def all_done(_: asyncio.Future[object]) -> None:

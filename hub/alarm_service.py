@@ -22,7 +22,7 @@ class ActionResult:
     alarm: Alarm | None
     error: str | None = None
     changes: tuple[AlarmChange, ...] = ()
-    unit_alerts: tuple[OutboxMessage, ...] = ()
+    fast_sends: tuple[OutboxMessage, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -86,10 +86,10 @@ class AlarmService:
             except Refused as refusal:
                 return ActionResult(None, refusal.error), w.queued
             return ActionResult(
-                alarm, changes=tuple(w.changes), unit_alerts=tuple(w.unit_alerts)
+                alarm, changes=tuple(w.changes), fast_sends=tuple(w.fast_sends)
             ), w.queued
 
         result, queued = await self.db.write(work)
         if result.ok:
-            self.on_change(queued, result.changes, result.unit_alerts)
+            self.on_change(queued, result.changes, result.fast_sends)
         return result

@@ -149,18 +149,18 @@ class Hub:
         await self.transport.publish(topic, payload, qos)
 
     def _on_stored(self, outcome: EventOutcome) -> None:
-        self._after_commit(outcome.notifications_queued, outcome.changes, outcome.unit_alerts)
+        self._after_commit(outcome.notifications_queued, outcome.changes, outcome.fast_sends)
 
     def _after_commit(
         self, queued: int, changes: tuple[AlarmChange, ...],
-        unit_alerts: tuple[OutboxMessage, ...],
+        fast_sends: tuple[OutboxMessage, ...],
     ) -> None:
         """Something was committed: sound the unit, wake who has work, tell who watches."""
-        if unit_alerts:
-            # The buzzers should not wait for the sender's next look at the outbox; once
-            # these are out, an alert queued behind them may go (the sender is woken).
-            self.sender.send_now(unit_alerts, then=self.sender_runner.wake)
-        if queued:
+        if fast_sends:
+            # Buzzers and people should not wait for the sender's next look at the outbox;
+            # once these are out, a message queued behind them may go (the sender is woken).
+            self.sender.send_now(fast_sends, then=self.sender_runner.wake)
+        if queued > len(fast_sends):
             self.sender_runner.wake()
         if changes:
             self.engine_runner.wake()

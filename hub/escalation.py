@@ -190,12 +190,11 @@ def _queue(w: Work, alarm: Alarm, key: str, recipients: list[Recipient], text: s
         key_of_message = f"{alarm.id}:{key}:{r.channel}:{r.address}"
         if w.outbox.exists(key_of_message):
             continue  # queued before: never twice, and no second reply code or token
-        w.outbox.enqueue(
-            alarm_id=alarm.id, channel=r.channel, recipient=r.address,
+        w.queue_message(
+            alarm_id=alarm.id, alarm_state=alarm.state, channel=r.channel, recipient=r.address,
             payload=compose(w.contacts, alarm, r, text, w.context.public_url, w.now),
-            idempotency_key=key_of_message, now=w.now,
+            key=key_of_message,
         )
-        w.queued += 1
 
 
 def _describe(r: Recipient) -> dict[str, str]:
@@ -243,9 +242,10 @@ class EscalationEngine:
                 w = Work.begin(d, self.context, now)
                 return fire_due_steps(w, self.batch), w
 
-            advanced, w = await self.db.write(work)
+            # Urgent: the people of the ladder's next step are waiting on this commit.
+            advanced, w = await self.db.write(work, urgent=True)
             if w.queued or w.changes:
-                self.on_commit(w.queued, tuple(w.changes), tuple(w.unit_alerts))
+                self.on_commit(w.queued, tuple(w.changes), tuple(w.fast_sends))
             if advanced < self.batch:
                 break
         next_at = await self.alarms.next_step_due_at()

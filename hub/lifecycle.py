@@ -7,7 +7,6 @@ in step, so a change and everything it causes commit together or not at all.
 
 from __future__ import annotations
 
-from alerts.channel import OutboxMessage
 from devices.protocol import AlarmState, Reason, UnitAlert, encode
 from hub.alarm_store import Alarm
 from hub.escalation import advance_ladder, close_ladder, go_to_police
@@ -204,19 +203,13 @@ def _duress(w: Work, alarm: Alarm, place: PanelPlace, shown: str) -> None:
     go_to_police(w, w.reload(alarm))
 
 
-# How long a unit alert handed to the fast path waits before the outbox sender sends it
-# instead: only after a crash between commit and publish, or a publish that never returned.
-UNIT_ALERT_FAST_PATH_MS = 5_000
-
-
 def queue_unit_alert(
     w: Work, alarm: Alarm, state: AlarmState, entry_id: int, *, force: bool = False
 ) -> None:
     """Queue the unit alert for a change of state (never for an alarm under duress).
 
-    The row is the promise; when no older alert of the unit is still waiting, the alert
-    is also handed to the fast path (`w.unit_alerts`), published as soon as the
-    transaction commits rather than when the outbox sender next looks.
+    Behind an alert of the unit still waiting it goes the slow way, so the unit hears
+    them in order; else it is published as soon as the transaction commits.
     """
     if alarm.duress and not force:
         return
@@ -224,21 +217,7 @@ def queue_unit_alert(
         alarm_id=alarm.id, household_id=alarm.household_id, kind=alarm.kind, state=state,
         ts=w.now,
     )
-    payload = encode(alert).decode()
-    key = f"panel:{alarm.id}:{entry_id}"
-    # Behind a waiting alert it goes the slow way, so the unit hears them in order.
-    fast = not w.outbox.has_queued("panel", alarm.unit_id)
-    message_id = w.outbox.enqueue(
-        alarm_id=alarm.id, channel="panel", recipient=alarm.unit_id, payload=payload,
-        idempotency_key=key, now=w.now,
-        not_before=w.now + UNIT_ALERT_FAST_PATH_MS if fast else None,
+    w.queue_message(
+        alarm_id=alarm.id, alarm_state=state.value, channel="panel", recipient=alarm.unit_id,
+        payload=encode(alert).decode(), key=f"panel:{alarm.id}:{entry_id}",
     )
-    if message_id is None:
-        return
-    w.queued += 1
-    if fast:
-        w.unit_alerts.append(
-            OutboxMessage(
-                message_id, alarm.id, "panel", alarm.unit_id, payload, key, 0, state.value
-            )
-        )

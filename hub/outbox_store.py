@@ -33,13 +33,14 @@ class OutboxTx:
         )
         return cur.lastrowid if cur.rowcount == 1 else None
 
-    def has_queued(self, channel: str, recipient: str) -> bool:
-        """Whether a message to this recipient on this channel is still waiting to go."""
+    def has_queued(self, channel: str, recipient: str, alarm_id: str | None) -> bool:
+        """Whether a message to this recipient on this channel about this alarm (or about
+        none, for None) is still waiting to go."""
         return (
             self.conn.execute(
                 "SELECT 1 FROM outbox WHERE channel = ? AND recipient = ? AND status = 'queued'"
-                " LIMIT 1",
-                (channel, recipient),
+                " AND alarm_id IS ? LIMIT 1",
+                (channel, recipient, alarm_id),
             ).fetchone()
             is not None
         )
@@ -71,6 +72,14 @@ _DELIVERY_RANK = {
 DELIVERY_FAILURES = frozenset({"undelivered", "failed", "busy", "no-answer", "canceled"})
 
 
+# A queued message older than o to the same recipient about the same alarm (or both about
+# none): o waits its turn behind it.
+_OLDER_IN_LINE = (
+    "SELECT 1 FROM outbox e WHERE e.channel = o.channel AND e.recipient = o.recipient"
+    " AND e.alarm_id IS o.alarm_id AND e.status = 'queued' AND e.id < o.id"
+)
+
+
 class OutboxStore:
     """The sender's view of the outbox: queued → sending → sent, or failed / unknown / dropped.
 
@@ -83,11 +92,14 @@ class OutboxStore:
     async def due(
         self, now: int, channels: Collection[str], limit: int = 200
     ) -> list[OutboxMessage]:
-        """Queued messages of these channels due now, oldest first, one per recipient.
+        """Queued messages of these channels due now, oldest first, one per recipient and alarm.
 
-        Only the oldest queued message of a recipient is offered, so a unit's buzzers never
-        get "cancelled" before "raised" when the first send has to be retried. Messages of
-        channels not offered here stay queued until a sender that has them runs.
+        Only the oldest queued message to a recipient about an alarm is offered, so a
+        unit's buzzers never get "cancelled" before "raised" when the first send has to be
+        retried. Another alarm's messages do not wait behind it: a patrol's phone told of
+        ten alarms at once gets ten SMS at once, and one being retried holds back no other
+        alarm. Messages of channels not offered here stay queued until a sender that has
+        them runs.
         """
         marks = ", ".join("?" * len(channels))
 
@@ -97,8 +109,7 @@ class OutboxStore:
                 " LEFT JOIN alarms a ON a.id = o.alarm_id"
                 " WHERE o.status = 'queued' AND o.next_attempt_at <= ?"
                 f" AND o.channel IN ({marks})"
-                " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel"
-                "   AND e.recipient = o.recipient AND e.status = 'queued' AND e.id < o.id)"
+                f" AND NOT EXISTS ({_OLDER_IN_LINE})"
                 " ORDER BY o.id LIMIT ?",
                 (now, *channels, limit),
             ).fetchall()
@@ -108,7 +119,7 @@ class OutboxStore:
 
     async def next_due_at(self, channels: Collection[str]) -> int | None:
         """When the earliest queued message of these channels that `due` could offer falls
-        due (the oldest of its recipient); None if none is queued."""
+        due (the oldest to its recipient about its alarm); None if none is queued."""
         marks = ", ".join("?" * len(channels))
         # Only the head of each recipient's line counts: a message waiting behind an older
         # one that is retrying later is not due, and must not wake the sender in a spin.
@@ -116,8 +127,7 @@ class OutboxStore:
             lambda d: d.conn.execute(
                 "SELECT min(o.next_attempt_at) FROM outbox o WHERE o.status = 'queued'"
                 f" AND o.channel IN ({marks})"
-                " AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.channel = o.channel"
-                "   AND e.recipient = o.recipient AND e.status = 'queued' AND e.id < o.id)",
+                f" AND NOT EXISTS ({_OLDER_IN_LINE})",
                 tuple(channels),
             ).fetchone()[0]
         )
@@ -156,9 +166,14 @@ class OutboxStore:
         A hub that dies during the send finds it `sending` and marks it unknown, never
         sends it again.
         """
-        return await self._update(
-            "UPDATE outbox SET status = 'sending', sent_at = ? WHERE id = ? AND status = 'queued'",
-            now, message_id,
+        # Urgent: the send, and someone waiting for the alert, wait on this commit.
+        return await self.db.write(
+            lambda d: d.conn.execute(
+                "UPDATE outbox SET status = 'sending', sent_at = ?"
+                " WHERE id = ? AND status = 'queued'",
+                (now, message_id),
+            ).rowcount == 1,
+            urgent=True,
         )
 
     async def mark_sent(self, message_id: int, now: int, provider_id: str | None = None) -> None:

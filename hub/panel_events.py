@@ -38,7 +38,7 @@ class EventOutcome:
     notifications_queued: int = 0
     new_alarm: bool = False
     changes: tuple[AlarmChange, ...] = ()
-    unit_alerts: tuple[OutboxMessage, ...] = ()  # to publish at once (the fast path)
+    fast_sends: tuple[OutboxMessage, ...] = ()  # to send at once (the fast path)
 
 
 class PanelEventHandler:
@@ -123,7 +123,7 @@ class PanelEventHandler:
         )
         return EventOutcome(
             receipt, alarm_id=receipt.alarm_id, notifications_queued=w.queued,
-            new_alarm=new_alarm, changes=tuple(w.changes), unit_alerts=tuple(w.unit_alerts),
+            new_alarm=new_alarm, changes=tuple(w.changes), fast_sends=tuple(w.fast_sends),
         )
 
     def _check_window(self, ts: int, now: int) -> None:

@@ -41,7 +41,11 @@ class AlarmChange:
 
 
 # What a writer calls once its transaction committed: (outbox rows queued, what changed,
-# unit alerts for the fast path).
+# messages for the fast path).
+
+# How long a message handed to the fast path waits before the outbox sender sends it
+# instead: only after a crash between commit and send, or a send that never started.
+FAST_PATH_GRACE_MS = 5_000
 AfterCommit = Callable[[int, tuple[AlarmChange, ...], tuple[OutboxMessage, ...]], None]
 
 
@@ -70,8 +74,8 @@ class Work:
     now: int
     queued: int = 0  # outbox rows added: the sender has work
     changes: list[AlarmChange] = field(default_factory=list)
-    # Unit alerts to publish the moment this transaction commits (see queue_unit_alert).
-    unit_alerts: list[OutboxMessage] = field(default_factory=list)
+    # Messages to send the moment this transaction commits (see queue_message).
+    fast_sends: list[OutboxMessage] = field(default_factory=list)
 
     @classmethod
     def begin(cls, db: sqlite_utils.Database, context: AlarmContext, now: int) -> Work:
@@ -80,6 +84,34 @@ class Work:
     @property
     def registry(self) -> Registry:
         return self.context.registry
+
+    def queue_message(
+        self, *, alarm_id: str | None, alarm_state: str | None, channel: str, recipient: str,
+        payload: str, key: str,
+    ) -> bool:  # fmt: skip
+        """Queue one message; False if one with this key was queued before.
+
+        The row is the promise. When no older message to the recipient about the same
+        alarm waits on the same channel, it is also handed to the fast path (`fast_sends`),
+        sent as soon as the transaction commits rather than when the outbox sender next
+        looks; behind a waiting one it goes the slow way, so the recipient hears them in
+        order.
+        """
+        fast = not self.outbox.has_queued(channel, recipient, alarm_id)
+        message_id = self.outbox.enqueue(
+            alarm_id=alarm_id, channel=channel, recipient=recipient, payload=payload,
+            idempotency_key=key, now=self.now,
+            not_before=self.now + FAST_PATH_GRACE_MS if fast else None,
+        )
+        if message_id is None:
+            return False
+        self.queued += 1
+        if fast:
+            self.fast_sends.append(
+                OutboxMessage(message_id, alarm_id, channel, recipient, payload, key, 0,
+                              alarm_state)
+            )
+        return True
 
     def changed(self, alarm: Alarm, change: str) -> None:
         """Note a change of the alarm (in its state as given) for live watchers."""

@@ -262,6 +262,29 @@ async def test_a_send_whose_answer_never_came_is_marked_unknown_not_sent_twice(
     assert notes[unknown["id"]] == "unknown"
 
 
+async def test_a_patrol_hears_of_a_second_alarm_while_the_first_ones_sms_waits_to_retry(
+    hub, clock, gateway, panels
+):
+    # Two units of one zone: one patrol. The gateway is down while the first alarm's SMS go.
+    first_raiser, second_raiser = panels("p-0001-07", "p-0002-04")
+    gateway.fail_next(100, 500)
+    first = await raise_alarm(hub, first_raiser)
+
+    async def first_waits_to_retry():
+        sms = [n for n in await hub.outbox.for_alarm(first) if n["channel"] == "sms"]
+        return bool(sms) and all(n["status"] == "queued" and n["attempts"] == 1 for n in sms)
+
+    await until(first_waits_to_retry)
+    gateway.reset_faults()
+    second = await raise_alarm(hub, second_raiser)
+    # The hub's clock stands still: the first alarm's retries are not due yet.
+    (told,) = await sms_to(gateway, PATROL_1)
+    assert second in told.body, "the second alarm does not wait behind the first one's retry"
+    await later(hub, clock, 2)
+    told = await sms_to(gateway, PATROL_1, 2)
+    assert first in told[1].body
+
+
 async def test_one_panel_pressing_again_and_again_is_one_alarm_and_one_round_of_sms(
     hub, gateway, panels
 ):

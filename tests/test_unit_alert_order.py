@@ -76,11 +76,11 @@ async def test_an_alert_goes_out_as_its_change_commits(setting, registry):
     place = registry.panel_place("p-0001-01")
 
     _, w = await raise_alarm(db, context, clock, place)
-    assert [m.channel for m in w.unit_alerts] == ["panel"]
+    assert [m.channel for m in w.fast_sends] == ["panel"]
     # The sender leaves it to the fast path: nobody sends it twice.
     assert await outbox.due(clock.now_ms(), ["panel"]) == []
 
-    await fast_send(sender, w.unit_alerts)
+    await fast_send(sender, w.fast_sends)
 
     assert broker.heard == [("tenhub/v1/unit/u-0001/alert", "raised")]
     assert (await outbox.counts()).get("sent") == 1
@@ -92,7 +92,7 @@ async def test_cancelled_never_overtakes_a_raised_that_could_not_go(setting, reg
 
     alarm, raised = await raise_alarm(db, context, clock, place)
     broker.up = False
-    await fast_send(sender, raised.unit_alerts)
+    await fast_send(sender, raised.fast_sends)
     assert broker.heard == []
 
     broker.up = True  # back, but "raised" waits for its retry a second from now
@@ -104,7 +104,7 @@ async def test_cancelled_never_overtakes_a_raised_that_could_not_go(setting, reg
         return w
 
     cancelled = await db.write(cancel)
-    assert cancelled.unit_alerts == [], "behind a waiting alert, it must wait its turn"
+    assert cancelled.fast_sends == [], "behind a waiting alert, it must wait its turn"
     assert await outbox.due(clock.now_ms(), ["panel"]) == []
     # Nothing can go before the retry: the sender sleeps until then instead of spinning.
     assert await outbox.next_due_at(["panel"]) > clock.now_ms()
