@@ -73,6 +73,10 @@ class _DirectClient(aiomqtt.Client):
         self._handle = on_message
         self._loop_thread = threading.get_ident()  # built on the loop that runs it
         self._write_soon = False
+        # aiomqtt logs a warning on every publish while more than 10 wait for their PUBACK;
+        # in a storm hundreds do (receipts, unit alerts), and the warnings took a tenth of
+        # the loop at 500 alarms/s. Publishes that fail are logged by the hub itself.
+        self.pending_calls_threshold = 1 << 30
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         payload = message.payload
