@@ -5,8 +5,8 @@ committed together (group commit): each in its own SAVEPOINT, so one failing wri
 rolls back alone, and one fsync makes the whole batch durable.
 
 Urgent writes (a panel's event, whose receipt waits on the commit) go ahead of the
-rest: a batch of other writes is committed early, at the next write's boundary, when
-an urgent one arrives, and the urgent ones are committed next, together.
+rest: one arriving while other writes are being run joins their transaction at the
+next write's boundary, and the transaction is committed right after it.
 """
 
 from __future__ import annotations
@@ -142,10 +142,7 @@ class Database:
                 lanes.add(self._queue.get())
                 continue
             lanes.take_all()
-            if lanes.urgent:
-                self._commit_batch(conn, db, lanes.urgent_batch(_MAX_BATCH))
-            else:
-                self._commit_batch(conn, db, lanes.others_until_urgent(_MAX_BATCH))
+            self._commit_batch(conn, db, lanes.batch(_MAX_BATCH))
         conn.close()
 
     def _commit_batch(
@@ -216,25 +213,34 @@ class _Lanes:
             except queue.Empty:
                 return
 
-    def urgent_batch(self, limit: int) -> Callable[[], _WriteJob | None]:
-        """The urgent jobs waiting now (at most `limit`), one at a time, then None."""
-        jobs = iter([self.urgent.popleft() for _ in range(min(limit, len(self.urgent)))])
-        return lambda: next(jobs, None)
+    def batch(self, limit: int) -> Callable[[], _WriteJob | None]:
+        """The jobs of one transaction, one at a time, then None (at most `limit`).
 
-    def others_until_urgent(self, limit: int) -> Callable[[], _WriteJob | None]:
-        """Other jobs one at a time; None after `limit`, or as soon as an urgent one waits."""
-        given = 0
+        Urgent jobs first. Other jobs only while no urgent one waits: those that arrive
+        are run next, and the transaction ends with them, so their commit is the next
+        one made. Urgent jobs arriving after that wait for the next transaction: each
+        one would hold back the commit of those before it.
+        """
+        given, urgent_left = 0, -1
 
         def next_job() -> _WriteJob | None:
-            nonlocal given
-            if given == limit or not self.other:
-                return None
-            if given:
-                self.take_all()
-                if self.urgent:  # what is done so far is committed; the urgent go next
+            nonlocal given, urgent_left
+            if urgent_left == -1:  # no urgent job taken yet
+                if given == limit:
                     return None
+                if given:
+                    self.take_all()
+                if not self.urgent:
+                    if not self.other:
+                        return None
+                    given += 1
+                    return self.other.popleft()
+                urgent_left = min(len(self.urgent), limit)
+            if urgent_left == 0:
+                return None
+            urgent_left -= 1
             given += 1
-            return self.other.popleft()
+            return self.urgent.popleft()
 
         return next_job
 
