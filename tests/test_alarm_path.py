@@ -149,6 +149,35 @@ async def test_an_event_is_never_receipted_when_it_could_not_be_stored(hub, pane
     assert await hub.alarms.count() == 1
 
 
+async def test_a_hub_too_far_behind_takes_no_more_and_the_panels_send_again(
+    hub, panels, monkeypatch
+):
+    first, second = panels("p-0003-02", "p-0003-03", retry_initial_s=0.3)
+    apply = hub.ingest.handler.apply
+    writing, disk_free = threading.Event(), threading.Event()
+
+    def slow(*args, **kwargs):
+        writing.set()
+        disk_free.wait(5)  # the disk stalls: the first alarm's write hangs
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(hub.ingest.handler, "apply", slow)
+    monkeypatch.setattr(hub.ingest, "queue_size", 1)
+    held = first.raise_alarm("fire")
+    await asyncio.to_thread(writing.wait, 5)
+    refused = second.raise_alarm("gas")
+    await until(
+        lambda: hub.metrics.value("tenhub_unanswered_messages_total", reason="overloaded") >= 1
+    )
+    assert refused.receipt is None, "not taken: no receipt, and nothing kept in memory"
+    disk_free.set()
+    for pending in (held, refused):
+        receipt = await receipt_of(pending)
+        assert receipt is not None and receipt.status == ReceiptStatus.ACCEPTED
+    assert refused.attempts >= 2, "the refused alarm came again and was stored then"
+    assert await hub.alarms.count() == 2
+
+
 async def test_health_and_metrics_tell_what_happened(hub, panels):
     (panel,) = panels("p-0001-02")
     await receipt_of(panel.raise_alarm("fire"))
