@@ -169,6 +169,12 @@ class AlarmTx:
         ).fetchall()
         return [_alarm(r) for r in rows]
 
+    def next_step_due_at(self) -> int | None:
+        """When the earliest pending step of any alarm falls due; None when none is pending."""
+        return self.conn.execute(
+            "SELECT min(next_step_at) FROM alarms WHERE next_step_at IS NOT NULL"
+        ).fetchone()[0]
+
     def record_step(self, record: StepRecord) -> None:
         """Record a step's outcome; raises IntegrityError if it was recorded before."""
         self.conn.execute(
@@ -297,14 +303,6 @@ class AlarmStore:
             return [StepRecord(**{k: r[k] for k in StepRecord.__slots__}) for r in rows]
 
         return await self.db.read(q)
-
-    async def next_step_due_at(self) -> int | None:
-        """When the earliest pending step of any alarm falls due; None when none is pending."""
-        return await self.db.read(
-            lambda d: d.conn.execute(
-                "SELECT min(next_step_at) FROM alarms WHERE next_step_at IS NOT NULL"
-            ).fetchone()[0]
-        )
 
     async def count(self) -> int:
         return await self.db.read(

@@ -15,7 +15,7 @@ from typing import Protocol
 import sqlite_utils
 
 from devices.protocol import AlarmState, Reason
-from hub.alarm_store import Alarm, AlarmStore, StepRecord
+from hub.alarm_store import Alarm, StepRecord
 from hub.db import Database
 from hub.messages import compose
 from hub.policy import Policy, Step, Unless
@@ -227,7 +227,6 @@ class EscalationEngine:
         batch: int = 100,
     ) -> None:
         self.db = db
-        self.alarms = AlarmStore(db)
         self.context = context
         self.clock = clock
         self.on_commit = on_commit  # after commit: wake the sender, tell watchers
@@ -238,17 +237,19 @@ class EscalationEngine:
         while True:
             now = self.clock.now_ms()
 
-            def work(d: sqlite_utils.Database, now: int = now) -> tuple[int, Work]:
+            def work(d: sqlite_utils.Database, now: int = now) -> tuple[int, Work, int | None]:
                 w = Work.begin(d, self.context, now)
-                return fire_due_steps(w, self.batch), w
+                advanced = fire_due_steps(w, self.batch)
+                # Asked in the same transaction: a read of its own, on the reader pool,
+                # held up the engine's next run by a thread hop at every alarm.
+                return advanced, w, w.alarms.next_step_due_at()
 
             # Urgent: the people of the ladder's next step are waiting on this commit.
-            advanced, w = await self.db.write(work, urgent=True)
+            advanced, w, next_at = await self.db.write(work, urgent=True)
             if w.queued or w.changes:
                 self.on_commit(w.queued, tuple(w.changes), tuple(w.fast_sends))
             if advanced < self.batch:
                 break
-        next_at = await self.alarms.next_step_due_at()
         if next_at is None:
             return None
         return max(0.0, (next_at - self.clock.now_ms()) / 1000)
