@@ -378,17 +378,24 @@ async def first_delivered(hub, alarm_id) -> dict:
     return next(n for n in await hub.outbox.for_alarm(alarm_id) if n["delivery"] == "delivered")
 
 
-async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, panels):
+async def delivered_sms(hub, panels, panel_id) -> tuple[str, dict, str]:
+    """An alarm from this panel, its first delivered notification, and the status URL."""
+    (raiser,) = panels(panel_id)
+    alarm_id = await raise_alarm(hub, raiser)
+    return alarm_id, await first_delivered(hub, alarm_id), f"{hub.public_url}/twilio/status"
+
+
+def twilio_signature(auth_token: str, url: str, form: dict) -> str:
     from twilio.request_validator import RequestValidator
 
-    (raiser,) = panels("p-0001-10")
-    alarm_id = await raise_alarm(hub, raiser)
+    return RequestValidator(auth_token).compute_signature(url, form)
 
-    note = await first_delivered(hub, alarm_id)
-    url = f"{hub.public_url}/twilio/status"
+
+async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, panels):
+    alarm_id, note, url = await delivered_sms(hub, panels, "p-0001-10")
     late = {"MessageSid": note["provider_id"], "MessageStatus": "sent",
             "AccountSid": gateway.account_sid}
-    signature = RequestValidator(gateway.auth_token).compute_signature(url, late)
+    signature = twilio_signature(gateway.auth_token, url, late)
     async with httpx.AsyncClient() as client:
         answer = await client.post(url, data=late, headers={"X-Twilio-Signature": signature})
     assert answer.status_code == 204
@@ -397,17 +404,11 @@ async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, pane
 
 
 async def test_a_forged_delivery_report_is_refused(hub, gateway, panels):
-    from twilio.request_validator import RequestValidator
-
-    (raiser,) = panels("p-0001-09")
-    alarm_id = await raise_alarm(hub, raiser)
-
-    note = await first_delivered(hub, alarm_id)
-    url = f"{hub.public_url}/twilio/status"
+    alarm_id, note, url = await delivered_sms(hub, panels, "p-0001-09")
     report = {"MessageSid": note["provider_id"], "MessageStatus": "undelivered",
               "ErrorCode": "30003", "AccountSid": gateway.account_sid}
-    wrong_key = RequestValidator("not-the-auth-token").compute_signature(url, report)
-    right_key = RequestValidator(gateway.auth_token).compute_signature(url, report)
+    wrong_key = twilio_signature("not-the-auth-token", url, report)
+    right_key = twilio_signature(gateway.auth_token, url, report)
     async with httpx.AsyncClient() as client:
         unsigned = await client.post(url, data=report)
         forged = await client.post(url, data=report, headers={"X-Twilio-Signature": wrong_key})
