@@ -167,13 +167,9 @@ class OutboxStore:
         sends it again.
         """
         # Urgent: the send, and someone waiting for the alert, wait on this commit.
-        return await self.db.write(
-            lambda d: d.conn.execute(
-                "UPDATE outbox SET status = 'sending', sent_at = ?"
-                " WHERE id = ? AND status = 'queued'",
-                (now, message_id),
-            ).rowcount == 1,
-            urgent=True,
+        return await self._update(
+            "UPDATE outbox SET status = 'sending', sent_at = ? WHERE id = ? AND status = 'queued'",
+            now, message_id, urgent=True,
         )
 
     async def mark_sent(self, message_id: int, now: int, provider_id: str | None = None) -> None:
@@ -288,8 +284,10 @@ class OutboxStore:
 
         return await self.db.write(w)
 
-    async def _update(self, sql: str, *params: Any) -> bool:
-        return await self.db.write(lambda d: d.conn.execute(sql, params).rowcount == 1)
+    async def _update(self, sql: str, *params: Any, urgent: bool = False) -> bool:
+        return await self.db.write(
+            lambda d: d.conn.execute(sql, params).rowcount == 1, urgent=urgent
+        )
 
     async def counts(self) -> dict[str, int]:
         """Messages per status."""

@@ -88,8 +88,8 @@ class Work:
     def queue_message(
         self, *, alarm_id: str | None, alarm_state: str | None, channel: str, recipient: str,
         payload: str, key: str,
-    ) -> bool:  # fmt: skip
-        """Queue one message; False if one with this key was queued before.
+    ) -> None:  # fmt: skip
+        """Queue one message, unless one with this key was queued before.
 
         The row is the promise. When no older message to the recipient about the same
         alarm waits on the same channel, it is also handed to the fast path (`fast_sends`),
@@ -104,14 +104,13 @@ class Work:
             not_before=self.now + FAST_PATH_GRACE_MS if fast else None,
         )
         if message_id is None:
-            return False
+            return
         self.queued += 1
         if fast:
             self.fast_sends.append(
                 OutboxMessage(message_id, alarm_id, channel, recipient, payload, key, 0,
                               alarm_state)
             )
-        return True
 
     def changed(self, alarm: Alarm, change: str) -> None:
         """Note a change of the alarm (in its state as given) for live watchers."""

@@ -242,6 +242,7 @@ class Bench:
             self.observer.note(f"{phase.panels:,} panels: stopping")
             if fleet is not None:
                 await fleet.stop()
+                gc.unfreeze()  # this fleet is done with: its objects may be collected again
             await asyncio.to_thread(hub.stop)
         return phase
 
