@@ -90,6 +90,15 @@ class EmbeddedBroker:
         """Stop the broker and close every client connection."""
         if self._broker is not None:
             broker, self._broker = self._broker, None
+            # No new connections, and the open ones cut, before amqtt's own shutdown: it
+            # closes its listeners last, so a client reconnecting meanwhile (the hub retries
+            # within 0.2 s) was taken and never cleaned up; and stopping a session can hang
+            # on its reader, leaving that client connected to a broker that is gone.
+            for server in broker._servers.values():
+                if server.instance is not None:
+                    server.instance.close()
+            for transport in _client_transports(broker):
+                transport.abort()
             try:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(10):
@@ -104,3 +113,14 @@ class EmbeddedBroker:
                             async with asyncio.timeout(5):
                                 await server.instance.wait_closed()
             logger.info("embedded broker stopped")
+
+
+def _client_transports(broker: Broker) -> list[asyncio.BaseTransport]:
+    """The connections of the broker's sessions (amqtt has no public way to cut them)."""
+    found = []
+    for _session, handler in list(broker._sessions.values()):
+        stream = getattr(getattr(handler, "writer", None), "_writer", None)
+        transport = getattr(stream, "transport", None)
+        if transport is not None and not transport.is_closing():
+            found.append(transport)
+    return found
