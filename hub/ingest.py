@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -47,8 +48,11 @@ logger = logging.getLogger(__name__)
 
 
 class Publisher(Protocol):
-    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publish one message; raises when it cannot be handed to the broker."""
+    def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> asyncio.Future[None]:
+        """Hand one message to the broker connection now; the future is done at its PUBACK.
+
+        Raises at once when it cannot be handed over.
+        """
         ...
 
 
@@ -117,7 +121,7 @@ class PanelIngest:
         self._idle = asyncio.Event()
         self._idle.set()
         self._lane_tasks: set[asyncio.Task[None]] = set()
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends: set[asyncio.Future[None]] = set()
         # Counted a thousand times a second with 10,000 panels: the labelled child once.
         self._heartbeats = metrics.status_messages.labels("heartbeat")
         self._statuses = metrics.status_messages.labels("status")
@@ -292,23 +296,34 @@ class PanelIngest:
         self._send_receipt(item, receipt)
 
     def _send_receipt(self, item: _Inbound, receipt: Receipt) -> None:
-        # Not awaited: waiting for the broker's PUBACK would hold this panel's next event.
-        # The publish itself is handed to the socket in order, at once.
-        task = asyncio.create_task(self._publish_receipt(item, receipt))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-
-    async def _publish_receipt(self, item: _Inbound, receipt: Receipt) -> None:
+        # Written to the socket now, before anything else this commit set off (the SMS,
+        # the unit alert); the broker's PUBACK is not waited for here: that would hold
+        # this panel's next event.
         try:
-            await self.publisher.publish(topics.receipt_topic(item.panel_id), encode(receipt), 1)
-        except Exception as exc:
-            # The panel repeats the event until it has a receipt, and gets `duplicate` then.
-            logger.warning(
-                "receipt not published",
-                extra={"panel_id": item.panel_id, "seq": receipt.seq, "error": str(exc)},
+            acked = self.publisher.publish_now(
+                topics.receipt_topic(item.panel_id), encode(receipt), 1
             )
+        except Exception as exc:
+            self._receipt_lost(item, receipt, exc)
+            return
+        self._sends.add(acked)
+        acked.add_done_callback(functools.partial(self._receipt_acked, item, receipt))
+
+    def _receipt_acked(
+        self, item: _Inbound, receipt: Receipt, acked: asyncio.Future[None]
+    ) -> None:
+        self._sends.discard(acked)
+        if acked.cancelled() or (exc := acked.exception()) is not None:
+            self._receipt_lost(item, receipt, exc or asyncio.CancelledError())
             return
         self.metrics.receipt_latency.observe(time.perf_counter() - item.arrived)
+
+    def _receipt_lost(self, item: _Inbound, receipt: Receipt, exc: BaseException) -> None:
+        # The panel repeats the event until it has a receipt, and gets `duplicate` then.
+        logger.warning(
+            "receipt not published",
+            extra={"panel_id": item.panel_id, "seq": receipt.seq, "error": str(exc)},
+        )
 
     def _on_status(self, panel_id: str, topic: str, payload: bytes) -> None:
         self._statuses.inc()

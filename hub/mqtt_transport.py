@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.client import MQTT_ERR_SUCCESS
 
 from devices import topics
 from hub.clock import Clock, SystemClock
@@ -77,6 +78,49 @@ class _DirectClient(aiomqtt.Client):
         # in a storm hundreds do (receipts, unit alerts), and the warnings took a tenth of
         # the loop at 500 alarms/s. Publishes that fail are logged by the hub itself.
         self.pending_calls_threshold = 1 << 30
+        self._acks: dict[int, asyncio.Future[None]] = {}  # by message id: waiting for PUBACK
+        self._handing_over = False
+
+    def publish_now(
+        self, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> asyncio.Future[None]:
+        """Write one message to the socket now; the future is done at the broker's PUBACK.
+
+        Only on the loop's thread. aiomqtt's own publish is a coroutine: as a task it
+        first runs a loop pass later, behind whatever else became ready (an SMS being
+        built, a burst of heartbeats), and its write waits one pass more.
+        """
+        self._handing_over = True  # the write below is now: none scheduled for later
+        try:
+            info = self._client.publish(topic, payload, qos, retain)
+        finally:
+            self._handing_over = False
+        if info.rc != MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        acked: asyncio.Future[None] = self._loop.create_future()
+        self._acks[info.mid] = acked
+        self._write_now(self._client, None, self._client.socket())
+        if qos == 0 and info.is_published():
+            self._acked(info.mid)  # nothing comes back for QoS 0: written is done
+        return acked
+
+    def fail_pending(self, exc: BaseException) -> None:
+        """The connection is gone: what waits for a PUBACK on it waits for nothing."""
+        acks, self._acks = self._acks, {}
+        for acked in acks.values():
+            if not acked.done():
+                acked.set_exception(exc)
+
+    def _acked(self, mid: int) -> None:
+        acked = self._acks.pop(mid, None)
+        if acked is not None and not acked.done():
+            acked.set_result(None)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, *args: Any) -> None:
+        if mid in self._acks:
+            self._acked(mid)
+        else:
+            super()._on_publish(client, userdata, mid, *args)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         payload = message.payload
@@ -121,12 +165,14 @@ class _DirectClient(aiomqtt.Client):
         if threading.get_ident() != self._loop_thread:
             super()._on_socket_register_write(client, userdata, sock)  # the CONNECT
             return
-        if not self._write_soon:
+        if not self._write_soon and not self._handing_over:
             self._write_soon = True
             self._loop.call_soon(self._write_now, client, userdata, sock)
 
     def _write_now(self, client: Any, userdata: Any, sock: Any) -> None:
         self._write_soon = False
+        if sock is None:
+            return  # the connection is gone; paho reports it
         try:
             client.loop_write()
         except Exception as exc:
@@ -169,10 +215,9 @@ class MqttTransport:
         self.connected = asyncio.Event()
         self.clock = clock or SystemClock()
         self.connected_at: int | None = None  # hub time of the current connection, if any
-        self._client: aiomqtt.Client | None = None
-        self._lost: asyncio.Future[None] | None = None  # done when this connection ends
+        self._client: _DirectClient | None = None
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self) -> _DirectClient:
         return _DirectClient(
             self.address.host,
             self.address.port,
@@ -199,7 +244,6 @@ class MqttTransport:
                 async with client:
                     await client.subscribe(list(topics.HUB_SUBSCRIPTIONS))
                     self._client = client
-                    self._lost = asyncio.get_running_loop().create_future()
                     self.connected_at = self.clock.now_ms()
                     self.connected.set()
                     self.metrics.broker_connected.set(1)
@@ -219,33 +263,47 @@ class MqttTransport:
                 )
             finally:
                 self._client = None
-                if self._lost is not None and not self._lost.done():
-                    self._lost.set_result(None)
-                self._lost = None
+                # The next connection is a new client: a PUBACK owed on this one never
+                # comes. Fail those waiting at once, so the outbox sends them again.
+                client.fail_pending(
+                    NotConnected("the connection was lost before the broker acknowledged")
+                )
                 self.connected_at = None
                 self.connected.clear()
                 self.metrics.broker_connected.set(0)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect_max_s)
 
+    def publish_now(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        timeout: float = 10.0,
+    ) -> asyncio.Future[None]:
+        """Hand a message to the socket at once; the future is done at the broker's PUBACK.
+
+        Raises NotConnected at once when offline; the future fails with NotConnected
+        when the connection is lost first, or no PUBACK came within `timeout` seconds.
+        Only on the event loop's thread.
+        """
+        client = self._client
+        if client is None:
+            raise NotConnected("not connected to the broker")
+        try:
+            acked = client.publish_now(topic, payload, qos, retain)
+        except aiomqtt.MqttError as exc:
+            raise NotConnected(str(exc)) from exc
+        if not acked.done():
+            expiry = asyncio.get_running_loop().call_later(timeout, _expire, acked)
+            acked.add_done_callback(lambda _: expiry.cancel())
+        return acked
+
     async def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
         timeout: float = 10.0,
     ) -> None:
         """Publish and wait for the broker's acknowledgement; NotConnected when offline."""
-        client, lost = self._client, self._lost
-        if client is None or lost is None:
-            raise NotConnected("not connected to the broker")
-        sending = asyncio.ensure_future(
-            client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
-        )
-        # The next connection is a new client: what waits for a PUBACK on the lost one
-        # would wait for nothing. Fail it at once, so the outbox sends it again.
-        await asyncio.wait((sending, lost), return_when=asyncio.FIRST_COMPLETED)
-        if not sending.done():
-            sending.cancel()
-            raise NotConnected("the connection was lost before the broker acknowledged")
-        try:
-            sending.result()
-        except aiomqtt.MqttError as exc:
-            raise NotConnected(str(exc)) from exc
+        await self.publish_now(topic, payload, qos, retain, timeout)
+
+
+def _expire(acked: asyncio.Future[None]) -> None:
+    if not acked.done():
+        acked.set_exception(NotConnected("the broker did not acknowledge in time"))
