@@ -39,9 +39,9 @@ from simulator.bench_load import (
 )
 from simulator.brokers import Mosquitto, free_port
 from simulator.fleet_async import AsyncFleet, raise_fd_limit
-from simulator.gateway_process import GatewayProcess
 from simulator.hub_process import HubProcess
 from simulator.registry_gen import make_registry
+from simulator.twilio_gateway import TwilioGateway
 
 HUB_NUMBER = "+15550001000"
 # One SMS per alarm to the zone's patrol at once; the police step lies beyond any run.
@@ -167,9 +167,9 @@ class Bench:
         self.workdir = workdir
         self.observer = observer
         self.broker: Mosquitto | None = None
+        self.gateway = TwilioGateway(phone_number=HUB_NUMBER, callback_delay_s=0.05)
         self.watch = AlarmWatch()
-        # Its own process: in this one it would wait on the fleet for every request.
-        self.gateway = GatewayProcess(HUB_NUMBER, 0.05, self.watch.on_sms)
+        self.gateway.subscribe(self.watch.on_record)
 
     async def run(self) -> list[PhaseResult]:
         """Every phase in turn; the parts are stopped however it ends."""
@@ -181,14 +181,14 @@ class Bench:
                 self.broker = Mosquitto(self.workdir / "mosquitto", extra_config=_BROKER_CONFIG)
                 await asyncio.to_thread(self.broker.start)
             address = BrokerAddress.parse(self.config.broker_url or self.broker.url)  # type: ignore[union-attr]
-            await asyncio.to_thread(self.gateway.start)
+            self.gateway.start()
             probe = BrokerProbe(address)
             await probe.start()
             return [await self._phase(units, address, probe) for units in self.config.units]
         finally:
             if probe is not None:
                 await probe.stop()
-            await asyncio.to_thread(self.gateway.stop)
+            self.gateway.stop()
             if self.broker is not None:
                 await asyncio.to_thread(self.broker.stop)
 
@@ -265,7 +265,7 @@ class Bench:
     ) -> None:  # fmt: skip
         cfg, observer = self.config, self.observer
         assert hub.proc is not None
-        pids = {"hub": hub.proc.pid, "bench": None, "gateway": self.gateway.pid}
+        pids = {"hub": hub.proc.pid, "bench": None}
         if self.broker is not None and self.broker.proc is not None:
             pids["broker"] = self.broker.proc.pid
         whole = CpuWindow(pids)

@@ -1,7 +1,7 @@
 """Alarm loads and the broker's floor: raise alarms at a rate, follow each, measure CPU.
 
-Times are `time.monotonic()`: the fleet's loop in this process stamps sends, receipts and
-neighbours' buzzers; the gateway's own process stamps SMS requests on the same clock.
+Times are `time.monotonic()` in this process: the fleet's loop stamps sends, receipts and
+neighbours' buzzers; the gateway's thread stamps SMS requests.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from devices.unit_alarms import AlertChange
 from hub.settings import BrokerAddress
 from simulator.mqtt_lite import Message, MqttClient
 from simulator.registry_gen import HOUSEHOLDS_PER_UNIT
+from simulator.twilio_store import Record, SentMessage
 from simulator.virtual_panel import PendingEvent, VirtualPanel
 
 MEASURES = ("bare_broker", "receipt", "neighbours", "sms")
@@ -168,10 +169,10 @@ class AlarmWatch:
             self.alerts[alarm_id] += 1
             self.last_alert[alarm_id] = time.monotonic()
 
-    def on_sms(self, accepted_at: float, body: str) -> None:
-        """As the gateway reports an SMS request it accepted (monotonic s, its own stamp)."""
-        if match := _ALARM_ID.search(body):
-            self.first_sms.setdefault(match[1], accepted_at)
+    def on_record(self, record: Record) -> None:
+        """In the gateway's thread, as it accepts an SMS request."""
+        if isinstance(record, SentMessage) and (match := _ALARM_ID.search(record.body)):
+            self.first_sms.setdefault(match[1], time.monotonic())
             self.sms[match[1]] += 1
 
 

@@ -220,17 +220,16 @@ def markdown(doc: dict[str, Any]) -> str:
                              f"| {cells} |")  # fmt: skip
         lines += [
             "", "| Load | Alarms | Accepted | Lost | Duplicates | Joined | Resent | Throughput"
-            " /s | Last receipt s | CPU % hub / bench / gateway / broker |",
+            " /s | Last receipt s | CPU % hub / bench / broker |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]  # fmt: skip
         for load in phase["loads"]:
             cpu = load["cpu_pct_of_one_core"]
-            cpus = " / ".join(str(cpu.get(k, "–")) for k in ("hub", "bench", "gateway", "broker"))
             lines.append(
                 f"| {load['name']} | {load['alarms']:,} | {load['accepted']:,} | {load['lost']} "
                 f"| {load['duplicate_receipts']} | {load['joined']} | {load['resent']} "
                 f"| {load['throughput_per_s']:g} | {load['last_receipt_s']:g} "
-                f"| {cpus} |"
+                f"| {' / '.join(str(cpu.get(k, '–')) for k in ('hub', 'bench', 'broker'))} |"
             )
         lines += [
             f"\n{load['unsettled_after_drain']:,} alarms of the {load['name']} load were "

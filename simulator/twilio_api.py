@@ -72,7 +72,7 @@ class GatewayConfig:
     callback_delay_s: float = 0.1
 
 
-Schedule = Callable[[float, Callable[[], None], str], None]  # (due, job, order key)
+Schedule = Callable[[float, Callable[[], None]], None]
 Post = Callable[[str, dict[str, str]], None]
 Hang = Callable[[float], Awaitable[None]]
 Step = tuple[str, dict[str, str]]  # a status, and the callback's form (empty: no callback)
@@ -88,9 +88,8 @@ def create_gateway_app(
 ) -> FastAPI:
     """The FastAPI app.
 
-    `schedule(due, job, key)` runs a status step later (one key's steps in order),
-    `post(url, params)` sends a signed callback, `hang(seconds)` keeps a client waiting
-    (and ends early when the gateway stops).
+    `schedule(due, job)` runs a status step later, `post(url, params)` sends a signed
+    callback, `hang(seconds)` keeps a client waiting (and ends early when the gateway stops).
     """
     app = FastAPI(title="Local Twilio gateway", docs_url=None, redoc_url=None)
     app.add_exception_handler(TwilioError, _twilio_error)
@@ -110,7 +109,7 @@ def create_gateway_app(
         """Walk a record through its statuses, a step (and callback) each `callback_delay_s`."""
         start = time.monotonic()
         for i, (status, params) in enumerate(steps, start=1):
-            schedule(start + i * config.callback_delay_s, _step(record, status, params), record.sid)
+            schedule(start + i * config.callback_delay_s, _step(record, status, params))
 
     def _step(record: Record, status: str, params: dict[str, str]) -> Callable[[], None]:
         def run() -> None:

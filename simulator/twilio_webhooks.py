@@ -9,7 +9,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import queue
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -86,75 +85,47 @@ def gather_target(twiml: str) -> tuple[str, str]:
 
 
 class CallbackScheduler:
-    """Runs callback jobs at their due time on a few delivery threads, as Twilio does.
+    """Runs callback jobs at their due time, in (due time, arrival) order, on one thread."""
 
-    Twilio sends the callbacks of different messages at once; one thread posting them in
-    turn would wait on each answer and fall ever further behind a busy hub (a hundred
-    in ten seconds where four thousand were due). The jobs of one key (a message's sid)
-    go to the same thread, so its statuses still arrive in order.
-    """
-
-    def __init__(self, auth_token: str, timeout_s: float = 5.0, workers: int = 8) -> None:
+    def __init__(self, auth_token: str, timeout_s: float = 5.0) -> None:
         self._auth_token = auth_token
         self._timeout_s = timeout_s
-        self._workers = workers
         self._cond = threading.Condition()
-        self._jobs: list[tuple[float, int, str, Callable[[], None]]] = []
+        self._jobs: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._lanes: list[queue.SimpleQueue[Callable[[], None] | None]] = []
-        self._deliverers: list[threading.Thread] = []
-        self._local = threading.local()  # each delivery thread's own HTTP client
+        self._http: httpx.Client | None = None
 
     def start(self) -> None:
-        """Start the scheduling thread and the delivery threads."""
+        """Start the delivery thread."""
         self._stopping = False
-        self._lanes = [queue.SimpleQueue() for _ in range(self._workers)]
-        self._deliverers = [
-            threading.Thread(target=self._deliver, args=(lane,), name=f"twilio-callbacks-{i}",
-                             daemon=True)
-            for i, lane in enumerate(self._lanes)
-        ]  # fmt: skip
-        for thread in self._deliverers:
-            thread.start()
+        self._http = httpx.Client(timeout=self._timeout_s)
         self._thread = threading.Thread(target=self._run, name="twilio-callbacks", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the threads; callbacks not yet due are dropped, those handed out finish."""
+        """Stop the thread; callbacks not yet due are dropped."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(10)
-        for lane in self._lanes:
-            lane.put(None)
-        for thread in self._deliverers:
-            thread.join(10)
-        self._thread, self._lanes, self._deliverers = None, [], []
+        if self._http is not None:
+            self._http.close()
+        self._thread = self._http = None
 
-    def at(self, due: float, job: Callable[[], None], key: str = "") -> None:
-        """Run `job` on a delivery thread once `time.monotonic()` reaches `due`.
-
-        Jobs with the same non-empty `key` run one after another, in due order.
-        """
+    def at(self, due: float, job: Callable[[], None]) -> None:
+        """Run `job` on the delivery thread once `time.monotonic()` reaches `due`."""
         with self._cond:
-            heapq.heappush(self._jobs, (due, next(self._seq), key, job))
+            heapq.heappush(self._jobs, (due, next(self._seq), job))
             self._cond.notify_all()
 
     def post(self, url: str, params: dict[str, str]) -> None:
         """POST one signed callback now; a failure is logged, never raised."""
-        http = getattr(self._local, "http", None)
-        if http is None:  # outside a delivery thread: a client for this call only
-            with httpx.Client(timeout=self._timeout_s) as once:
-                self._post(once, url, params)
-        else:
-            self._post(http, url, params)
-
-    def _post(self, http: httpx.Client, url: str, params: dict[str, str]) -> None:
+        assert self._http is not None
         try:
-            response = http.send(signed_request("POST", url, params, self._auth_token))
+            response = self._http.send(signed_request("POST", url, params, self._auth_token))
             if response.status_code >= 400:
                 logger.warning(
                     "status callback refused",
@@ -173,15 +144,8 @@ class CallbackScheduler:
                     self._cond.wait(wait)
                 if self._stopping:
                     return
-                _, seq, key, job = heapq.heappop(self._jobs)
-            lane = hash(key) if key else seq
-            self._lanes[lane % len(self._lanes)].put(job)
-
-    def _deliver(self, lane: queue.SimpleQueue[Callable[[], None] | None]) -> None:
-        with httpx.Client(timeout=self._timeout_s) as http:
-            self._local.http = http
-            while (job := lane.get()) is not None:
-                try:
-                    job()
-                except Exception:  # one bad job must not end the deliveries of all others
-                    logger.exception("callback job failed")
+                _, _, job = heapq.heappop(self._jobs)
+            try:
+                job()
+            except Exception:  # one bad job must not end the deliveries of all others
+                logger.exception("callback job failed")
