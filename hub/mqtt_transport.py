@@ -296,13 +296,6 @@ class MqttTransport:
             acked.add_done_callback(lambda _: expiry.cancel())
         return acked
 
-    async def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-        timeout: float = 10.0,
-    ) -> None:
-        """Publish and wait for the broker's acknowledgement; NotConnected when offline."""
-        await self.publish_now(topic, payload, qos, retain, timeout)
-
 
 def _expire(acked: asyncio.Future[None]) -> None:
     if not acked.done():
