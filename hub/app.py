@@ -146,7 +146,7 @@ class Hub:
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish through the hub's broker connection."""
-        await self.transport.publish_now(topic, payload, qos)
+        await self.publish_now(topic, payload, qos)
 
     def publish_now(self, topic: str, payload: bytes, qos: int = 1) -> asyncio.Future[None]:
         """Hand a message to the broker connection now; the future is done at its PUBACK."""

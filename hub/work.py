@@ -40,12 +40,12 @@ class AlarmChange:
     change: str  # raised, state, step, note
 
 
-# What a writer calls once its transaction committed: (outbox rows queued, what changed,
-# messages for the fast path).
-
 # How long a message handed to the fast path waits before the outbox sender sends it
 # instead: only after a crash between commit and send, or a send that never started.
 FAST_PATH_GRACE_MS = 5_000
+
+# What a writer calls once its transaction committed: (outbox rows queued, what changed,
+# messages for the fast path).
 AfterCommit = Callable[[int, tuple[AlarmChange, ...], tuple[OutboxMessage, ...]], None]
 
 
