@@ -81,6 +81,15 @@ class _DirectClient(aiomqtt.Client):
         self._acks: dict[int, asyncio.Future[None]] = {}  # by message id: waiting for PUBACK
         self._handing_over = False
 
+    @property
+    def accepted(self) -> bool:
+        """Whether the broker has accepted this connection (CONNACK) and it is not lost."""
+        connected = self._connected
+        return (
+            connected.done() and not connected.cancelled() and connected.exception() is None
+            and not self._disconnected.done()
+        )
+
     def publish_now(
         self, topic: str, payload: bytes, qos: int, retain: bool
     ) -> asyncio.Future[None]:
@@ -240,10 +249,18 @@ class MqttTransport:
         delay = self.reconnect_initial_s
         while True:
             client = self._new_client()
+            # Publishing from the broker's CONNACK on (see publish_now): with the session
+            # kept, it hands over the events queued while the hub was away at once, before
+            # the subscription below is confirmed, and their receipts must go out.
+            self._client = client
             try:
                 async with client:
                     await client.subscribe(list(topics.HUB_SUBSCRIPTIONS))
-                    self._client = client
+                    # aiomqtt waits with asyncio.wait_for, which on Python 3.11 can swallow
+                    # a cancel landing as the CONNACK or SUBACK arrives: the hub stopping
+                    # would then wait on this connection forever. The request still shows.
+                    if (task := asyncio.current_task()) is not None and task.cancelling():
+                        raise asyncio.CancelledError
                     self.connected_at = self.clock.now_ms()
                     self.connected.set()
                     self.metrics.broker_connected.set(1)
@@ -285,7 +302,7 @@ class MqttTransport:
         Only on the event loop's thread.
         """
         client = self._client
-        if client is None:
+        if client is None or not client.accepted:
             raise NotConnected("not connected to the broker")
         try:
             acked = client.publish_now(topic, payload, qos, retain)

@@ -87,3 +87,47 @@ async def test_a_publish_not_acknowledged_in_time_fails(mosquitto, transport):
     acked = transport.publish_now("tenhub/v1/unit/u-1/alert", b"{}", 1, timeout=0.5)
     with pytest.raises(NotConnected, match="did not acknowledge in time"):
         await asyncio.wait_for(acked, 5)
+
+
+async def test_messages_queued_while_away_are_answered_the_moment_they_arrive(mosquitto):
+    # With its session kept, the broker hands the hub what panels sent while it was away
+    # right after the connection is accepted, before the subscription is confirmed: a
+    # receipt for such an event must go out then, not be refused as "not connected".
+    topic = "tenhub/v1/panel/p-0001-05/event"
+    answers: list[str] = []
+
+    def answer(_topic: str, _payload: bytes) -> None:
+        try:
+            transport.publish_now("tenhub/v1/panel/p-0001-05/receipt", b'{"seq":1}', 1)
+        except NotConnected as exc:
+            answers.append(f"refused: {exc}")
+        else:
+            answers.append("published")
+
+    transport = MqttTransport(
+        BrokerAddress.parse(mosquitto.url), "tenhub-test-away", answer, HubMetrics()
+    )
+    task = asyncio.create_task(transport.run())
+    await asyncio.wait_for(transport.connected.wait(), 10)  # the session and its subscription
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+    probe = await asyncio.to_thread(
+        MqttProbe, mosquitto.host, mosquitto.port, "panel", ["tenhub/v1/panel/+/receipt"]
+    )
+    try:
+        await asyncio.to_thread(probe.publish, topic, b'{"type":"alarm","seq":1}')
+        task = asyncio.create_task(transport.run())
+        try:
+            seen = await asyncio.to_thread(
+                probe.wait_for, "tenhub/v1/panel/p-0001-05/receipt", 1, 5.0
+            )
+            assert answers == ["published"]
+            assert seen == [{"seq": 1}]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        probe.close()
