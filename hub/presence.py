@@ -54,7 +54,9 @@ class PresenceTracker:
 
     def heartbeat(self, panel_id: str, now: int) -> None:
         """A heartbeat: the panel is alive, whatever it said before."""
-        p = self._panels.setdefault(panel_id, PanelPresence())
+        p = self._panels.get(panel_id)  # a thousand a second: no new object to throw away
+        if p is None:
+            p = self._panels[panel_id] = PanelPresence()
         p.last_seen = now
         self._dirty.add(panel_id)
         self._set_state(panel_id, p, "online")

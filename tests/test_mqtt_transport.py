@@ -18,12 +18,10 @@ from pathlib import Path
 import pytest
 
 from hub.metrics import HubMetrics
-from hub.mqtt_transport import MqttTransport, NotConnected
+from hub.mqtt_transport import MqttTransport, NotConnected, _RecvBuffer
 from hub.settings import BrokerAddress
 from simulator.brokers import Mosquitto
 from tests.mqtt_probe import MqttProbe
-
-pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
@@ -131,3 +129,69 @@ async def test_messages_queued_while_away_are_answered_the_moment_they_arrive(mo
                 await task
     finally:
         probe.close()
+
+
+async def test_a_message_taken_is_acknowledged_and_not_delivered_again(mosquitto):
+    # Events are read without paho's own reader; the broker must still get its PUBACK,
+    # or it would hand the same event over again at every reconnect.
+    seen: list[bytes] = []
+    transport = MqttTransport(
+        BrokerAddress.parse(mosquitto.url), "tenhub-test-ack",
+        lambda _topic, payload: seen.append(payload), HubMetrics(),
+    )  # fmt: skip
+    probe = await asyncio.to_thread(MqttProbe, mosquitto.host, mosquitto.port, "panel", [])
+    try:
+        for _round in range(2):
+            task = asyncio.create_task(transport.run())
+            await asyncio.wait_for(transport.connected.wait(), 10)
+            if _round == 0:
+                big = b'{"type":"alarm","seq":7,"note":"' + b"x" * 3000 + b'"}'  # length in 2 bytes
+                await asyncio.to_thread(probe.publish, "tenhub/v1/panel/p-0001-05/event", big)
+                for _ in range(50):
+                    if seen:
+                        break
+                    await asyncio.sleep(0.1)
+                assert seen == [big]
+            else:
+                await asyncio.sleep(1.0)  # anything unacknowledged would come again now
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert len(seen) == 1
+    finally:
+        probe.close()
+
+
+def _publish_packet(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    body += payload
+    length, size = b"", len(body)
+    while True:
+        size, digit = divmod(size, 128)
+        length += bytes([digit | (128 if size else 0)])
+        if not size:
+            return bytes([0x30 | qos << 1]) + length + body
+
+
+def test_the_fast_reader_takes_whole_publishes_and_leaves_everything_else_to_paho():
+    def buffer_of(data: bytes) -> _RecvBuffer:
+        chunks = [data]
+        buffer = _RecvBuffer(lambda _n: chunks.pop() if chunks else b"")
+        buffer.fill()
+        return buffer
+
+    beat = _publish_packet(b"tenhub/v1/panel/p-1/heartbeat", b'{"ts":1}')
+    event = _publish_packet(b"tenhub/v1/panel/p-1/event", b"e" * 300, qos=1, mid=513)
+    buffer = buffer_of(beat + event)
+    assert buffer.take_publish() == ("tenhub/v1/panel/p-1/heartbeat", b'{"ts":1}', 0, 0)
+    assert buffer.take_publish() == ("tenhub/v1/panel/p-1/event", b"e" * 300, 1, 513)
+    assert buffer.take_publish() is None and not buffer.pending()
+
+    # Not whole yet, QoS 2, or not a PUBLISH at all: paho reads it, from the same bytes.
+    for data in (event[:-1], _publish_packet(b"t", b"x", qos=2, mid=1), b"\x90\x03\x00\x01\x01"):
+        buffer = buffer_of(data)
+        assert buffer.take_publish() is None
+        assert buffer.recv(len(data)) == data
+    # A topic that is not UTF-8 (no broker passes one) reaches the hub to be refused.
+    buffer = buffer_of(_publish_packet(b"tenhub/\xff", b"{}"))
+    assert buffer.take_publish() == ("tenhub/\ufffd", b"{}", 0, 0)
