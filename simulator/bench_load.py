@@ -172,7 +172,8 @@ class AlarmWatch:
     def on_record(self, record: Record) -> None:
         """In the gateway's thread, as it accepts an SMS request."""
         if isinstance(record, SentMessage) and (match := _ALARM_ID.search(record.body)):
-            self.first_sms.setdefault(match[1], time.monotonic())
+            # When the request reached the gateway: its own parsing is not the hub's time.
+            self.first_sms.setdefault(match[1], record.arrived or time.monotonic())
             self.sms[match[1]] += 1
 
 

@@ -83,9 +83,22 @@ async def _twilio_error(_request: Request, exc: Exception) -> JSONResponse:
     return exc.response()
 
 
+class _StampArrival:
+    """Notes when each request reached the gateway (`scope["arrived"]`, monotonic seconds),
+    before routing and parsing: what the gateway does after that is not the sender's time."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope["arrived"] = time.monotonic()
+        await self.app(scope, receive, send)
+
+
 def create_gateway_app(
     config: GatewayConfig, store: GatewayStore, schedule: Schedule, post: Post, hang: Hang
-) -> FastAPI:
+) -> _StampArrival:
     """The FastAPI app.
 
     `schedule(due, job)` runs a status step later, `post(url, params)` sends a signed
@@ -146,7 +159,8 @@ def create_gateway_app(
         if not body:
             raise TwilioError(400, "A text message body or media urls must be specified.", 21619)
         message = SentMessage(
-            new_sid("SM"), to, from_, body, status_callback=form.get("StatusCallback")
+            new_sid("SM"), to, from_, body, status_callback=form.get("StatusCallback"),
+            arrived=request.scope.get("arrived"),
         )
         answer = message_json(message, account_sid)  # "queued", however fast the steps run
         await accept(message)
@@ -192,7 +206,7 @@ def create_gateway_app(
         return call_json(call, account_sid)
 
     app.include_router(api)
-    return app
+    return _StampArrival(app)
 
 
 def _basic_credentials(header: str) -> tuple[str, str, str]:

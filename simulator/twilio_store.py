@@ -40,6 +40,8 @@ class SentMessage:
     status_callback: str | None = None
     error_code: int | None = None
     created_at: float = field(default_factory=time.time)
+    # time.monotonic() when the request reached the gateway, before it was parsed.
+    arrived: float | None = None
 
 
 @dataclass

@@ -157,6 +157,7 @@ def free_port() -> int:
 
 
 async def test_an_sms_reaches_the_gateway_as_sent(settings, gateway):
+    before = time.monotonic()
     sid = await SmsChannel(settings).send(outbox(ALICE, text="Alarm at 2-101: burglary."))
 
     [sms] = gateway.messages(to=ALICE)
@@ -164,6 +165,8 @@ async def test_an_sms_reaches_the_gateway_as_sent(settings, gateway):
         sid, ALICE, HUB_NUMBER, "Alarm at 2-101: burglary."
     )
     assert sid.startswith("SM") and len(sid) == 34
+    # When the request reached the gateway, before its parsing (the bench times SMS by it).
+    assert sms.arrived is not None and before < sms.arrived < time.monotonic()
 
 
 async def test_status_callbacks_are_signed_and_say_sent_then_delivered(
