@@ -191,22 +191,26 @@ class _DirectClient(aiomqtt.Client):
         else:
             super()._on_publish(client, userdata, mid, *args)
 
+    def _deliver(self, topic: str, payload: bytes) -> None:
+        try:
+            self._handle(topic, payload)
+        except Exception:  # never into paho: a bad message must not cut the connection
+            logger.exception("message handler failed", extra={"topic": topic[:200]})
+
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         payload = message.payload
         if not isinstance(payload, bytes | bytearray):
             payload = str(payload or "").encode()
         try:
-            self._handle(message.topic, bytes(payload))
-        except Exception:  # never into paho: a bad message must not cut the connection
-            logger.exception("message handler failed", extra={"topic": message.topic[:200]})
+            topic = message.topic
+        except UnicodeDecodeError:  # as take_publish: the hub refuses it by its name
+            topic = bytes(message._topic).decode("utf-8", "replace")
+        self._deliver(topic, bytes(payload))
 
     def _take_publish(self, client: Any, topic: str, payload: bytes, qos: int, mid: int) -> None:
         """A PUBLISH read without paho's per-packet machinery (most of the hub's reading
         time with 10,000 panels heartbeating); answered as paho answers it."""
-        try:
-            self._handle(topic, payload)
-        except Exception:  # never into paho: a bad message must not cut the connection
-            logger.exception("message handler failed", extra={"topic": topic[:200]})
+        self._deliver(topic, payload)
         if qos == 1:
             client._send_puback(mid)
 
