@@ -87,7 +87,7 @@ class _StampArrival:
     """Notes when each request reached the gateway (`scope["arrived"]`, monotonic seconds),
     before routing and parsing: what the gateway does after that is not the sender's time."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -98,13 +98,14 @@ class _StampArrival:
 
 def create_gateway_app(
     config: GatewayConfig, store: GatewayStore, schedule: Schedule, post: Post, hang: Hang
-) -> _StampArrival:
+) -> FastAPI:
     """The FastAPI app.
 
     `schedule(due, job)` runs a status step later, `post(url, params)` sends a signed
     callback, `hang(seconds)` keeps a client waiting (and ends early when the gateway stops).
     """
     app = FastAPI(title="Local Twilio gateway", docs_url=None, redoc_url=None)
+    app.add_middleware(_StampArrival)
     app.add_exception_handler(TwilioError, _twilio_error)
 
     def authorize(request: Request, account_sid: str) -> None:
@@ -206,7 +207,7 @@ def create_gateway_app(
         return call_json(call, account_sid)
 
     app.include_router(api)
-    return _StampArrival(app)
+    return app
 
 
 def _basic_credentials(header: str) -> tuple[str, str, str]:
