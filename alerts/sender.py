@@ -84,16 +84,23 @@ class OutboxSender:
         self._limit = asyncio.Semaphore(concurrency)
         # Sends run as tasks of their own: cancelling the job (the hub stopping) does not
         # cut a request off halfway, where nobody could tell whether it reached Twilio.
-        self._inflight: set[asyncio.Task[None]] = set()
+        # By message id: until its outcome is committed a message may still read as
+        # queued, and must not be sent a second time meanwhile.
+        self._inflight: dict[int, asyncio.Task[None]] = {}
 
     async def run_once(self) -> float | None:
         """Send what is due; seconds until the next message falls due (None: none queued)."""
         messages = await self.queue.due(self.clock.now_ms(), self.channels.keys(), self.batch)
         if messages:
             # due() offers one message per recipient, so sending them together keeps
-            # each recipient's messages in order.
-            done, _ = await asyncio.wait([self._start(m) for m in messages])
-            failures = [e for t in done if not t.cancelled() and (e := t.exception()) is not None]
+            # each recipient's messages in order. One already being sent (the fast path's)
+            # is waited for, not sent again.
+            started = [self._start(m) for m in messages if m.id not in self._inflight]
+            going = [self._inflight[m.id] for m in messages if m.id in self._inflight]
+            await asyncio.wait(started + going)
+            failures = [
+                e for t in started if not t.cancelled() and (e := t.exception()) is not None
+            ]
             if failures:
                 raise failures[0]  # the runner logs it and tries again
             return 0.0  # a recipient's next message may be waiting behind this one
@@ -132,15 +139,15 @@ class OutboxSender:
 
     def _start(self, message: OutboxMessage) -> asyncio.Task[None]:
         task = asyncio.create_task(self._send(message))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self._inflight[message.id] = task
+        task.add_done_callback(lambda _: self._inflight.pop(message.id, None))
         return task
 
     async def drain(self, timeout: float) -> int:
         """Wait for the sends in flight to finish (at most `timeout` s); how many did not."""
         if not self._inflight:
             return 0
-        _, pending = await asyncio.wait(set(self._inflight), timeout=timeout)
+        _, pending = await asyncio.wait(set(self._inflight.values()), timeout=timeout)
         return len(pending)
 
     async def close(self) -> None:

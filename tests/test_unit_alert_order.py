@@ -19,7 +19,7 @@ from hub.clock import ManualClock
 from hub.db import Database
 from hub.outbox_store import OutboxStore
 from hub.policy import DEFAULT_POLICIES
-from hub.work import AlarmContext, Work
+from hub.work import FAST_PATH_GRACE_MS, AlarmContext, Work
 
 pytestmark = pytest.mark.asyncio
 
@@ -117,3 +117,29 @@ async def test_cancelled_never_overtakes_a_raised_that_could_not_go(setting, reg
         ("tenhub/v1/unit/u-0001/alert", "raised"),
         ("tenhub/v1/unit/u-0001/alert", "cancelled"),
     ]
+
+
+async def test_an_alert_still_going_out_when_its_grace_ends_is_not_sent_again(setting, registry):
+    db, clock, broker, outbox, sender, context = setting
+    place = registry.panel_place("p-0001-01")
+    gate = asyncio.Event()
+
+    async def slow_publish(topic: str, payload: bytes, qos: int = 1) -> None:
+        await gate.wait()  # a broker slow to take it
+        await broker.publish(topic, payload, qos)
+
+    sender.channels["panel"] = PanelChannel(slow_publish)
+    _, w = await raise_alarm(db, context, clock, place)
+    done = asyncio.Event()
+    sender.send_now(w.fast_sends, then=done.set)
+    # Past the fast path's grace the row reads as due; its send is still on its way.
+    clock.advance(FAST_PATH_GRACE_MS / 1000 + 1)
+    second_look = asyncio.create_task(sender.run_once())
+    await asyncio.sleep(0.1)
+    gate.set()
+    async with asyncio.timeout(5):
+        await done.wait()
+        await second_look
+
+    assert broker.heard == [("tenhub/v1/unit/u-0001/alert", "raised")]
+    assert (await outbox.counts()).get("sent") == 1
