@@ -32,7 +32,7 @@ class OutboxQueue(Protocol):
     async def next_due_at(self, channels: Collection[str]) -> int | None: ...
     async def claim(self, message_id: int, now: int) -> bool: ...
     async def mark_sent(
-        self, message_id: int, now: int, provider_id: str | None = None
+        self, message_id: int, now: int, provider_id: str | None = None, *, lazy: bool = True
     ) -> None: ...
     async def mark_retry(self, message_id: int, next_attempt_at: int, error: str) -> None: ...
     async def mark_failed(self, message_id: int, error: str) -> None: ...
@@ -174,7 +174,8 @@ class OutboxSender:
                 await self.queue.hold(message.id, hold[0], hold[1], now)
                 self.on_result(message.channel, "held")
                 return
-        if not channel.idempotent and not await self.queue.claim(message.id, now):
+        claimed = not channel.idempotent
+        if claimed and not await self.queue.claim(message.id, now):
             return  # not queued any more
         async with self._limit:
             try:
@@ -206,5 +207,7 @@ class OutboxSender:
                            "retry_in_ms": delay},
                 )
                 return
-        await self.queue.mark_sent(message.id, self.clock.now_ms(), provider_id)
+        # A claimed message left its line at the claim; one sent unclaimed (a unit alert)
+        # holds the next one of its line back until this is committed: not lazily, then.
+        await self.queue.mark_sent(message.id, self.clock.now_ms(), provider_id, lazy=claimed)
         self.on_result(message.channel, "sent")

@@ -7,6 +7,11 @@ rolls back alone, and one fsync makes the whole batch durable.
 Urgent writes (a panel's event, whose receipt waits on the commit) go ahead of the
 rest: one arriving while other writes are being run joins their transaction at the
 next write's boundary, and the transaction is committed right after it.
+
+Lazy writes (records nobody waits on in a hurry: a send's outcome, a delivery report)
+may wait up to LAZY_WINDOW_S for another commit to share. Each commit is an fsync, and
+under load these records, one commit each, kept the writer busy half the time: an alarm
+arriving then waited for their fsync before its own.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +40,7 @@ T = TypeVar("T")
 WriteFn = Callable[[sqlite_utils.Database], T]
 
 _MAX_BATCH = 256
+LAZY_WINDOW_S = 0.02
 _STOP = object()
 
 
@@ -43,6 +50,7 @@ class _WriteJob:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     urgent: bool = False
+    due: float | None = None  # lazy: committed by then (time.monotonic()) at the latest
 
 
 class DatabaseClosed(RuntimeError):
@@ -67,8 +75,11 @@ def _connect(path: str, *, read_only: bool) -> sqlite3.Connection:
 class Database:
     """The hub's SQLite database: `write(fn)` on the one writer, `read(fn)` on a pool."""
 
-    def __init__(self, path: str | Path, *, readers: int = 4) -> None:
+    def __init__(
+        self, path: str | Path, *, readers: int = 4, lazy_window_s: float = LAZY_WINDOW_S
+    ) -> None:
         self.path = str(path)
+        self.lazy_window_s = lazy_window_s
         self._readers = readers
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -78,6 +89,7 @@ class Database:
         self._read_lock = threading.Lock()
         self._closed = False
         self.schema_version = 0
+        self.commits = 0  # write transactions committed so far: each one an fsync
 
     async def open(self) -> None:
         """Create the file if needed, bring its schema up to date, start the writer."""
@@ -90,17 +102,22 @@ class Database:
         self._writer.start()
         self._pool = ThreadPoolExecutor(self._readers, thread_name_prefix="sqlite-reader")
 
-    async def write(self, fn: WriteFn[T], *, urgent: bool = False) -> T:
+    async def write(self, fn: WriteFn[T], *, urgent: bool = False, lazy: bool = False) -> T:
         """Run fn(db) in a write transaction on the writer thread; its result once committed.
 
         urgent: someone is waiting on this commit (a panel for its receipt); it is
         committed before the other writes queued with it.
+        lazy: nobody is waiting on it in a hurry; it may wait up to `lazy_window_s` to be
+        committed with other writes.
         """
+        if urgent and lazy:
+            raise ValueError("a write is urgent or lazy, not both")
         if self._closed or self._writer is None:
             raise DatabaseClosed("database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_WriteJob(fn, future, loop, urgent))
+        due = time.monotonic() + self.lazy_window_s if lazy else None
+        self._queue.put(_WriteJob(fn, future, loop, urgent, due))
         return await future
 
     async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
@@ -137,12 +154,17 @@ class Database:
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
         db = sqlite_utils.Database(conn)
         lanes = _Lanes(self._queue)
-        while not (lanes.stopping and lanes.empty()):
-            if lanes.empty():
-                lanes.add(self._queue.get())
-                continue
+        while True:
             lanes.take_all()
-            self._commit_batch(conn, db, lanes.batch(_MAX_BATCH))
+            now = time.monotonic()
+            if lanes.ready(now):
+                self._commit_batch(conn, db, lanes.batch(_MAX_BATCH))
+            elif lanes.stopping:  # every job queued before the stop is committed
+                break
+            else:
+                # Until a job comes or the oldest lazy job's window is over.
+                with contextlib.suppress(queue.Empty):
+                    lanes.add(self._queue.get(timeout=lanes.wait_s(now)))
         conn.close()
 
     def _commit_batch(
@@ -169,6 +191,7 @@ class Database:
                     conn.execute("RELEASE SAVEPOINT job")
                     outcomes.append((job, True, result))
             conn.execute("COMMIT")
+            self.commits += 1
         except sqlite3.Error as exc:
             logger.exception("write batch failed; rolled back")
             if conn.in_transaction:
@@ -186,22 +209,35 @@ class Database:
 
 
 class _Lanes:
-    """The writer's queued jobs, urgent ones apart; only the writer thread touches it."""
+    """The writer's queued jobs, urgent and lazy ones apart; only the writer thread
+    touches it."""
 
     def __init__(self, source: queue.SimpleQueue[Any]) -> None:
         self.source = source
         self.urgent: deque[_WriteJob] = deque()
         self.other: deque[_WriteJob] = deque()
+        self.lazy: deque[_WriteJob] = deque()  # in the order queued, so by due time
         self.stopping = False
 
-    def empty(self) -> bool:
-        return not self.urgent and not self.other
+    def ready(self, now: float) -> bool:
+        """Whether a transaction should start now."""
+        if self.urgent or self.other:
+            return True
+        return bool(self.lazy) and (self.stopping or self.lazy[0].due <= now)  # type: ignore[operator]
+
+    def wait_s(self, now: float) -> float | None:
+        """How long the writer may wait for more jobs; None: until one comes."""
+        if not self.lazy:
+            return None
+        return max(0.0, self.lazy[0].due - now)  # type: ignore[operator]
 
     def add(self, item: Any) -> None:
         if item is _STOP:
             self.stopping = True  # the jobs queued before it are still committed
         elif item.urgent:
             self.urgent.append(item)
+        elif item.due is not None:
+            self.lazy.append(item)
         else:
             self.other.append(item)
 
@@ -216,10 +252,11 @@ class _Lanes:
     def batch(self, limit: int) -> Callable[[], _WriteJob | None]:
         """The jobs of one transaction, one at a time, then None (at most `limit`).
 
-        Urgent jobs first. Other jobs only while no urgent one waits: those that arrive
-        are run next, and the transaction ends with them, so their commit is the next
-        one made. Urgent jobs arriving after that wait for the next transaction: each
-        one would hold back the commit of those before it.
+        Urgent jobs first. Other jobs only while no urgent one waits, lazy ones last:
+        urgent jobs that arrive are run next, and the transaction ends with them, so
+        their commit is the next one made. Urgent jobs arriving after that wait for the
+        next transaction: each one would hold back the commit of those before it. Lazy
+        jobs never join an urgent job's transaction.
         """
         given, urgent_left = 0, -1
 
@@ -231,10 +268,11 @@ class _Lanes:
                 if given:
                     self.take_all()
                 if not self.urgent:
-                    if not self.other:
+                    lane = self.other or self.lazy
+                    if not lane:
                         return None
                     given += 1
-                    return self.other.popleft()
+                    return lane.popleft()
                 urgent_left = min(len(self.urgent), limit)
             if urgent_left == 0:
                 return None

@@ -172,40 +172,43 @@ class OutboxStore:
             now, message_id, urgent=True,
         )
 
-    async def mark_sent(self, message_id: int, now: int, provider_id: str | None = None) -> None:
+    async def mark_sent(
+        self, message_id: int, now: int, provider_id: str | None = None, *, lazy: bool = True
+    ) -> None:
+        """Record a send; lazily (see `Database.write`) unless a message waits on it."""
         await self._update(
             "UPDATE outbox SET status = 'sent', sent_at = coalesce(sent_at, ?),"
             " attempts = attempts + 1, provider_id = ?, last_error = NULL"
             " WHERE id = ? AND status IN ('queued', 'sending')",
-            now, provider_id, message_id,
+            now, provider_id, message_id, lazy=lazy,
         )
 
     async def mark_retry(self, message_id: int, next_attempt_at: int, error: str) -> None:
         await self._update(
             "UPDATE outbox SET status = 'queued', sent_at = NULL, attempts = attempts + 1,"
             " next_attempt_at = ?, last_error = ? WHERE id = ? AND status IN ('queued', 'sending')",
-            next_attempt_at, error[:500], message_id,
+            next_attempt_at, error[:500], message_id, lazy=True,
         )
 
     async def mark_failed(self, message_id: int, error: str) -> None:
         await self._update(
             "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?"
             " WHERE id = ? AND status IN ('queued', 'sending')",
-            error[:500], message_id,
+            error[:500], message_id, lazy=True,
         )
 
     async def mark_unknown(self, message_id: int, error: str) -> None:
         await self._update(
             "UPDATE outbox SET status = 'unknown', attempts = attempts + 1, last_error = ?"
             " WHERE id = ? AND status IN ('queued', 'sending')",
-            error[:500], message_id,
+            error[:500], message_id, lazy=True,
         )
 
     async def mark_dropped(self, message_id: int, reason: str) -> None:
         await self._update(
             "UPDATE outbox SET status = 'dropped', last_error = ?"
             " WHERE id = ? AND status = 'queued'",
-            reason, message_id,
+            reason, message_id, lazy=True,
         )
 
     async def hold(self, message_id: int, until: int, reason: str, now: int) -> None:
@@ -282,11 +285,13 @@ class OutboxStore:
                 )
             return row["alarm_id"], row["channel"], row["recipient"]
 
-        return await self.db.write(w)
+        return await self.db.write(w, lazy=True)
 
-    async def _update(self, sql: str, *params: Any, urgent: bool = False) -> bool:
+    async def _update(
+        self, sql: str, *params: Any, urgent: bool = False, lazy: bool = False
+    ) -> bool:
         return await self.db.write(
-            lambda d: d.conn.execute(sql, params).rowcount == 1, urgent=urgent
+            lambda d: d.conn.execute(sql, params).rowcount == 1, urgent=urgent, lazy=lazy
         )
 
     async def counts(self) -> dict[str, int]:

@@ -110,3 +110,71 @@ async def test_an_alarm_write_goes_ahead_of_the_writes_queued_before_it(tmp_path
     rows = await db.read(lambda d: [r[0] for r in d.execute("SELECT v FROM t ORDER BY n")])
     assert rows == ["first", "alarm", *(f"other {i}" for i in range(5))]
     await db.close()
+
+
+async def test_records_nobody_waits_on_share_the_next_commit(tmp_path):
+    db = Database(tmp_path / "t.db", lazy_window_s=0.2)
+    await db.open()
+    await db.write(lambda d: d.execute("CREATE TABLE t (v TEXT)"))
+
+    def insert(v):
+        return lambda d: d.execute("INSERT INTO t (v) VALUES (?)", (v,))
+
+    # Five sends' outcomes recorded, then an SMS claimed: one commit (one fsync) for all.
+    before = db.commits
+    records = [asyncio.ensure_future(db.write(insert(f"sent {i}"), lazy=True)) for i in range(5)]
+    await asyncio.sleep(0)  # queued first
+    await db.write(insert("claim"))
+    await asyncio.gather(*records)
+    assert db.commits == before + 1
+
+    # With nothing to share, a record is committed on its own once its window is over.
+    async with asyncio.timeout(5):
+        await db.write(insert("delivered"), lazy=True)
+    assert db.commits == before + 2
+    rows = await db.read(lambda d: [r[0] for r in d.execute("SELECT v FROM t")])
+    assert sorted(rows) == sorted(["claim", "delivered", *(f"sent {i}" for i in range(5))])
+
+    with pytest.raises(ValueError, match="urgent or lazy"):
+        await db.write(insert("x"), urgent=True, lazy=True)
+    await db.close()
+
+
+async def test_an_alarm_write_is_not_held_back_by_records_waiting_to_share_a_commit(tmp_path):
+    db = Database(tmp_path / "t.db", lazy_window_s=10.0)  # the alarm comes well within
+    await db.open()
+    await db.write(lambda d: d.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, v TEXT)"))
+    release = threading.Event()
+
+    def slow_record(d):
+        release.wait(5)  # would hold back any commit it joined
+        d.execute("INSERT INTO t (v) VALUES ('record')")
+
+    record = asyncio.ensure_future(db.write(slow_record, lazy=True))
+    await asyncio.sleep(0)  # queued first; the writer waits for company
+    async with asyncio.timeout(3):
+        await db.write(lambda d: d.execute("INSERT INTO t (v) VALUES ('alarm')"), urgent=True)
+    assert not record.done()
+    release.set()
+    await db.write(lambda d: None)  # the next commit carries it, well within its window
+    async with asyncio.timeout(1):
+        await record
+    rows = await db.read(lambda d: [r[0] for r in d.execute("SELECT v FROM t ORDER BY n")])
+    assert rows == ["alarm", "record"]
+    await db.close()
+
+
+async def test_closing_commits_the_records_still_waiting_at_once(tmp_path):
+    db = Database(tmp_path / "t.db", lazy_window_s=10.0)
+    await db.open()
+    await db.write(lambda d: d.execute("CREATE TABLE t (v TEXT)"))
+    record = asyncio.ensure_future(
+        db.write(lambda d: d.execute("INSERT INTO t (v) VALUES ('sent')"), lazy=True)
+    )
+    await asyncio.sleep(0)
+    await db.close()
+    assert record.done()
+    again = Database(tmp_path / "t.db")
+    await again.open()
+    assert await again.read(lambda d: d.execute("SELECT v FROM t").fetchall()[0][0]) == "sent"
+    await again.close()

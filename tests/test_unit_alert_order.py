@@ -143,3 +143,27 @@ async def test_an_alert_still_going_out_when_its_grace_ends_is_not_sent_again(se
 
     assert broker.heard == [("tenhub/v1/unit/u-0001/alert", "raised")]
     assert (await outbox.counts()).get("sent") == 1
+
+
+async def test_a_cancel_right_after_the_alert_went_out_goes_out_at_once_too(setting, registry):
+    db, clock, broker, _, sender, context = setting
+    place = registry.panel_place("p-0001-01")
+    heard = asyncio.Event()
+
+    async def publish(topic: str, payload: bytes, qos: int = 1) -> None:
+        await broker.publish(topic, payload, qos)
+        heard.set()
+
+    sender.channels["panel"] = PanelChannel(publish)
+    alarm, raised = await raise_alarm(db, context, clock, place)
+    sender.send_now(raised.fast_sends)
+    async with asyncio.timeout(5):
+        await heard.wait()  # the unit heard it; the send's record is on its way
+
+    def cancel(d):
+        w = Work.begin(d, context, clock.now_ms())
+        lifecycle.cancel_with_pin(w, lifecycle.get_alarm(w, alarm.id), place, "6305")
+        return w
+
+    cancelled = await db.write(cancel)
+    assert [m.channel for m in cancelled.fast_sends] == ["panel"], "nothing waits before it"
