@@ -125,7 +125,7 @@ class Hub:
         speed = settings.clock_speed
         self.sender_runner = JobRunner(self.sender, speed=speed)
         self.engine = EscalationEngine(
-            self.db, self.context, self.clock, on_commit=self._after_commit
+            self.db, self.context, self.clock, on_commit=self._after_step
         )
         self.engine_runner = JobRunner(self.engine, speed=speed)
         self.supervisor = PanelSupervisor(
@@ -155,9 +155,18 @@ class Hub:
     def _on_stored(self, outcome: EventOutcome) -> None:
         self._after_commit(outcome.notifications_queued, outcome.changes, outcome.fast_sends)
 
-    def _after_commit(
+    def _after_step(
         self, queued: int, changes: tuple[AlarmChange, ...],
         fast_sends: tuple[OutboxMessage, ...],
+    ) -> None:
+        """The escalation engine committed its steps: as any commit, but the engine is not
+        woken. It learnt when its next step falls due in that same transaction; woken,
+        it ran an empty transaction after every step, at the front of the writer's queue."""
+        self._after_commit(queued, changes, fast_sends, wake_engine=False)
+
+    def _after_commit(
+        self, queued: int, changes: tuple[AlarmChange, ...],
+        fast_sends: tuple[OutboxMessage, ...], wake_engine: bool = True,
     ) -> None:
         """Something was committed: sound the unit, wake who has work, tell who watches."""
         if fast_sends:
@@ -166,7 +175,7 @@ class Hub:
             self.sender.send_now(fast_sends, then=self.sender_runner.wake)
         if queued > len(fast_sends):
             self.sender_runner.wake()
-        if changes:
+        if changes and wake_engine:
             self.engine_runner.wake()
         latest: dict[str, AlarmChange] = {}
         for change in changes:
