@@ -72,7 +72,7 @@ class GatewayConfig:
     callback_delay_s: float = 0.1
 
 
-Schedule = Callable[[float, Callable[[], None]], None]
+Schedule = Callable[[float, Callable[[], None], str], None]  # (due, job, record SID)
 Post = Callable[[str, dict[str, str]], None]
 Hang = Callable[[float], Awaitable[None]]
 Step = tuple[str, dict[str, str]]  # a status, and the callback's form (empty: no callback)
@@ -101,8 +101,9 @@ def create_gateway_app(
 ) -> FastAPI:
     """The FastAPI app.
 
-    `schedule(due, job)` runs a status step later, `post(url, params)` sends a signed
-    callback, `hang(seconds)` keeps a client waiting (and ends early when the gateway stops).
+    `schedule(due, job, sid)` runs a status step later (each record's in order),
+    `post(url, params)` sends a signed callback, `hang(seconds)` keeps a client waiting
+    (and ends early when the gateway stops).
     """
     app = FastAPI(title="Local Twilio gateway", docs_url=None, redoc_url=None)
     app.add_middleware(_StampArrival)
@@ -123,7 +124,9 @@ def create_gateway_app(
         """Walk a record through its statuses, a step (and callback) each `callback_delay_s`."""
         start = time.monotonic()
         for i, (status, params) in enumerate(steps, start=1):
-            schedule(start + i * config.callback_delay_s, _step(record, status, params))
+            schedule(
+                start + i * config.callback_delay_s, _step(record, status, params), record.sid
+            )
 
     def _step(record: Record, status: str, params: dict[str, str]) -> Callable[[], None]:
         def run() -> None:

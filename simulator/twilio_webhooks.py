@@ -1,19 +1,21 @@
 """Requests the local Twilio gateway makes to the hub, signed as Twilio signs them.
 
-Status callbacks go out from one background thread in due order, so a message's "sent"
-always arrives before its "delivered" and the API never waits for the hub.
+Status callbacks go out from a few background threads, each message's in due order, so
+its "sent" always arrives before its "delivered" and the API never waits for the hub.
 """
 
 from __future__ import annotations
 
 import heapq
+import http.client
 import itertools
 import logging
 import threading
 import time
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Callable
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import SplitResult, urlencode, urlsplit
 
 import httpx
 from twilio.request_validator import RequestValidator
@@ -85,54 +87,117 @@ def gather_target(twiml: str) -> tuple[str, str]:
 
 
 class CallbackScheduler:
-    """Runs callback jobs at their due time, in (due time, arrival) order, on one thread."""
+    """Runs callback jobs at their due time on a few delivery threads.
 
-    def __init__(self, auth_token: str, timeout_s: float = 5.0) -> None:
+    The jobs of one key (a message or call SID) run on one thread, in (due time,
+    arrival) order, so a message's "sent" always comes before its "delivered"; other
+    keys' jobs run meanwhile, as Twilio's callbacks do. One thread for all of them
+    could not keep up with a hub that answers each callback once it is stored: under
+    load it fell behind and spared the hub most of its callbacks.
+    """
+
+    def __init__(self, auth_token: str, timeout_s: float = 5.0, lanes: int = 8) -> None:
         self._auth_token = auth_token
         self._timeout_s = timeout_s
+        self._lanes = [_Lane(f"twilio-callbacks-{i}") for i in range(lanes)]
+        self._local = threading.local()  # each delivery thread's keep-alive connections
+
+    def start(self) -> None:
+        """Start the delivery threads."""
+        for lane in self._lanes:
+            lane.start()
+
+    def stop(self) -> None:
+        """Stop the threads; callbacks not yet due are dropped."""
+        for lane in self._lanes:
+            lane.stop()
+
+    def at(self, due: float, job: Callable[[], None], key: str = "") -> None:
+        """Run `job` once `time.monotonic()` reaches `due`, after the earlier jobs of `key`."""
+        self._lanes[zlib.crc32(key.encode()) % len(self._lanes)].add(due, job)
+
+    def post(self, url: str, params: dict[str, str]) -> None:
+        """POST one signed callback now, on the calling thread; a failure is logged, never
+        raised."""
+        body = urlencode(params)
+        headers = {
+            "X-Twilio-Signature": sign(self._auth_token, url, params),
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            status = self._send(parts, target, body, headers)
+        except (OSError, http.client.HTTPException) as exc:
+            logger.warning("status callback failed", extra={"url": url, "error": str(exc)})
+            return
+        if status >= 400:
+            logger.warning("status callback refused", extra={"url": url, "status": status})
+
+    def _send(self, parts: SplitResult, target: str, body: str, headers: dict[str, str]) -> int:
+        """The response status; a kept-alive connection the server closed is opened again."""
+        try:
+            connections: dict[tuple[str, str], http.client.HTTPConnection] = (
+                self._local.connections
+            )
+        except AttributeError:
+            connections = self._local.connections = {}
+        key = (parts.scheme, parts.netloc)
+        for attempt in (1, 2):
+            conn = connections.get(key)
+            reused = conn is not None
+            if conn is None:
+                kind = (
+                    http.client.HTTPSConnection if parts.scheme == "https"
+                    else http.client.HTTPConnection
+                )  # fmt: skip
+                conn = connections[key] = kind(parts.netloc, timeout=self._timeout_s)
+            try:
+                conn.request("POST", target, body, headers)
+                response = conn.getresponse()
+                response.read()
+                if response.will_close:
+                    conn.close()
+                    del connections[key]
+                return response.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                connections.pop(key, None)
+                # Closed while idle between callbacks: the request never reached the
+                # server, so sending it once more on a new connection sends it once.
+                if not (reused and attempt == 1):
+                    raise
+        raise AssertionError("unreachable")
+
+
+class _Lane:
+    """One delivery thread and its jobs, in (due time, arrival) order."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
         self._cond = threading.Condition()
         self._jobs: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._http: httpx.Client | None = None
 
     def start(self) -> None:
-        """Start the delivery thread."""
         self._stopping = False
-        self._http = httpx.Client(timeout=self._timeout_s)
-        self._thread = threading.Thread(target=self._run, name="twilio-callbacks", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread; callbacks not yet due are dropped."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(10)
-        if self._http is not None:
-            self._http.close()
-        self._thread = self._http = None
+        self._thread = None
 
-    def at(self, due: float, job: Callable[[], None]) -> None:
-        """Run `job` on the delivery thread once `time.monotonic()` reaches `due`."""
+    def add(self, due: float, job: Callable[[], None]) -> None:
         with self._cond:
             heapq.heappush(self._jobs, (due, next(self._seq), job))
             self._cond.notify_all()
-
-    def post(self, url: str, params: dict[str, str]) -> None:
-        """POST one signed callback now; a failure is logged, never raised."""
-        assert self._http is not None
-        try:
-            response = self._http.send(signed_request("POST", url, params, self._auth_token))
-            if response.status_code >= 400:
-                logger.warning(
-                    "status callback refused",
-                    extra={"url": url, "status": response.status_code},
-                )
-        except httpx.HTTPError as exc:
-            logger.warning("status callback failed", extra={"url": url, "error": str(exc)})
 
     def _run(self) -> None:
         while True:

@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +45,9 @@ class WebhookReceiver:
     def __init__(self) -> None:
         self.hits: list[Hit] = []
         self._cond = threading.Condition()
+        # Called with each request's form before it is recorded and answered: a hub slow
+        # to answer.
+        self.before_answer: Callable[[dict[str, str]], None] = lambda params: None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -56,6 +59,7 @@ class WebhookReceiver:
                 self._record({})
 
             def _record(self, params: dict[str, str]) -> None:
+                receiver.before_answer(params)
                 hit = Hit(self.command, receiver.url + self.path, params,
                           self.headers.get("X-Twilio-Signature", ""))
                 with receiver._cond:
@@ -184,6 +188,37 @@ async def test_status_callbacks_are_signed_and_say_sent_then_delivered(
         hits[0].url, hits[0].params, hits[0].signature
     )
     assert twilio_client(settings).messages(sid).fetch().status == "delivered"
+
+
+async def test_a_hub_slow_to_answer_one_callback_does_not_hold_back_the_others(
+    settings, gateway, hub_webhooks
+):
+    held, release = threading.Event(), threading.Event()
+    held_sid: list[str] = []
+
+    def hold_the_first(params: dict[str, str]) -> None:
+        if not held.is_set():
+            held_sid.append(params["MessageSid"])
+            held.set()
+            release.wait(5)
+
+    hub_webhooks.before_answer = hold_the_first
+    channel = SmsChannel(settings)
+    sids = [
+        await channel.send(replace(outbox(f"+155500002{i:02d}", text="Alarm"), id=i))
+        for i in range(8)
+    ]
+    await asyncio.to_thread(held.wait, 5)
+    # While the hub sits on one message's report, the other messages' reports go on.
+    others = await asyncio.to_thread(hub_webhooks.wait_for, 4, "/twilio/status", 5.0)
+    release.set()
+    assert len(others) >= 4 and held_sid[0] not in {h.params["MessageSid"] for h in others}
+
+    # Each message's own reports still come in order: sent, then delivered.
+    hits = await asyncio.to_thread(hub_webhooks.wait_for, 16, "/twilio/status", 5.0)
+    for sid in sids:
+        said = [h.params["MessageStatus"] for h in hits if h.params["MessageSid"] == sid]
+        assert said == ["sent", "delivered"], sid
 
 
 async def test_an_unreachable_phone_is_reported_undelivered(settings, gateway, hub_webhooks):
