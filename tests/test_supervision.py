@@ -14,6 +14,7 @@ import pytest
 from devices.panel import ReferencePanel
 from hub.clock import ManualClock
 from hub.passwords import hash_password
+from hub.presence import PresenceTracker
 from tests.conftest import HubRunner
 
 pytestmark = pytest.mark.asyncio
@@ -226,3 +227,28 @@ async def test_a_district_going_dark_is_recorded_without_holding_the_writer(
         assert max(transactions) <= 100 and sum(transactions) == 250
     finally:
         await runner.stop()
+
+
+async def test_a_live_panels_last_seen_is_written_once_a_minute_not_at_every_beat():
+    presence = PresenceTracker()
+
+    def written() -> list[tuple]:
+        return [row[:4] for row in presence.take_dirty()]
+
+    presence.heartbeat("p-1", 1_000)
+    assert written() == [("p-1", "online", 1_000, None)], "coming online is written at once"
+    for at in range(11_000, 61_000, 10_000):  # beating every 10 s
+        presence.heartbeat("p-1", at)
+        assert written() == []
+    presence.heartbeat("p-1", 61_000)
+    assert written() == [("p-1", "online", 61_000, None)], "a minute on: refreshed"
+
+    presence.silent("p-1")
+    assert written() == [("p-1", "offline", 61_000, None)]
+    presence.heartbeat("p-1", 75_000)
+    assert written() == [("p-1", "online", 75_000, None)], "back: written at once"
+    presence.status("p-1", "online", 76_000, battery=18, fw=None)
+    assert written() == [("p-1", "online", 76_000, 18)], "what a panel says is written at once"
+    # The hub itself always knows the latest beat.
+    presence.heartbeat("p-1", 86_000)
+    assert written() == [] and presence.get("p-1").last_seen == 86_000
