@@ -11,7 +11,8 @@ next write's boundary, and the transaction is committed right after it.
 Lazy writes (records nobody waits on in a hurry: a send's outcome, a delivery report)
 may wait up to LAZY_WINDOW_S for another commit to share. Each commit is an fsync, and
 under load these records, one commit each, kept the writer busy half the time: an alarm
-arriving then waited for their fsync before its own.
+arriving then waited for their fsync before its own. At most LAZY_MAX_BATCH of them go
+in one transaction: a longer one is more likely to be running when an alarm arrives.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ WriteFn = Callable[[sqlite_utils.Database], T]
 
 _MAX_BATCH = 256
 LAZY_WINDOW_S = 0.02
+LAZY_MAX_BATCH = 6
 _STOP = object()
 
 
@@ -76,10 +78,12 @@ class Database:
     """The hub's SQLite database: `write(fn)` on the one writer, `read(fn)` on a pool."""
 
     def __init__(
-        self, path: str | Path, *, readers: int = 4, lazy_window_s: float = LAZY_WINDOW_S
+        self, path: str | Path, *, readers: int = 4, lazy_window_s: float = LAZY_WINDOW_S,
+        lazy_max_batch: int = LAZY_MAX_BATCH,
     ) -> None:
         self.path = str(path)
         self.lazy_window_s = lazy_window_s
+        self.lazy_max_batch = lazy_max_batch
         self._readers = readers
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
@@ -107,8 +111,8 @@ class Database:
 
         urgent: someone is waiting on this commit (a panel for its receipt); it is
         committed before the other writes queued with it.
-        lazy: nobody is waiting on it in a hurry; it may wait up to `lazy_window_s` to be
-        committed with other writes.
+        lazy: nobody is waiting on it in a hurry; it may wait up to `lazy_window_s` (or
+        until `lazy_max_batch` such writes wait) to be committed with other writes.
         """
         if urgent and lazy:
             raise ValueError("a write is urgent or lazy, not both")
@@ -153,7 +157,7 @@ class Database:
 
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
         db = sqlite_utils.Database(conn)
-        lanes = _Lanes(self._queue)
+        lanes = _Lanes(self._queue, self.lazy_max_batch)
         while True:
             lanes.take_all()
             now = time.monotonic()
@@ -212,8 +216,9 @@ class _Lanes:
     """The writer's queued jobs, urgent and lazy ones apart; only the writer thread
     touches it."""
 
-    def __init__(self, source: queue.SimpleQueue[Any]) -> None:
+    def __init__(self, source: queue.SimpleQueue[Any], lazy_max: int) -> None:
         self.source = source
+        self.lazy_max = lazy_max
         self.urgent: deque[_WriteJob] = deque()
         self.other: deque[_WriteJob] = deque()
         self.lazy: deque[_WriteJob] = deque()  # in the order queued, so by due time
@@ -221,7 +226,7 @@ class _Lanes:
 
     def ready(self, now: float) -> bool:
         """Whether a transaction should start now."""
-        if self.urgent or self.other:
+        if self.urgent or self.other or len(self.lazy) >= self.lazy_max:
             return True
         return bool(self.lazy) and (self.stopping or self.lazy[0].due <= now)  # type: ignore[operator]
 
@@ -252,27 +257,30 @@ class _Lanes:
     def batch(self, limit: int) -> Callable[[], _WriteJob | None]:
         """The jobs of one transaction, one at a time, then None (at most `limit`).
 
-        Urgent jobs first. Other jobs only while no urgent one waits, lazy ones last:
-        urgent jobs that arrive are run next, and the transaction ends with them, so
-        their commit is the next one made. Urgent jobs arriving after that wait for the
-        next transaction: each one would hold back the commit of those before it. Lazy
-        jobs never join an urgent job's transaction.
+        Urgent jobs first. Other jobs only while no urgent one waits, then at most
+        `lazy_max` lazy ones: urgent jobs that arrive are run next, and the transaction
+        ends with them, so their commit is the next one made. Urgent jobs arriving after
+        that wait for the next transaction: each one would hold back the commit of those
+        before it. Lazy jobs never join an urgent job's transaction.
         """
-        given, urgent_left = 0, -1
+        given, urgent_left, lazy_given = 0, -1, 0
 
         def next_job() -> _WriteJob | None:
-            nonlocal given, urgent_left
+            nonlocal given, urgent_left, lazy_given
             if urgent_left == -1:  # no urgent job taken yet
                 if given == limit:
                     return None
                 if given:
                     self.take_all()
                 if not self.urgent:
-                    lane = self.other or self.lazy
-                    if not lane:
+                    if self.other:
+                        given += 1
+                        return self.other.popleft()
+                    if not self.lazy or lazy_given == self.lazy_max:
                         return None
                     given += 1
-                    return lane.popleft()
+                    lazy_given += 1
+                    return self.lazy.popleft()
                 urgent_left = min(len(self.urgent), limit)
             if urgent_left == 0:
                 return None

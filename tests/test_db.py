@@ -178,3 +178,17 @@ async def test_closing_commits_the_records_still_waiting_at_once(tmp_path):
     await again.open()
     assert await again.read(lambda d: d.execute("SELECT v FROM t").fetchall()[0][0]) == "sent"
     await again.close()
+
+
+async def test_records_go_a_few_at_a_time_so_no_transaction_of_them_is_long(tmp_path):
+    db = Database(tmp_path / "t.db", lazy_window_s=10.0, lazy_max_batch=4)
+    await db.open()
+    await db.write(lambda d: d.execute("CREATE TABLE t (v INTEGER)"))
+    before = db.commits
+    async with asyncio.timeout(5):  # not the ten seconds' window: four make a batch
+        await asyncio.gather(*(
+            db.write(lambda d, i=i: d.execute("INSERT INTO t (v) VALUES (?)", (i,)), lazy=True)
+            for i in range(12)
+        ))
+    assert db.commits == before + 3
+    await db.close()
