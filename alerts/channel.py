@@ -47,6 +47,10 @@ class Channel(Protocol):
     # True when sending twice does no harm (a unit alert is a state, not a message):
     # such sends are simply retried after a crash instead of being marked unknown.
     idempotent: bool
+    # True when a send is a request to a provider (Twilio, a push service), counted
+    # against the sender's limit of requests in flight; a unit alert goes out on the
+    # hub's own broker connection and must never wait behind a queue of SMS.
+    remote: bool
 
     async def send(self, message: OutboxMessage) -> str | None:
         """Deliver one message; return the provider's id when there is one.

@@ -15,6 +15,7 @@ class PanelChannel:
 
     name = "panel"
     idempotent = True
+    remote = False
 
     def __init__(self, publish: PublishFn) -> None:
         self._publish = publish

@@ -43,6 +43,7 @@ class PushChannel:
     name = "push"
     # A second send is a second notification on the phone.
     idempotent = False
+    remote = True
 
     def __init__(
         self,

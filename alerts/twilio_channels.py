@@ -175,6 +175,7 @@ def _reason(exc: aiohttp.ClientConnectorError) -> str:
 class _TwilioChannel:
     name: str
     idempotent = False  # an SMS or a call sent twice reaches the person twice
+    remote = True
 
     def __init__(self, settings: TwilioSettings, client: Client | None = None) -> None:
         self.settings = settings

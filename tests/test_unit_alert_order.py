@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from alerts.channel import OutboxMessage
 from alerts.panel_channel import PanelChannel
 from alerts.sender import Backoff, OutboxSender
 from hub import lifecycle
@@ -167,3 +168,43 @@ async def test_a_cancel_right_after_the_alert_went_out_goes_out_at_once_too(sett
 
     cancelled = await db.write(cancel)
     assert [m.channel for m in cancelled.fast_sends] == ["panel"], "nothing waits before it"
+
+
+async def test_a_unit_alert_never_waits_behind_sms_in_flight(setting, registry):
+    db, clock, broker, outbox, _, context = setting
+    gateway_answers = asyncio.Event()
+
+    class SlowSms:
+        name, idempotent, remote = "sms", False, True
+
+        async def send(self, message: OutboxMessage) -> str | None:
+            await gateway_answers.wait()  # a provider slow to answer
+            return "SM-1"
+
+    # One request to a provider at a time, and an SMS holding it.
+    sender = OutboxSender(
+        outbox, {"panel": PanelChannel(broker.publish), "sms": SlowSms()}, clock, concurrency=1
+    )
+
+    def queue_sms(d):
+        w = Work.begin(d, context, clock.now_ms())
+        w.queue_message(
+            alarm_id=None, alarm_state=None, channel="sms", recipient="+15550000101",
+            payload='{"text": "earlier news"}', key="sms-1",
+        )  # fmt: skip
+        return w
+
+    sms = await db.write(queue_sms)
+    sender.send_now(sms.fast_sends)
+    await asyncio.sleep(0.05)
+
+    _, raised = await raise_alarm(db, context, clock, registry.panel_place("p-0001-01"))
+    done = asyncio.Event()
+    sender.send_now(raised.fast_sends, then=done.set)
+    async with asyncio.timeout(2):
+        await done.wait()
+    assert broker.heard == [("tenhub/v1/unit/u-0001/alert", "raised")]
+
+    gateway_answers.set()
+    assert await sender.drain(5) == 0
+    assert (await outbox.counts()).get("sent") == 2
