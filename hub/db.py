@@ -81,6 +81,8 @@ class Database:
         self, path: str | Path, *, readers: int = 4, lazy_window_s: float = LAZY_WINDOW_S,
         lazy_max_batch: int = LAZY_MAX_BATCH,
     ) -> None:
+        if lazy_max_batch < 1:
+            raise ValueError("lazy_max_batch must be at least 1")
         self.path = str(path)
         self.lazy_window_s = lazy_window_s
         self.lazy_max_batch = lazy_max_batch
