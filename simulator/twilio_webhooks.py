@@ -160,12 +160,14 @@ class CallbackScheduler:
                     conn.close()
                     del connections[key]
                 return response.status
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 connections.pop(key, None)
-                # Closed while idle between callbacks: the request never reached the
-                # server, so sending it once more on a new connection sends it once.
-                if not (reused and attempt == 1):
+                # A kept-alive connection the server closed while it sat idle fails so
+                # on reuse: sent again on a new one. (Lost mid-answer instead, a callback
+                # sent twice is harmless: the hub ignores a status it already has.)
+                stale = reused and isinstance(exc, ConnectionResetError | BrokenPipeError)
+                if attempt == 2 or not stale:
                     raise
         raise AssertionError("unreachable")
 
