@@ -109,8 +109,10 @@ class CallbackScheduler:
 
     def stop(self) -> None:
         """Stop the threads; callbacks not yet due are dropped."""
+        for lane in self._lanes:  # all told first: each may be finishing a post
+            lane.request_stop()
         for lane in self._lanes:
-            lane.stop()
+            lane.join()
 
     def at(self, due: float, job: Callable[[], None], key: str = "") -> None:
         """Run `job` once `time.monotonic()` reaches `due`, after the earlier jobs of `key`."""
@@ -188,10 +190,12 @@ class _Lane:
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+    def join(self) -> None:
         if self._thread is not None:
             self._thread.join(10)
         self._thread = None
