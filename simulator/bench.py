@@ -14,6 +14,7 @@ import gc
 import os
 import platform
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -132,6 +133,37 @@ def machine_info(broker_url: str | None) -> dict[str, Any]:
         "broker": broker_url or mosquitto_version(),
         "tenhub": metadata.version("tenhub"),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def commit_floor_ms(directory: Path, commits: int = 300) -> dict[str, float]:
+    """p50 and p99 of a one-row SQLite commit (WAL, synchronous=FULL) in `directory`.
+
+    The floor of what the hub's writer pays for every durable write on this disk, as the
+    bare broker is the floor of every round trip: figures from two machines compare only
+    beside their floors.
+    """
+    path = directory / "commit-floor.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("CREATE TABLE t (v INTEGER)")
+        took: list[float] = []
+        for i in range(commits):
+            started = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (v) VALUES (?)", (i,))
+            conn.execute("COMMIT")
+            took.append(time.perf_counter() - started)
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+    took.sort()
+    return {
+        "p50": round(took[len(took) // 2] * 1000, 3),
+        "p99": round(took[min(len(took) - 1, int(len(took) * 0.99))] * 1000, 3),
     }
 
 

@@ -199,6 +199,11 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Python {m['python']}, {m['broker']}, tenhub {m['tenhub']}; {m['date']}; "
         f"run took {doc['elapsed_s']:g} s.",
     ]
+    if floor := m.get("sqlite_commit_ms"):
+        lines[-1] += (
+            f" An SQLite commit of one row on its disk (WAL, synchronous=FULL): p50"
+            f" {floor['p50']:g} ms, p99 {floor['p99']:g} ms."
+        )
     for phase in doc["phases"]:
         cpu = phase["cpu_pct_of_one_core"]
         lines += [

@@ -101,6 +101,9 @@ def test_the_report_records_the_machine_the_hub_and_the_targets(report: dict[str
     assert machine["cores"] >= 1 and machine["memory_gib"] > 0
     assert machine["python"] and machine["tenhub"]
     assert "mosquitto" in machine["broker"]
+    # The disk's floor, measured where the hubs' databases lived: every durable write pays it.
+    floor = machine["sqlite_commit_ms"]
+    assert 0 < floor["p50"] <= floor["p99"]
     (phase,) = report["phases"]
     assert phase["hub_peak_rss_mb"] > 0
     assert set(phase["cpu_pct_of_one_core"]) >= {"hub", "bench", "broker"}
@@ -120,6 +123,7 @@ def test_the_markdown_has_a_table_for_every_measure_and_the_targets(
         assert f"| 500/s | {MEASURE_NAMES[name]} |" in text
     assert "## Targets" in text
     assert "Machine: " in text
+    assert "An SQLite commit of one row on its disk (WAL, synchronous=FULL): p50 " in text
 
 
 def test_the_latency_plot_is_a_png(quick: tuple[int, Path]) -> None:
