@@ -1,7 +1,8 @@
 """`tenhub bench`: alarm latency and throughput through a real hub, beside the bare broker.
 
-One broker, one SMS gateway in this process; per fleet size a fresh hub process (its own
-database) and a fleet of heartbeating panels. At each offered rate the broker's own round
+One broker and one SMS gateway (a process of its own, so that its web server does not hold
+the fleet's loop back); per fleet size a fresh hub process (its own database) and a fleet
+of heartbeating panels in this process. At each offered rate the broker's own round
 trip is measured first (the floor), then the same number of alarms go through the hub.
 """
 
@@ -40,9 +41,9 @@ from simulator.bench_load import (
 )
 from simulator.brokers import Mosquitto, free_port
 from simulator.fleet_async import AsyncFleet, raise_fd_limit
+from simulator.gateway_process import GatewayProcess
 from simulator.hub_process import HubProcess
 from simulator.registry_gen import make_registry
-from simulator.twilio_gateway import TwilioGateway
 
 HUB_NUMBER = "+15550001000"
 # One SMS per alarm to the zone's patrol at once; the police step lies beyond any run.
@@ -199,7 +200,7 @@ class Bench:
         self.workdir = workdir
         self.observer = observer
         self.broker: Mosquitto | None = None
-        self.gateway = TwilioGateway(phone_number=HUB_NUMBER, callback_delay_s=0.05)
+        self.gateway = GatewayProcess(phone_number=HUB_NUMBER, callback_delay_s=0.05)
         self.watch = AlarmWatch()
         self.gateway.subscribe(self.watch.on_record)
 
@@ -213,14 +214,14 @@ class Bench:
                 self.broker = Mosquitto(self.workdir / "mosquitto", extra_config=_BROKER_CONFIG)
                 await asyncio.to_thread(self.broker.start)
             address = BrokerAddress.parse(self.config.broker_url or self.broker.url)  # type: ignore[union-attr]
-            self.gateway.start()
+            await asyncio.to_thread(self.gateway.start)
             probe = BrokerProbe(address)
             await probe.start()
             return [await self._phase(units, address, probe) for units in self.config.units]
         finally:
             if probe is not None:
                 await probe.stop()
-            self.gateway.stop()
+            await asyncio.to_thread(self.gateway.stop)
             if self.broker is not None:
                 await asyncio.to_thread(self.broker.stop)
 
@@ -297,7 +298,7 @@ class Bench:
     ) -> None:  # fmt: skip
         cfg, observer = self.config, self.observer
         assert hub.proc is not None
-        pids = {"hub": hub.proc.pid, "bench": None}
+        pids = {"hub": hub.proc.pid, "bench": None, "gateway": self.gateway.pid}
         if self.broker is not None and self.broker.proc is not None:
             pids["broker"] = self.broker.proc.pid
         whole = CpuWindow(pids)

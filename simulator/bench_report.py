@@ -189,6 +189,9 @@ def _cell(stats: dict[str, Any], p: str) -> str:
     return f"{value:.2f}" + (f" ({ratio:g}×)" if ratio is not None else "")
 
 
+_CPU_COLUMNS = ("hub", "bench", "gateway", "broker")
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """bench.md: the machine, a latency and a throughput table per fleet, the targets."""
     m = doc["machine"]
@@ -225,7 +228,7 @@ def markdown(doc: dict[str, Any]) -> str:
                              f"| {cells} |")  # fmt: skip
         lines += [
             "", "| Load | Alarms | Accepted | Lost | Duplicates | Joined | Resent | Throughput"
-            " /s | Last receipt s | CPU % hub / bench / broker |",
+            " /s | Last receipt s | CPU % hub / bench / gateway / broker |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]  # fmt: skip
         for load in phase["loads"]:
@@ -234,7 +237,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"| {load['name']} | {load['alarms']:,} | {load['accepted']:,} | {load['lost']} "
                 f"| {load['duplicate_receipts']} | {load['joined']} | {load['resent']} "
                 f"| {load['throughput_per_s']:g} | {load['last_receipt_s']:g} "
-                f"| {' / '.join(str(cpu.get(k, '–')) for k in ('hub', 'bench', 'broker'))} |"
+                f"| {' / '.join(str(cpu.get(k, '–')) for k in _CPU_COLUMNS)} |"
             )
         lines += [
             f"\n{load['unsettled_after_drain']:,} alarms of the {load['name']} load were "

@@ -106,7 +106,7 @@ def test_the_report_records_the_machine_the_hub_and_the_targets(report: dict[str
     assert 0 < floor["p50"] <= floor["p99"]
     (phase,) = report["phases"]
     assert phase["hub_peak_rss_mb"] > 0
-    assert set(phase["cpu_pct_of_one_core"]) >= {"hub", "bench", "broker"}
+    assert set(phase["cpu_pct_of_one_core"]) >= {"hub", "bench", "gateway", "broker"}
     assert report["targets"]
     assert all(t["met"] in (True, False, None) and t["measured"] for t in report["targets"])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -22,7 +23,9 @@ from twilio.request_validator import RequestValidator
 
 from alerts.channel import OutboxMessage, OutcomeUnknown, PermanentError, RetryableError
 from alerts.twilio_channels import SmsChannel, TwilioSettings, VoiceChannel, twilio_client
+from simulator.gateway_process import GatewayProcess
 from simulator.twilio_gateway import TwilioGateway
+from simulator.twilio_store import SentMessage
 
 HUB_NUMBER = "+15550001000"
 ALICE = "+15550000101"
@@ -414,3 +417,38 @@ async def test_the_gateway_also_runs_in_the_tests_own_event_loop(hub_webhooks):
         assert await asyncio.to_thread(gw.wait_for_status, sms.sid, "delivered")
     with pytest.raises(RetryableError):
         await SmsChannel(settings).send(outbox(ALICE, text="Alarm"))
+
+
+# -- in a process of its own (the bench's) ---------------------------------------------------
+
+
+async def test_a_gateway_in_its_own_process_tells_its_parent_of_each_sms(hub_webhooks):
+    heard: list[SentMessage] = []
+    told = threading.Event()
+    gateway = GatewayProcess(phone_number=HUB_NUMBER, callback_delay_s=0.02)
+    gateway.subscribe(lambda message: (heard.append(message), told.set()))
+    await asyncio.to_thread(gateway.start)
+    child = gateway.pid
+    try:
+        settings = TwilioSettings(
+            account_sid=gateway.account_sid, auth_token=gateway.auth_token,
+            from_number=HUB_NUMBER, api_base=gateway.base_url,
+            status_callback_url=f"{hub_webhooks.url}/twilio/status", timeout_s=5.0,
+        )  # fmt: skip
+        before = time.monotonic()
+        sid = await SmsChannel(settings).send(outbox(ALICE, text="Alarm a-1x: burglary."))
+        assert await asyncio.to_thread(told.wait, 5), "the parent never heard of the SMS"
+        [sms] = heard
+        assert (sms.sid, sms.to, sms.from_, sms.body) == (
+            sid, ALICE, HUB_NUMBER, "Alarm a-1x: burglary."
+        )
+        # Stamped by the child on the clock every process shares: comparable with ours.
+        assert sms.arrived is not None and before < sms.arrived < time.monotonic()
+        hits = await asyncio.to_thread(hub_webhooks.wait_for, 2, "/twilio/status")
+        assert [h.params["MessageStatus"] for h in hits] == ["sent", "delivered"]
+        assert_signed(hits[0], gateway.auth_token)
+    finally:
+        await asyncio.to_thread(gateway.stop)
+    assert gateway.pid is None
+    with pytest.raises(ProcessLookupError):  # gone, not left serving
+        os.kill(child, 0)
