@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -23,6 +24,8 @@ from typing import IO, Self
 from hub.logs import setup_logging
 from simulator.twilio_gateway import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, TwilioGateway
 from simulator.twilio_store import Record, SentMessage
+
+logger = logging.getLogger(__name__)
 
 
 class GatewayProcess:
@@ -71,7 +74,13 @@ class GatewayProcess:
         if not first or not first[0]:
             self.stop()
             raise RuntimeError(f"the Twilio gateway process did not start within {timeout:g} s")
-        self.port = int(json.loads(first[0])["port"])
+        try:
+            self.port = int(json.loads(first[0])["port"])
+        except (ValueError, KeyError, TypeError):
+            self.stop()
+            raise RuntimeError(
+                f"the Twilio gateway process said {first[0].strip()[:200]!r}, not its port"
+            ) from None
         self._reader = threading.Thread(
             target=self._read, args=(self.proc.stdout,), name="gateway-records", daemon=True
         )
@@ -96,9 +105,16 @@ class GatewayProcess:
 
     def _read(self, stdout: IO[str]) -> None:
         for line in stdout:
-            message = _message(json.loads(line))
+            try:
+                message = _message(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                logger.warning("not a message from the gateway process: %r", line[:200])
+                continue
             for listener in self._listeners:
-                listener(message)
+                try:
+                    listener(message)
+                except Exception:  # one listener's bug must not deafen the others
+                    logger.exception("gateway listener failed")
 
 
 def _record_line(record: Record) -> str | None:
