@@ -1,7 +1,8 @@
 """Alarm loads and the broker's floor: raise alarms at a rate, follow each, measure CPU.
 
-Times are `time.monotonic()` in this process: the fleet's loop stamps sends, receipts and
-neighbours' buzzers; the gateway's thread stamps SMS requests.
+Times are `time.monotonic()`, one clock for every process of the machine: the fleet's
+loop stamps sends, receipts and neighbours' buzzers; the gateway's process stamps SMS
+requests.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class AlarmWatch:
             self.last_alert[alarm_id] = time.monotonic()
 
     def on_record(self, record: Record) -> None:
-        """In the gateway's thread, as it accepts an SMS request."""
+        """As the gateway tells of an SMS request it accepted (from another thread)."""
         if isinstance(record, SentMessage) and (match := _ALARM_ID.search(record.body)):
             # When the request reached the gateway: its own parsing is not the hub's time.
             self.first_sms.setdefault(match[1], record.arrived or time.monotonic())
