@@ -65,10 +65,11 @@ class GatewayProcess:
              "--callback-delay", str(self.callback_delay_s), "--log-level", self.log_level],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )  # fmt: skip
-        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        assert stdout is not None
         first: list[str] = []
         # readline blocks: read the first line on a thread, so a silent child times out.
-        waiter = threading.Thread(target=lambda: first.append(self.proc.stdout.readline()))  # type: ignore[union-attr]
+        waiter = threading.Thread(target=lambda: first.append(stdout.readline()))
         waiter.start()
         waiter.join(timeout)
         if not first or not first[0]:
@@ -82,7 +83,7 @@ class GatewayProcess:
                 f"the Twilio gateway process said {first[0].strip()[:200]!r}, not its port"
             ) from None
         self._reader = threading.Thread(
-            target=self._read, args=(self.proc.stdout,), name="gateway-records", daemon=True
+            target=self._read, args=(stdout,), name="gateway-records", daemon=True
         )
         self._reader.start()
         return self
