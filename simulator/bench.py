@@ -137,8 +137,9 @@ def machine_info(broker_url: str | None) -> dict[str, Any]:
     }
 
 
-def commit_floor_ms(directory: Path, commits: int = 300) -> dict[str, float]:
-    """p50 and p99 of a one-row SQLite commit (WAL, synchronous=FULL) in `directory`.
+def commit_times_s(directory: Path, commits: int = 300) -> list[float]:
+    """How long each of `commits` one-row SQLite commits (WAL, synchronous=FULL) took in
+    `directory`, in seconds.
 
     The floor of what the hub's writer pays for every durable write on this disk, as the
     bare broker is the floor of every round trip: figures from two machines compare only
@@ -146,11 +147,11 @@ def commit_floor_ms(directory: Path, commits: int = 300) -> dict[str, float]:
     """
     path = directory / "commit-floor.db"
     conn = sqlite3.connect(path, isolation_level=None)
+    took: list[float] = []
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("CREATE TABLE t (v INTEGER)")
-        took: list[float] = []
         for i in range(commits):
             started = time.perf_counter()
             conn.execute("BEGIN IMMEDIATE")
@@ -161,11 +162,7 @@ def commit_floor_ms(directory: Path, commits: int = 300) -> dict[str, float]:
         conn.close()
         for suffix in ("", "-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
-    took.sort()
-    return {
-        "p50": round(took[len(took) // 2] * 1000, 3),
-        "p99": round(took[min(len(took) - 1, int(len(took) * 0.99))] * 1000, 3),
-    }
+    return took
 
 
 def mosquitto_version() -> str:
