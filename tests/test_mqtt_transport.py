@@ -63,6 +63,24 @@ async def test_a_publish_reaches_subscribers_and_is_acknowledged(mosquitto, tran
         probe.close()
 
 
+async def test_more_publishes_at_once_than_may_be_in_flight_are_each_acknowledged(
+    mosquitto, transport
+):
+    # 1,500 at once: past the 1,000 in flight the client allows, the rest wait for
+    # PUBACKs to free their places. Each acknowledgement must free one, or they stall.
+    topic = "tenhub/v1/unit/u-2/alert"
+    probe = await asyncio.to_thread(
+        MqttProbe, mosquitto.host, mosquitto.port, "probe-burst", [topic]
+    )
+    try:
+        acks = [transport.publish_now(topic, b'{"n":%d}' % n, 1) for n in range(1500)]
+        await asyncio.wait_for(asyncio.gather(*acks), 10)
+        seen = await asyncio.to_thread(probe.wait_for, topic, 1500, 10.0)
+        assert [m["n"] for m in seen] == list(range(1500))
+    finally:
+        probe.close()
+
+
 async def test_a_publish_the_broker_never_acknowledges_fails_when_the_connection_goes(
     mosquitto, transport
 ):
@@ -195,3 +213,21 @@ def test_the_fast_reader_takes_whole_publishes_and_leaves_everything_else_to_pah
     # A topic that is not UTF-8 (no broker passes one) reaches the hub to be refused.
     buffer = buffer_of(_publish_packet(b"tenhub/\xff", b"{}"))
     assert buffer.take_publish() == ("tenhub/\ufffd", b"{}", 0, 0)
+
+
+def test_the_fast_reader_takes_whole_pubacks_that_say_success_and_nothing_else():
+    def buffer_of(data: bytes) -> _RecvBuffer:
+        chunks = [data]
+        buffer = _RecvBuffer(lambda _n: chunks.pop() if chunks else b"")
+        buffer.fill()
+        return buffer
+
+    buffer = buffer_of(b"\x40\x02\x02\x01" + b"\x40\x02\x00\x07")
+    assert (buffer.take_puback(), buffer.take_puback()) == (513, 7)
+    assert buffer.take_puback() is None and not buffer.pending()
+
+    # Half a PUBACK, one with a reason code (MQTT 5), a PUBLISH: paho reads them.
+    for data in (b"\x40\x02\x02", b"\x40\x03\x00\x07\x10", _publish_packet(b"t", b"x")):
+        buffer = buffer_of(data)
+        assert buffer.take_puback() is None
+        assert buffer.recv(len(data)) == data
