@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from devices.protocol import ReceiptStatus
 from hub.clock import ManualClock
+from hub.web.twilio_hooks import signature_of
 from simulator.push_service import PushService
 from simulator.twilio_gateway import TwilioGateway
 from tests.conftest import HubRunner, first_step_recorded
@@ -424,6 +426,33 @@ async def test_a_forged_delivery_report_is_refused(hub, gateway, panels):
     assert again[note["id"]] == "delivered"
     timeline = await hub.alarms.timeline(alarm_id)
     assert not any(e.entry == "notification_failed" for e in timeline)
+
+
+async def test_a_report_signed_for_the_url_without_its_port_is_taken_too(hub, gateway, panels):
+    _, note, url = await delivered_sms(hub, panels, "p-0001-08")
+    report = {"MessageSid": note["provider_id"], "MessageStatus": "delivered",
+              "AccountSid": gateway.account_sid}
+    portless = urlsplit(url)._replace(netloc=urlsplit(url).hostname).geturl()
+    elsewhere = url.replace("/twilio/status", "/twilio/sms")
+    async with httpx.AsyncClient() as client:
+        without_port = await client.post(url, data=report, headers={
+            "X-Twilio-Signature": twilio_signature(gateway.auth_token, portless, report)})
+        for_another_path = await client.post(url, data=report, headers={
+            "X-Twilio-Signature": twilio_signature(gateway.auth_token, elsewhere, report)})
+
+    assert (without_port.status_code, for_another_path.status_code) == (204, 403)
+
+
+async def test_the_hubs_signature_is_twilios_signature():
+    forms = [
+        {},
+        {"MessageSid": "SM1", "MessageStatus": "delivered", "AccountSid": "AC1"},
+        {"B": "2", "a": "1", "A": "", "AB": "x", "Body": "收到 ack 12 & =?"},
+        {"Digits": "1", "Caller": "+8613800000000", "Emoji": "🚨"},
+    ]
+    for url in ("http://hub.example:8080/twilio/status", "https://hub.example/t?x=1&y=2"):
+        for form in forms:
+            assert signature_of("tok", url, form).decode() == twilio_signature("tok", url, form)
 
 
 async def test_a_hub_stopped_with_sms_on_their_way_waits_for_their_answers(

@@ -6,6 +6,9 @@ configured public URL); anything else gets 403 and changes nothing.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
 import re
 from typing import TYPE_CHECKING
@@ -66,10 +69,25 @@ def is_from_twilio(
     url = hub.public_url + path
     if query:
         url += "?" + query.decode("latin-1")
+    if hmac.compare_digest(signature_of(token, url, form), signature.encode("utf-8", "replace")):
+        return True
+    # Twilio may have signed the URL with or without its port: the library tries both.
     if not RequestValidator(token).validate(url, form, signature):
         logger.warning("webhook with a bad signature refused", extra={"path": path})
         return False
     return True
+
+
+def signature_of(auth_token: str, url: str, form: dict[str, str]) -> bytes:
+    """`X-Twilio-Signature` of a form POST to exactly `url`, as Twilio computes it.
+
+    The library's validator computes it twice (the URL with and without its port) and
+    parses the URL first: with status callbacks coming hundreds a second that was a
+    twentieth of the hub's loop. This one is tried first; the library decides the rest.
+    """
+    data = url + "".join(name + value for name, value in sorted(form.items()))
+    digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest)
 
 
 def _forbidden() -> Response:
