@@ -227,9 +227,9 @@ class _DirectClient(aiomqtt.Client):
             client._send_puback(mid)
 
     def _take_puback(self, client: Any, mid: int) -> None:
-        """A PUBACK read without paho's decoding (a reason code and a properties object
-        made for each: a twenty-fifth of the loop at 100 alarms/s, with a receipt and a
-        unit alert acknowledged per alarm); handled as paho handles it."""
+        """A PUBACK read without paho's decoding, which makes a reason code and a
+        properties object for each (two per alarm: its receipt, its unit alert);
+        handled as paho handles it, so the window of messages in flight moves on."""
         with client._out_message_mutex:
             if mid in client._out_messages:
                 client._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)

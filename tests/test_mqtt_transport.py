@@ -191,13 +191,15 @@ def _publish_packet(topic: bytes, payload: bytes, qos: int = 0, mid: int = 0) ->
             return bytes([0x30 | qos << 1]) + length + body
 
 
-def test_the_fast_reader_takes_whole_publishes_and_leaves_everything_else_to_paho():
-    def buffer_of(data: bytes) -> _RecvBuffer:
-        chunks = [data]
-        buffer = _RecvBuffer(lambda _n: chunks.pop() if chunks else b"")
-        buffer.fill()
-        return buffer
+def buffer_of(data: bytes) -> _RecvBuffer:
+    """A read buffer that has just read `data` from the socket."""
+    chunks = [data]
+    buffer = _RecvBuffer(lambda _n: chunks.pop() if chunks else b"")
+    buffer.fill()
+    return buffer
 
+
+def test_the_fast_reader_takes_whole_publishes_and_leaves_everything_else_to_paho():
     beat = _publish_packet(b"tenhub/v1/panel/p-1/heartbeat", b'{"ts":1}')
     event = _publish_packet(b"tenhub/v1/panel/p-1/event", b"e" * 300, qos=1, mid=513)
     buffer = buffer_of(beat + event)
@@ -216,12 +218,6 @@ def test_the_fast_reader_takes_whole_publishes_and_leaves_everything_else_to_pah
 
 
 def test_the_fast_reader_takes_whole_pubacks_that_say_success_and_nothing_else():
-    def buffer_of(data: bytes) -> _RecvBuffer:
-        chunks = [data]
-        buffer = _RecvBuffer(lambda _n: chunks.pop() if chunks else b"")
-        buffer.fill()
-        return buffer
-
     buffer = buffer_of(b"\x40\x02\x02\x01" + b"\x40\x02\x00\x07")
     assert (buffer.take_puback(), buffer.take_puback()) == (513, 7)
     assert buffer.take_puback() is None and not buffer.pending()

@@ -81,9 +81,9 @@ def is_from_twilio(
 def signature_of(auth_token: str, url: str, form: dict[str, str]) -> bytes:
     """`X-Twilio-Signature` of a form POST to exactly `url`, as Twilio computes it.
 
-    The library's validator computes it twice (the URL with and without its port) and
-    parses the URL first: with status callbacks coming hundreds a second that was a
-    twentieth of the hub's loop. This one is tried first; the library decides the rest.
+    The library's validator parses the URL and computes it twice (with and without the
+    port) for every request, and status callbacks come hundreds a second under load.
+    This one is tried first; the library decides the rest.
     """
     data = url + "".join(name + value for name, value in sorted(form.items()))
     digest = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
