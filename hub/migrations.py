@@ -239,6 +239,30 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE status = 'queued';
         """,
     ),
+    (
+        7,
+        "a new reply code reads the phone's open alarms' codes, not every code it ever had",
+        """
+        -- A new code is the lowest none of the phone's open alarms uses. Found by joining
+        -- every code the phone was ever given to its alarm, it read months of them in the
+        -- field, inside the writer's transaction of each escalation step.
+        ALTER TABLE reply_codes ADD COLUMN alarm_open INTEGER NOT NULL DEFAULT 1;
+        UPDATE reply_codes SET alarm_open = 0 WHERE alarm_id IN
+            (SELECT id FROM alarms WHERE state IN ('resolved', 'cancelled'));
+        CREATE INDEX reply_codes_by_alarm ON reply_codes (alarm_id);
+        CREATE INDEX reply_codes_open ON reply_codes (phone, code) WHERE alarm_open = 1;
+        -- However an alarm ends, its codes are free again.
+        CREATE TRIGGER reply_codes_freed AFTER UPDATE OF state ON alarms
+            WHEN NEW.state IN ('resolved', 'cancelled')
+        BEGIN
+            UPDATE reply_codes SET alarm_open = 0 WHERE alarm_id = NEW.id AND alarm_open = 1;
+        END;
+
+        -- Every query by recipient asks for queued messages (outbox_queued_by_recipient)
+        -- or sends (outbox_sends): this index was only written, once per message queued.
+        DROP INDEX outbox_by_recipient;
+        """,
+    ),
 ]
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
+import sqlite_utils
 
 from hub.alarm_store import Alarm, AlarmTx
 from hub.contact_store import ContactTx
 from hub.db import Database
+from hub.migrations import MIGRATIONS, apply_migrations
 
 pytestmark = pytest.mark.asyncio
 
@@ -57,5 +61,85 @@ async def test_each_open_alarm_of_a_phone_has_its_own_code_and_the_lowest_free_i
         assert sorted(codes) == list(range(6, 406))
         await _close(db, 200)
         assert await _code(db, 409) == await _code(db, 409) == codes[200 - 9]
+    finally:
+        await db.close()
+
+
+def _steps_of_next_code(db_path, phone: str, alarm_id: str) -> tuple[int, int]:
+    """(the code a new alarm gets, SQLite VM steps spent finding it), rolled back after."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.execute("BEGIN")
+    conn.execute(
+        "INSERT INTO alarms (id, unit_id, household_id, panel_id, kind, state, raised_at,"
+        " panel_ts, seq, updated_at) VALUES (?, 'u-0001', 'h-01', 'p-0001-01', 'burglary',"
+        " 'raised', 1, 1, 1, 1)",
+        (alarm_id,),
+    )
+    conn.set_progress_handler(count, 1)
+    code = ContactTx(sqlite_utils.Database(conn)).reply_code(phone, alarm_id, "patrol", "P", 1)
+    conn.set_progress_handler(None, 1)
+    conn.execute("ROLLBACK")
+    conn.close()
+    return code, steps
+
+
+async def test_a_new_code_costs_the_same_after_months_of_closed_alarms(tmp_path):
+    # A patrol phone hears of every alarm in its zone: in the field its codes pile up by
+    # the thousand, while only a few of its alarms are open at any time.
+    db = Database(tmp_path / "hub.db")
+    await db.open()
+    try:
+        await _code(db, 1)
+        await _code(db, 2)
+        code, fresh = _steps_of_next_code(db.path, PATROL, "a-new")
+        assert code == 3
+
+        def history(d):
+            alarms, contacts = AlarmTx(d), ContactTx(d)
+            for n in range(3, 3003):
+                alarms.insert_alarm(_alarm(n))
+                contacts.reply_code(PATROL, f"a-{n:04d}", "patrol", "Patrol 1", n)
+                alarms.set_state(f"a-{n:04d}", "resolved", n)
+
+        await db.write(history)
+        code, after = _steps_of_next_code(db.path, PATROL, "a-new")
+        assert code == 3  # codes 1 and 2 are still in use, every other one is free
+        # Reading 3,000 old codes would take tens of thousands of steps more.
+        assert after < fresh + 200, (fresh, after)
+    finally:
+        await db.close()
+
+
+async def test_a_database_from_before_keeps_its_open_codes_and_frees_the_closed_ones(tmp_path):
+    path = tmp_path / "hub.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 6])
+    for n, state in ((1, "resolved"), (2, "raised"), (3, "cancelled"), (4, "acknowledged")):
+        conn.execute(
+            "INSERT INTO alarms (id, unit_id, household_id, panel_id, kind, state, raised_at,"
+            " panel_ts, seq, updated_at) VALUES (?, 'u-0001', 'h-01', 'p-0001-01',"
+            " 'burglary', ?, ?, ?, ?, ?)",
+            (f"a-{n:04d}", state, n, n, n, n),
+        )
+        conn.execute(
+            "INSERT INTO reply_codes (phone, alarm_id, code, role, name, created_at)"
+            " VALUES (?, ?, ?, 'patrol', 'Patrol 1', ?)",
+            (PATROL, f"a-{n:04d}", n, n),
+        )
+    conn.close()
+    db = Database(path)
+    await db.open()  # brought up to date
+    try:
+        # Codes 2 and 4 belong to open alarms; 1 and 3 are free again.
+        assert [await _code(db, n) for n in (5, 6, 7)] == [1, 3, 5]
+        await _close(db, 4)
+        assert await _code(db, 8) == 4
     finally:
         await db.close()
