@@ -5,12 +5,17 @@ silent panel is offline; this class only records what panels say.
 
 The hub judges panels from memory; the database's copy is what a restarted hub starts
 from. So a live panel's row is written when something about it changes, and its
-last-seen time refreshed once every LAST_SEEN_REFRESH_MS: with 10,000 panels, writing
-every heartbeat's time meant a thousand rows a second, in bursts that held up alarms.
+last-seen time refreshed about once every LAST_SEEN_REFRESH_MS: with 10,000 panels,
+writing every heartbeat's time meant a thousand rows a second, in bursts that held up
+alarms. Each panel has an interval of its own, between half and one and a half of that:
+with one interval for all, panels that came online together (after a broker restart,
+all of them) were all refreshed within the same few seconds every minute, thousands of
+rows at once, and alarms raised then waited behind them.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,7 +31,7 @@ class PanelPresence:
     last_seen: int = 0  # hub time, ms, of the last sign of life (online status or heartbeat)
     battery: int | None = None
     fw: str | None = None
-    written_seen: int = 0  # the last_seen of the row last handed out to be written
+    refresh_at: int = 0  # hub time, ms, after which a heartbeat's time is written again
 
 
 class PresenceTracker:
@@ -70,7 +75,7 @@ class PresenceTracker:
         if p is None:
             p = self._panels[panel_id] = PanelPresence()
         p.last_seen = now
-        if p.state != "online" or now - p.written_seen >= self.refresh_ms:
+        if p.state != "online" or now >= p.refresh_at:
             self._dirty.add(panel_id)
         self._set_state(panel_id, p, "online")
 
@@ -93,9 +98,18 @@ class PresenceTracker:
         rows: list[PresenceRow] = []
         for pid in dirty:
             if (p := panels.get(pid)) is not None:
-                p.written_seen = p.last_seen
+                p.refresh_at = p.last_seen + self.refresh_interval_ms(pid, p.last_seen)
                 rows.append((pid, p.state, p.last_seen, p.battery, p.fw))
         return rows
+
+    def refresh_interval_ms(self, panel_id: str, seen: int) -> int:
+        """How long the last-seen `seen` of a live panel, once written, may age.
+
+        Between half and one and a half of `refresh_ms`, spread by a hash of both: one
+        interval per panel would bring panels together again (refreshes happen at
+        heartbeats, so a 30 s panel and a 40 s one meet every 120 s).
+        """
+        return self.refresh_ms // 2 + zlib.crc32(f"{panel_id}@{seen}".encode()) % self.refresh_ms
 
     def sort_out(self, panel_ids: Iterable[str], cutoff: int) -> tuple[list[str], list[str]]:
         """(online, not online) among these panels, in their order; an online panel silent
