@@ -91,9 +91,17 @@ class PresenceTracker:
     def items(self) -> list[tuple[str, PanelPresence]]:
         return list(self._panels.items())
 
-    def take_dirty(self) -> list[PresenceRow]:
-        """Panels changed since the last call, as rows to write in one batch."""
-        dirty, self._dirty = self._dirty, set()
+    def dirty_count(self) -> int:
+        """How many panels changed since they were last taken."""
+        return len(self._dirty)
+
+    def take_dirty(self, limit: int | None = None) -> list[PresenceRow]:
+        """Panels changed since they were last taken (at most `limit`), as rows to write."""
+        if limit is None or limit >= len(self._dirty):
+            dirty, self._dirty = self._dirty, set()
+        else:
+            pop = self._dirty.pop
+            dirty = {pop() for _ in range(limit)}
         panels = self._panels
         rows: list[PresenceRow] = []
         for pid in dirty:
