@@ -14,7 +14,7 @@ from hub.presence import PanelPresence, PresenceRow
 
 # Rows per transaction: about a millisecond of the writer on a quiet hub; 250 took 2-5 ms
 # with 100 alarms a second, an alarm waiting behind them.
-_PRESENCE_CHUNK = 100
+PRESENCE_ROWS_PER_WRITE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +82,11 @@ class PanelStore:
 
         An alarm's write waits behind at most one of these, not behind all of them.
         """
-        for start in range(0, len(rows), _PRESENCE_CHUNK):
+        step = PRESENCE_ROWS_PER_WRITE
+        for start in range(0, len(rows), step):
             chunk = [
                 (pid, state, last_seen or None, battery, fw, now)
-                for pid, state, last_seen, battery, fw in rows[start : start + _PRESENCE_CHUNK]
+                for pid, state, last_seen, battery, fw in rows[start : start + step]
             ]
             await self.db.write(
                 lambda d, chunk=chunk: d.conn.executemany(
