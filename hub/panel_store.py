@@ -12,10 +12,6 @@ import sqlite_utils
 from hub.db import Database
 from hub.presence import PanelPresence, PresenceRow
 
-# Rows per transaction: about a millisecond of the writer on a quiet hub; 250 took 2-5 ms
-# with 100 alarms a second, an alarm waiting behind them.
-PRESENCE_ROWS_PER_WRITE = 100
-
 
 @dataclass(frozen=True, slots=True)
 class Trouble:
@@ -78,26 +74,22 @@ class PanelStore:
         self.db = db
 
     async def save_presence(self, rows: list[PresenceRow], now: int) -> None:
-        """Write what changed since the last flush, a hundred panels per transaction.
-
-        An alarm's write waits behind at most one of these, not behind all of them.
-        """
-        step = PRESENCE_ROWS_PER_WRITE
-        for start in range(0, len(rows), step):
-            chunk = [
-                (pid, state, last_seen or None, battery, fw, now)
-                for pid, state, last_seen, battery, fw in rows[start : start + step]
-            ]
-            await self.db.write(
-                lambda d, chunk=chunk: d.conn.executemany(
-                    "INSERT INTO panel_state (panel_id, state, last_seen, battery, fw, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (panel_id) DO UPDATE SET"
-                    " state = excluded.state, last_seen = excluded.last_seen,"
-                    " battery = excluded.battery, fw = excluded.fw,"
-                    " updated_at = excluded.updated_at",
-                    chunk,
-                )
+        """Write these panels' rows in one transaction (the caller keeps it short: an
+        alarm's write waits behind it)."""
+        values = [
+            (pid, state, last_seen or None, battery, fw, now)
+            for pid, state, last_seen, battery, fw in rows
+        ]
+        await self.db.write(
+            lambda d: d.conn.executemany(
+                "INSERT INTO panel_state (panel_id, state, last_seen, battery, fw, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (panel_id) DO UPDATE SET"
+                " state = excluded.state, last_seen = excluded.last_seen,"
+                " battery = excluded.battery, fw = excluded.fw,"
+                " updated_at = excluded.updated_at",
+                values,
             )
+        )
 
     async def load_presence(self) -> list[tuple[str, PanelPresence]]:
         rows = await self.db.read(
