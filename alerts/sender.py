@@ -88,7 +88,7 @@ class OutboxSender:
         # cut a request off halfway, where nobody could tell whether it reached Twilio.
         # By message id: until its outcome is committed a message may still read as
         # queued, and must not be sent a second time meanwhile.
-        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._inflight: dict[int, asyncio.Task[str | None]] = {}
 
     async def run_once(self) -> float | None:
         """Send what is due; seconds until the next message falls due (None: none queued)."""
@@ -112,34 +112,42 @@ class OutboxSender:
         return max(0.0, (next_at - self.clock.now_ms()) / 1000)
 
     def send_now(
-        self, messages: Collection[OutboxMessage], then: Callable[[], None] | None = None
+        self, messages: Collection[OutboxMessage], then: Callable[[bool], None] | None = None
     ) -> None:
         """Send these just-committed messages at once, without waiting for `run_once`.
 
         Their rows must not be due yet (`run_once` would offer them too); a send that
-        fails is queued for retry like any other, and `then` runs when all are done.
-        Messages of a channel this sender does not have stay queued for one that has it.
+        fails is queued for retry like any other. `then(all_sent)` runs when all are done:
+        all_sent is False when one did not go out now (held, to retry, failed, or its
+        outcome not stored), so that `run_once` takes it over. Messages of a channel this
+        sender does not have stay queued for one that has it.
         """
         messages = [m for m in messages if m.channel in self.channels]
         sends = [self._start(m) for m in messages]
 
         def all_done(_: asyncio.Future[object]) -> None:
+            all_sent = True
             for m, task in zip(messages, sends, strict=True):
-                if not task.cancelled() and task.exception() is not None:
+                if task.cancelled():
+                    all_sent = False
+                elif task.exception() is not None:
+                    all_sent = False
                     # Its row stays queued and falls due shortly: the sender sends it then.
                     logger.warning(
                         "fast send not recorded; the outbox sender takes it over",
                         extra={"channel": m.channel, "id": m.id, "error": str(task.exception())},
                     )
+                elif task.result() != "sent":
+                    all_sent = False
             if then is not None:
-                then()
+                then(all_sent)
 
         if sends:
             asyncio.gather(*sends, return_exceptions=True).add_done_callback(all_done)
         elif then is not None:
-            then()
+            then(True)
 
-    def _start(self, message: OutboxMessage) -> asyncio.Task[None]:
+    def _start(self, message: OutboxMessage) -> asyncio.Task[str | None]:
         task = asyncio.create_task(self._send(message))
         self._inflight[message.id] = task
         task.add_done_callback(lambda _: self._inflight.pop(message.id, None))
@@ -162,54 +170,57 @@ class OutboxSender:
                 except Exception:  # stopping: one channel's failure must not stop the rest
                     logger.exception("closing a channel failed", extra={"channel": channel.name})
 
-    async def _send(self, message: OutboxMessage) -> None:
+    async def _send(self, message: OutboxMessage) -> str | None:
+        """Send one message and record what came of it; the outcome ("sent", "retry",
+        "failed", "unknown", "dropped", "held"), or None when it was not queued any more."""
+        outcome = await self._attempt(message)
+        if outcome is not None:
+            self.on_result(message.channel, outcome)
+        return outcome
+
+    async def _attempt(self, message: OutboxMessage) -> str | None:
         channel = self.channels[message.channel]  # due() offers only channels we have
         now = self.clock.now_ms()
         if message.alarm_over and not channel.idempotent:
             # Held back or retried past the alarm's end: telling people now only misleads.
             await self.queue.mark_dropped(message.id, f"alarm {message.alarm_state} first")
-            self.on_result(message.channel, "dropped")
-            return
+            return "dropped"
         if self.limiter is not None:
             hold = await self.limiter.hold_until(message, now)
             if hold is not None:
                 await self.queue.hold(message.id, hold[0], hold[1], now)
-                self.on_result(message.channel, "held")
-                return
+                return "held"
         claimed = not channel.idempotent
         if claimed and not await self.queue.claim(message.id, now):
-            return  # not queued any more
+            return None  # not queued any more
         async with self._limit if channel.remote else contextlib.nullcontext():
             try:
                 provider_id = await channel.send(message)
             except OutcomeUnknown as exc:
                 await self.queue.mark_unknown(message.id, f"outcome unknown: {exc}")
-                self.on_result(message.channel, "unknown")
                 logger.error(
                     "notification may or may not have gone out; not sent again",
                     extra={"channel": message.channel, "id": message.id, "error": str(exc)},
                 )
-                return
+                return "unknown"
             except PermanentError as exc:
                 await self.queue.mark_failed(message.id, str(exc))
-                self.on_result(message.channel, "failed")
                 logger.error(
                     "notification failed for good",
                     extra={"channel": message.channel, "id": message.id, "error": str(exc)},
                 )
-                return
+                return "failed"
             except (RetryableError, Exception) as exc:
                 # Anything unforeseen is retried too: a bug must not drop an alert.
                 delay = self.backoff.delay_ms(message.attempts)
                 await self.queue.mark_retry(message.id, self.clock.now_ms() + delay, str(exc))
-                self.on_result(message.channel, "retry")
                 logger.warning(
                     "notification not sent; will retry",
                     extra={"channel": message.channel, "id": message.id, "error": str(exc),
                            "retry_in_ms": delay},
                 )
-                return
+                return "retry"
         # A claimed message left its line at the claim; one sent unclaimed (a unit alert)
         # holds the next one of its line back until this is committed: not lazily, then.
         await self.queue.mark_sent(message.id, self.clock.now_ms(), provider_id, lazy=claimed)
-        self.on_result(message.channel, "sent")
+        return "sent"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 
@@ -124,6 +125,7 @@ class Hub:
         )
         speed = settings.clock_speed
         self.sender_runner = JobRunner(self.sender, speed=speed)
+        self._slow_queued = 0  # commits so far that queued messages the slow way
         self.engine = EscalationEngine(
             self.db, self.context, self.clock, on_commit=self._after_step
         )
@@ -169,12 +171,14 @@ class Hub:
         fast_sends: tuple[OutboxMessage, ...], wake_engine: bool = True,
     ) -> None:
         """Something was committed: sound the unit, wake who has work, tell who watches."""
-        if fast_sends:
-            # Buzzers and people should not wait for the sender's next look at the outbox;
-            # once these are out, a message queued behind them may go (the sender is woken).
-            self.sender.send_now(fast_sends, then=self.sender_runner.wake)
         if queued > len(fast_sends):
+            self._slow_queued += 1
             self.sender_runner.wake()
+        if fast_sends:
+            # Buzzers and people should not wait for the sender's next look at the outbox.
+            self.sender.send_now(
+                fast_sends, then=functools.partial(self._fast_sent, self._slow_queued)
+            )
         if changes and wake_engine:
             self.engine_runner.wake()
         latest: dict[str, AlarmChange] = {}
@@ -195,6 +199,16 @@ class Hub:
                 "kind": change.kind, "unit_id": change.unit_id,
                 "zone": unit.zone if unit else None, "change": change.change,
             })
+
+    def _fast_sent(self, slow_queued_before: int, all_sent: bool) -> None:
+        """Fast sends are done: wake the sender only if a message may wait on it.
+
+        One that did not go out (held, to retry, its outcome not stored) is the sender's
+        now, and a message queued the slow way while they were out may sit behind one of
+        them in its line; else the sender would find nothing new, at the cost of two reads.
+        """
+        if not all_sent or self._slow_queued != slow_queued_before:
+            self.sender_runner.wake()
 
     def _on_panel_change(self, panel_id: str, state: str) -> None:
         place = self.registry.panel_place(panel_id)

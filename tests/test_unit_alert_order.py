@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -21,6 +22,7 @@ from hub.db import Database
 from hub.outbox_store import OutboxStore
 from hub.policy import DEFAULT_POLICIES
 from hub.work import FAST_PATH_GRACE_MS, AlarmContext, Work
+from tests.conftest import first_step_recorded
 
 pytestmark = pytest.mark.asyncio
 
@@ -67,7 +69,7 @@ async def raise_alarm(db, context, clock, place):
 
 async def fast_send(sender: OutboxSender, messages) -> None:
     done = asyncio.Event()
-    sender.send_now(messages, then=done.set)
+    sender.send_now(messages, then=lambda _recorded: done.set())
     async with asyncio.timeout(5):
         await done.wait()
 
@@ -132,7 +134,7 @@ async def test_an_alert_still_going_out_when_its_grace_ends_is_not_sent_again(se
     sender.channels["panel"] = PanelChannel(slow_publish)
     _, w = await raise_alarm(db, context, clock, place)
     done = asyncio.Event()
-    sender.send_now(w.fast_sends, then=done.set)
+    sender.send_now(w.fast_sends, then=lambda _recorded: done.set())
     # Past the fast path's grace the row reads as due; its send is still on its way.
     clock.advance(FAST_PATH_GRACE_MS / 1000 + 1)
     second_look = asyncio.create_task(sender.run_once())
@@ -200,7 +202,7 @@ async def test_a_unit_alert_never_waits_behind_sms_in_flight(setting, registry):
 
     _, raised = await raise_alarm(db, context, clock, registry.panel_place("p-0001-01"))
     done = asyncio.Event()
-    sender.send_now(raised.fast_sends, then=done.set)
+    sender.send_now(raised.fast_sends, then=lambda _recorded: done.set())
     async with asyncio.timeout(2):
         await done.wait()
     assert broker.heard == [("tenhub/v1/unit/u-0001/alert", "raised")]
@@ -208,3 +210,78 @@ async def test_a_unit_alert_never_waits_behind_sms_in_flight(setting, registry):
     gateway_answers.set()
     assert await sender.drain(5) == 0
     assert (await outbox.counts()).get("sent") == 2
+
+
+# -- the running hub: when the outbox sender is asked to look -------------------------------
+
+UNIT1 = [f"p-0001-{i:02d}" for i in range(1, 11)]
+
+
+class HeldUnitAlerts:
+    """The hub's unit-alert channel, its sends held until released: a broker slow to
+    acknowledge them."""
+
+    name, idempotent, remote = "panel", True, False
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.out = asyncio.Event()  # a send is on its way
+        self.released = asyncio.Event()
+
+    async def send(self, message: OutboxMessage) -> str | None:
+        self.out.set()
+        await self.released.wait()
+        return await self.inner.send(message)
+
+
+def sender_looks_only_when_woken(hub) -> None:
+    """No safety tick: the sender looks at the outbox when woken, or when a row falls due."""
+    hub.sender_runner.tick_s = 3600.0
+    hub.sender_runner.wake()  # its current wait ends; the next one has no tick
+
+
+async def test_a_cancel_queued_behind_an_alert_still_going_out_follows_it_at_once(hub, panels):
+    heard: list[tuple[str, str]] = []
+    raiser = panels(UNIT1[0])[0]
+    panels(UNIT1[1], on_alert=lambda c: heard.append((c.alert.alarm_id, c.alert.state.value)))
+    held = HeldUnitAlerts(hub.sender.channels["panel"])
+    hub.sender.channels["panel"] = held
+    sender_looks_only_when_woken(hub)
+
+    receipt = await asyncio.to_thread(raiser.raise_alarm("burglary").wait, 5)
+    async with asyncio.timeout(5):
+        await held.out.wait()  # "raised" is on its way to the unit, not yet out
+    cancel = await asyncio.to_thread(raiser.cancel(receipt.alarm_id, "6305").wait, 5)
+    assert cancel is not None and cancel.status.value == "accepted"
+    # "cancelled" went the slow way, behind "raised": its commit woke the sender, which
+    # found it waiting in line.
+    await asyncio.sleep(0.2)
+    assert heard == []
+
+    held.released.set()
+    started = time.monotonic()
+    async with asyncio.timeout(3):  # the fast path's grace (5 s) would be the next look
+        while len(heard) < 2:  # noqa: ASYNC110 - the panel's thread appends
+            await asyncio.sleep(0.01)
+    assert heard == [(receipt.alarm_id, "raised"), (receipt.alarm_id, "cancelled")]
+    assert time.monotonic() - started < 1.0
+
+
+async def test_alerts_that_all_went_the_fast_way_cost_the_sender_no_look(hub, panels):
+    raiser, *neighbours = panels(*UNIT1)
+    sender_looks_only_when_woken(hub)
+    await asyncio.sleep(0.2)  # the run that wake started is over
+    runs = hub.sender_runner.runs
+
+    receipt = await asyncio.to_thread(raiser.raise_alarm("burglary").wait, 5)
+    await first_step_recorded(hub, receipt.alarm_id)
+    async with asyncio.timeout(5):
+        while not all(receipt.alarm_id in p.sounding for p in neighbours):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # a wake after the last send would have run by now
+
+    # The unit alert and the first step's messages went out the moment they committed;
+    # nothing queued behind them, so there was nothing for the sender to look for.
+    assert hub.sender_runner.runs == runs
+    counts = await hub.outbox.counts()
+    assert counts.get("sent", 0) >= 1
