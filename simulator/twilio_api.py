@@ -109,7 +109,9 @@ def create_gateway_app(
     app.add_middleware(_StampArrival)
     app.add_exception_handler(TwilioError, _twilio_error)
 
-    def authorize(request: Request, account_sid: str) -> None:
+    # A coroutine: FastAPI runs a plain function dependency on a worker thread, a thread
+    # hop for every request.
+    async def authorize(request: Request, account_sid: str) -> None:
         user, _, password = _basic_credentials(request.headers.get("authorization", ""))
         valid_user = secrets.compare_digest(user.encode(), config.account_sid.encode())
         valid_password = secrets.compare_digest(password.encode(), config.auth_token.encode())
