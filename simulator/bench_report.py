@@ -20,6 +20,10 @@ MEASURE_NAMES = {
 PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
 RECEIPT_TARGET_MS = 5.0
 SUSTAINED_SHARE = 0.95  # "sustained": receipts keep up with 95% of the offered rate
+# ... and without a queue: a hub at the end of its strength still receipts 95% of 500 a
+# second, but its alarms wait in line for tens of milliseconds or more; one keeping up
+# answers in a few (20 ms leaves room for the batches a busy writer commits together).
+SUSTAINED_P50_MS = 20.0
 
 
 def percentiles_ms(samples_s: list[float]) -> dict[str, Any]:
@@ -153,10 +157,15 @@ def judge(phases: list[dict[str, Any]]) -> list[Target]:
         targets.append(Target("≥ 500 alarms/s sustained, 0 lost", "not measured", None))
     else:
         rate = heavy["throughput_per_s"]
+        receipt = heavy["measures"].get("receipt") or {}
+        p50 = receipt.get("p50_ms")
         targets.append(Target(
-            f"≥ 500 alarms/s sustained (receipted ≥ {SUSTAINED_SHARE:.0%} of offered), 0 lost",
-            f"{rate:g}/s over {heavy['alarms']:,} alarms, {heavy['lost']} lost",
-            rate >= 500 * SUSTAINED_SHARE and heavy["lost"] == 0,
+            f"≥ 500 alarms/s sustained (receipted ≥ {SUSTAINED_SHARE:.0%} of offered, receipt"
+            f" p50 ≤ {SUSTAINED_P50_MS:g} ms: no queue), 0 lost",
+            f"{rate:g}/s over {heavy['alarms']:,} alarms, receipt p50 "
+            f"{'–' if p50 is None else f'{p50:g} ms'}, {heavy['lost']} lost",
+            rate >= 500 * SUSTAINED_SHARE and p50 is not None and p50 <= SUSTAINED_P50_MS
+            and heavy["lost"] == 0,
         ))  # fmt: skip
     storm = _load(phase, "storm")
     if storm is not None:
