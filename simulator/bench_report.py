@@ -163,7 +163,7 @@ def judge(phases: list[dict[str, Any]]) -> list[Target]:
             f"≥ 500 alarms/s sustained (receipted ≥ {SUSTAINED_SHARE:.0%} of offered, receipt"
             f" p50 ≤ {SUSTAINED_P50_MS:g} ms: no queue), 0 lost",
             f"{rate:g}/s over {heavy['alarms']:,} alarms, receipt p50 "
-            f"{'–' if p50 is None else f'{p50:g} ms'}, {heavy['lost']} lost",
+            f"{'–' if p50 is None else f'{p50:.1f} ms'}, {heavy['lost']} lost",
             rate >= 500 * SUSTAINED_SHARE and p50 is not None and p50 <= SUSTAINED_P50_MS
             and heavy["lost"] == 0,
         ))  # fmt: skip
