@@ -69,7 +69,7 @@ async def raise_alarm(db, context, clock, place):
 
 async def fast_send(sender: OutboxSender, messages) -> None:
     done = asyncio.Event()
-    sender.send_now(messages, then=lambda _recorded: done.set())
+    sender.send_now(messages, then=lambda _all_sent: done.set())
     async with asyncio.timeout(5):
         await done.wait()
 
@@ -134,7 +134,7 @@ async def test_an_alert_still_going_out_when_its_grace_ends_is_not_sent_again(se
     sender.channels["panel"] = PanelChannel(slow_publish)
     _, w = await raise_alarm(db, context, clock, place)
     done = asyncio.Event()
-    sender.send_now(w.fast_sends, then=lambda _recorded: done.set())
+    sender.send_now(w.fast_sends, then=lambda _all_sent: done.set())
     # Past the fast path's grace the row reads as due; its send is still on its way.
     clock.advance(FAST_PATH_GRACE_MS / 1000 + 1)
     second_look = asyncio.create_task(sender.run_once())
@@ -202,7 +202,7 @@ async def test_a_unit_alert_never_waits_behind_sms_in_flight(setting, registry):
 
     _, raised = await raise_alarm(db, context, clock, registry.panel_place("p-0001-01"))
     done = asyncio.Event()
-    sender.send_now(raised.fast_sends, then=lambda _recorded: done.set())
+    sender.send_now(raised.fast_sends, then=lambda _all_sent: done.set())
     async with asyncio.timeout(2):
         await done.wait()
     assert broker.heard == [("tenhub/v1/unit/u-0001/alert", "raised")]
