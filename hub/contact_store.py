@@ -45,24 +45,38 @@ class ContactTx:
         ).fetchone()
         if row:
             return int(row[0])
-        # Only the codes of open alarms (kept so by a trigger): a phone's history grows
-        # with every alarm of its zone, its open alarms do not. INDEXED BY: unguided, the
-        # planner took the primary key and read the whole history again.
-        used = {
-            r[0]
-            for r in self.conn.execute(
-                "SELECT code FROM reply_codes INDEXED BY reply_codes_open"
-                " WHERE phone = ? AND alarm_open = 1",
-                (phone,),
-            )
-        }
-        code = next(n for n in range(1, len(used) + 2) if n not in used)
+        code = self._lowest_free_code(phone)
         self.conn.execute(
             "INSERT INTO reply_codes (phone, alarm_id, code, role, name, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (phone, alarm_id, code, role, name, now),
         )
         return code
+
+    def _lowest_free_code(self, phone: str) -> int:
+        # Only the codes of open alarms (kept so by a trigger): a phone's history grows
+        # with every alarm of its zone, its open alarms do not. INDEXED BY: unguided, the
+        # planner took the primary key and read the whole history again.
+        count, highest = self.conn.execute(
+            "SELECT count(*), max(code) FROM reply_codes INDEXED BY reply_codes_open"
+            " WHERE phone = ? AND alarm_open = 1",
+            (phone,),
+        ).fetchone()
+        if count == (highest or 0):
+            return count + 1  # 1..highest all taken: the usual case, counted in SQLite
+        # A gap: alarms closed out of order. Read in order, the first code above the
+        # next free number shows it, mostly among the oldest (they close first).
+        codes = self.conn.execute(
+            "SELECT code FROM reply_codes INDEXED BY reply_codes_open"
+            " WHERE phone = ? AND alarm_open = 1 ORDER BY code",
+            (phone,),
+        )
+        free = 1
+        for (code,) in codes:
+            if code > free:
+                return free
+            free = max(free, code + 1)
+        return free
 
     def ack_token(self, alarm_id: str, phone: str, role: str, name: str, now: int) -> str:
         """A new unguessable token that acknowledges this alarm as this responder."""

@@ -263,6 +263,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         DROP INDEX outbox_by_recipient;
         """,
     ),
+    (
+        8,
+        "a new reply code is found in the index alone, however many alarms a phone has open",
+        """
+        -- In a storm a zone's patrol phones have hundreds of open alarms, and each new one
+        -- asked for their codes: the index held (phone, code) only, so SQLite read each
+        -- code's row to check alarm_open, and the hub gathered every code to find a gap.
+        -- With alarm_open in the index the count, the highest and the first gap are read
+        -- from the index alone.
+        DROP INDEX reply_codes_open;
+        CREATE INDEX reply_codes_open ON reply_codes (phone, code, alarm_open)
+            WHERE alarm_open = 1;
+        """,
+    ),
 ]
 
 
