@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -10,6 +11,16 @@ import sqlite_utils
 from hub.db import Database
 
 _OPEN = "a.state NOT IN ('resolved', 'cancelled')"
+_FEW_CODES = 32  # a phone's open alarms read in one go before the index is asked
+
+
+def _first_free(codes: Iterable[Sequence[int]], free: int) -> int:
+    """The lowest number from `free` up that none of these codes (rows, ascending) takes."""
+    for (code,) in codes:
+        if code > free:
+            break
+        free = max(free, code + 1)
+    return free
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,26 +68,21 @@ class ContactTx:
         # Only the codes of open alarms (kept so by a trigger): a phone's history grows
         # with every alarm of its zone, its open alarms do not. INDEXED BY: unguided, the
         # planner took the primary key and read the whole history again.
-        count, highest = self.conn.execute(
-            "SELECT count(*), max(code) FROM reply_codes INDEXED BY reply_codes_open"
-            " WHERE phone = ? AND alarm_open = 1",
-            (phone,),
-        ).fetchone()
-        if count == (highest or 0):
-            return count + 1  # 1..highest all taken: the usual case, counted in SQLite
-        # A gap: alarms closed out of order. Read in order, the first code above the
-        # next free number shows it, mostly among the oldest (they close first).
-        codes = self.conn.execute(
-            "SELECT code FROM reply_codes INDEXED BY reply_codes_open"
-            " WHERE phone = ? AND alarm_open = 1 ORDER BY code",
-            (phone,),
-        )
-        free = 1
-        for (code,) in codes:
-            if code > free:
-                return free
-            free = max(free, code + 1)
-        return free
+        of_phone = "FROM reply_codes INDEXED BY reply_codes_open WHERE phone = ? AND alarm_open = 1"
+        lowest = self.conn.execute(
+            f"SELECT code {of_phone} ORDER BY code LIMIT {_FEW_CODES}", (phone,)
+        ).fetchall()
+        free = _first_free(lowest, 1)
+        if len(lowest) < _FEW_CODES or free <= lowest[-1][0]:
+            return free  # a phone has a few alarms open: one short read
+        # A storm: hundreds open, the lowest all taken. The index alone says whether
+        # 1..highest are (the count reads its entries, not the rows); asked apart, the
+        # highest is one step down the index.
+        highest = self.conn.execute(f"SELECT max(code) {of_phone}", (phone,)).fetchone()[0]
+        if self.conn.execute(f"SELECT count(*) {of_phone}", (phone,)).fetchone()[0] == highest:
+            return int(highest) + 1
+        above = f"SELECT code {of_phone} AND code >= ? ORDER BY code"
+        return _first_free(self.conn.execute(above, (phone, free)), free)
 
     def ack_token(self, alarm_id: str, phone: str, role: str, name: str, now: int) -> str:
         """A new unguessable token that acknowledges this alarm as this responder."""

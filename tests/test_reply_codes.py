@@ -61,6 +61,9 @@ async def test_each_open_alarm_of_a_phone_has_its_own_code_and_the_lowest_free_i
         assert sorted(codes) == list(range(6, 406))
         await _close(db, 200)
         assert await _code(db, 409) == await _code(db, 409) == codes[200 - 9]
+        await _close(db, 10)  # and low down, among hundreds still open
+        assert await _code(db, 410) == codes[10 - 9] == 7
+        assert await _code(db, 411) == 406
     finally:
         await db.close()
 
