@@ -40,6 +40,7 @@ from hub.rejects import RejectLog
 from hub.settings import BrokerAddress, Settings, parse_host_port
 from hub.supervision import PanelSupervisor
 from hub.web import create_web_app
+from hub.web.server import EmbeddedServer
 from hub.web.status_fast_path import StatusFastPath
 from hub.work import AlarmChange, AlarmContext, LifecycleRules
 
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_BROKER_USER = "tenhub-hub"
 _CHANGE_RANK = {"note": 0, "step": 1, "state": 2, "raised": 3}
+_WEB_GRACE_S = 5  # at stop, for the web requests still open
 
 
 class Hub:
@@ -247,10 +249,12 @@ class Hub:
     async def run(self) -> None:
         """Serve until stop() (or cancellation), then shut down in order."""
         http_socket = self._http_socket
-        server = uvicorn.Server(
+        server = EmbeddedServer(
             uvicorn.Config(
                 StatusFastPath(self.web, self), log_level="warning", lifespan="off",
                 access_log=False,
+                # A request still open then (a stuck client) does not hold the stop up.
+                timeout_graceful_shutdown=_WEB_GRACE_S,
             )
         )
         try:
@@ -292,6 +296,7 @@ class Hub:
                 # In order: stop taking messages, finish those taken, then stop the rest.
                 tasks[0].cancel()
                 await self.ingest.drain()
+                self.events.close()  # the dashboards' live streams end, not hold the web up
                 server.should_exit = True
                 for task in tasks[1:]:
                     task.cancel()

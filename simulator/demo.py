@@ -148,6 +148,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         for task in list(tally.background):
             task.cancel()
         await asyncio.to_thread(fleet.stop)
+        await asyncio.to_thread(gateway.stop_callbacks)  # none to a hub that has stopped
         hub.stop()
         await hub_task
         await asyncio.to_thread(gateway.stop)

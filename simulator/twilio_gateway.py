@@ -12,12 +12,13 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Self
 
 import httpx
 import uvicorn
 
+from hub.web.server import EmbeddedServer
 from simulator.twilio_api import GatewayConfig, create_gateway_app
 from simulator.twilio_store import GatewayStore, PlacedCall, Record, SentMessage
 from simulator.twilio_webhooks import (
@@ -29,13 +30,6 @@ from simulator.twilio_webhooks import (
 
 DEFAULT_ACCOUNT_SID = "AC" + "0" * 32
 DEFAULT_AUTH_TOKEN = "tenhub-local-auth-token"
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        # The program that embeds the gateway owns SIGINT/SIGTERM, not the gateway.
-        yield
 
 
 class TwilioGateway:
@@ -67,7 +61,7 @@ class TwilioGateway:
             self._callbacks.post,
             self._hang,
         )
-        self._server: _Server | None = None
+        self._server: EmbeddedServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -137,6 +131,15 @@ class TwilioGateway:
             self._thread.join(15)
             self._thread = None
 
+    def stop_callbacks(self) -> None:
+        """Drop the status callbacks not yet posted; messages are still accepted.
+
+        For whoever stops the hub the callbacks go to before the gateway: posted to a
+        hub that has stopped, each would fail with a warning, as the hub's last messages'
+        reports would at every Ctrl-C of the demo.
+        """
+        self._callbacks.stop()
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -161,7 +164,7 @@ class TwilioGateway:
     async def _serve(self, sock: socket.socket) -> None:
         self._loop = asyncio.get_running_loop()
         self._closing = asyncio.Event()
-        self._server = _Server(
+        self._server = EmbeddedServer(
             uvicorn.Config(
                 # log_config=None: the program that embeds the gateway configures logging.
                 self.app, log_config=None, log_level="warning", lifespan="off",

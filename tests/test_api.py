@@ -312,6 +312,21 @@ async def test_live_events_carry_only_the_users_zones(hub):
     assert {"id": mine, "state": "raised", "zone": "z-qiaokou"}.items() <= got[0].items()
 
 
+async def test_live_streams_end_when_the_hub_stops_and_new_ones_end_at_once(hub):
+    desk, _ = await login(hub, "desk-q", over_http=True)
+    async with aclosing(desk):
+        async with desk.stream("GET", "/api/events") as open_stream:
+            lines = open_stream.aiter_lines()
+            assert (await anext(lines)).startswith("retry:")
+            hub.events.close()  # as the hub does when it stops
+            async with asyncio.timeout(5):  # not at the next keepalive, 15 s on
+                assert [line async for line in lines if line.strip()] == []
+        async with asyncio.timeout(5):
+            late = await desk.get("/api/events")  # a browser reconnecting meanwhile
+        assert late.status_code == 200 and late.text.startswith("retry:")
+        assert "event:" not in late.text
+
+
 async def test_a_user_with_a_phone_subscribes_this_browser_to_pushes(hub):
     browser = {"endpoint": "http://127.0.0.1:9/push/abc",
                "keys": {"p256dh": "B" + "x" * 86, "auth": "a" * 22}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from devices.panel import ReferencePanel
 from tests.brokers import free_port, wait_for_port
@@ -164,6 +166,58 @@ def test_ctrl_c_stops_the_demo_cleanly_with_a_summary(tmp_path):
     assert proc.returncode == 0, err
     assert "stopping…" in out and "alarms raised" in out
     assert "Traceback" not in err
+    # The cancel's SMS were still being reported on when Ctrl-C came: the gateway drops
+    # those reports, not posts them to a hub that has stopped (a warning for each).
+    assert "status callback failed" not in err, err
+
+
+def test_the_hub_stops_in_order_while_a_desk_watches_the_live_dashboard(tmp_path):
+    # A desk's dashboard holds a live stream open for as long as the hub runs. The web
+    # server used to take SIGTERM for itself and wait for that stream to end, which it
+    # never does: the hub never stopped, until its service manager killed it mid-send.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
+    http_port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub", "demo", "--every", "60", "--http-addr",
+         f"127.0.0.1:{http_port}", "--data-dir", str(tmp_path / "demo")],
+        cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        password = None
+        for line in proc.stdout:
+            if match := re.search(r"password (\S+)", line):
+                password = match[1]
+            if "fleet:" in line:
+                break
+        assert password, "the demo printed no password"
+        web = f"http://127.0.0.1:{http_port}"
+        desk = httpx.Client(base_url=web, timeout=10)
+        form = desk.get("/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)[1]
+        done = desk.post("/login", data={"username": "desk", "password": password,
+                                          "csrf_token": csrf}, headers={"Origin": web})
+        assert done.status_code == 303, done.text
+        with desk.stream("GET", "/api/events", timeout=None) as live:
+            chunks = live.iter_text()
+            assert next(chunks).startswith("retry:")  # the dashboard is live
+            stopped_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            for _ in chunks:  # until the hub ends the stream (a keepalive every 15 s)
+                if time.monotonic() - stopped_at > 20:
+                    break
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the hub had not stopped 15 s after SIGTERM, a live stream open")
+        took = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert took < 15, f"the hub took {took:.1f} s to stop"
+    assert "stopping…" in out and "alarms raised" in out
+    assert "Traceback" not in err, err
 
 
 def test_the_demo_shows_alarm_receipt_neighbours_and_cancel(tmp_path):
