@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
+import timeit
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -163,6 +164,17 @@ def commit_times_s(directory: Path, commits: int = 300) -> list[float]:
         for suffix in ("", "-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
     return took
+
+
+def python_speed_ns(loops: int = 200_000, repeat: int = 5) -> float:
+    """Nanoseconds one `sum(range(10))` takes here now, best of `repeat` runs of `loops`.
+
+    How fast this machine runs Python at the moment: the hub's time is mostly Python's,
+    and a shared machine may run at half its speed for minutes. Asked at the start and
+    at the end of a run, it tells a slow or unsteady machine from a slower hub.
+    """
+    best = min(timeit.repeat("sum(range(10))", number=loops, repeat=repeat))
+    return round(best / loops * 1e9, 1)
 
 
 def mosquitto_version() -> str:

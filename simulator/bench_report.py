@@ -216,6 +216,11 @@ def markdown(doc: dict[str, Any]) -> str:
             f" An SQLite commit of one row on its disk (WAL, synchronous=FULL): p50"
             f" {floor['p50']:g} ms, p99 {floor['p99']:g} ms."
         )
+    if speed := m.get("python_ns"):
+        lines[-1] += (
+            f" A line of Python (`sum(range(10))`, best of 5): {speed['start']:g} ns at the"
+            f" start, {speed.get('end', 0):g} ns at the end."
+        )
     for phase in doc["phases"]:
         cpu = phase["cpu_pct_of_one_core"]
         lines += [

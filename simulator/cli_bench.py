@@ -22,7 +22,14 @@ from rich.progress import (
 from rich.table import Table
 
 from hub.settings import BrokerAddress
-from simulator.bench import FULL, QUICK, commit_times_s, machine_info, run_bench
+from simulator.bench import (
+    FULL,
+    QUICK,
+    commit_times_s,
+    machine_info,
+    python_speed_ns,
+    run_bench,
+)
 from simulator.bench_load import MEASURES, LoadResult
 from simulator.bench_report import (
     bench_doc,
@@ -148,7 +155,14 @@ def bench(
             f"an SQLite commit on this disk (WAL, synchronous=FULL): p50 {floor['p50']:g} ms,"
             f" p99 {floor['p99']:g} ms", style="dim", markup=False,
         )
+        speed = machine["python_ns"] = {"start": python_speed_ns()}
+        err.print(
+            f"a line of Python here (sum(range(10)), best of 5): {speed['start']:g} ns",
+            style="dim", markup=False,
+        )
         phases = run_bench(config, Path(workdir), ConsoleObserver(err))
+        speed["end"] = python_speed_ns()
+        err.print(f"the same line at the end: {speed['end']:g} ns", style="dim", markup=False)
     doc = bench_doc(phases, config, machine, time.monotonic() - started)
     paths = write_outputs(doc, out)
     for phase in doc["phases"]:

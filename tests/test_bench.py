@@ -7,6 +7,7 @@ fleet. Its timings are the benchmark's output, never a reason for a test to fail
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,9 @@ def test_the_report_records_the_machine_the_hub_and_the_targets(report: dict[str
     # The disk's floor, measured where the hubs' databases lived: every durable write pays it.
     floor = machine["sqlite_commit_ms"]
     assert 0 < floor["p50"] <= floor["p99"]
+    # How fast Python ran here, at the start and at the end: an unsteady machine shows.
+    speed = machine["python_ns"]
+    assert 1 < speed["start"] < 100_000 and 1 < speed["end"] < 100_000
     (phase,) = report["phases"]
     assert phase["hub_peak_rss_mb"] > 0
     assert set(phase["cpu_pct_of_one_core"]) >= {"hub", "bench", "gateway", "broker"}
@@ -123,6 +127,7 @@ def test_the_markdown_has_a_table_for_every_measure_and_the_targets(
         assert f"| 500/s | {MEASURE_NAMES[name]} |" in text
     assert "## Targets" in text
     assert "Machine: " in text
+    assert re.search(r"A line of Python \(.*, best of 5\): [\d.]+ ns at the start, [\d.]+ ns", text)
     assert "An SQLite commit of one row on its disk (WAL, synchronous=FULL): p50 " in text
 
 
