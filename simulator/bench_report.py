@@ -219,7 +219,7 @@ def markdown(doc: dict[str, Any]) -> str:
     if speed := m.get("python_ns"):
         lines[-1] += (
             f" A line of Python (`sum(range(10))`, best of 5): {speed['start']:g} ns at the"
-            f" start, {speed.get('end', 0):g} ns at the end."
+            f" start, {speed['end']:g} ns at the end."
         )
     for phase in doc["phases"]:
         cpu = phase["cpu_pct_of_one_core"]

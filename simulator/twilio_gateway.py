@@ -134,9 +134,8 @@ class TwilioGateway:
     def stop_callbacks(self) -> None:
         """Drop the status callbacks not yet posted; messages are still accepted.
 
-        For whoever stops the hub the callbacks go to before the gateway: posted to a
-        hub that has stopped, each would fail with a warning, as the hub's last messages'
-        reports would at every Ctrl-C of the demo.
+        Called before stopping the hub they go to: posted to a hub that has gone, each
+        fails with a warning (a Ctrl-C of the demo printed one per report of its last SMS).
         """
         self._callbacks.stop()
 
