@@ -13,6 +13,12 @@ may wait up to LAZY_WINDOW_S for another commit to share. Each commit is an fsyn
 under load these records, one commit each, kept the writer busy half the time: an alarm
 arriving then waited for their fsync before its own. At most LAZY_MAX_BATCH of them go
 in one transaction: a longer one is more likely to be running when an alarm arrives.
+
+Checkpoints (copying the WAL back into the database file, with an fsync of its own) are
+taken by the writer when it has nothing queued, every IDLE_CHECKPOINT_COMMITS commits.
+Left to SQLite, the commit that crosses 1,000 pages in the WAL runs one, 1.5-2.5 ms
+more: 2-3% of alarms waited for it before their receipts. SQLite's own checkpoint stays
+as the backstop for a writer that is never idle (a storm).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ WriteFn = Callable[[sqlite_utils.Database], T]
 _MAX_BATCH = 256
 LAZY_WINDOW_S = 0.02
 LAZY_MAX_BATCH = 6
+IDLE_CHECKPOINT_COMMITS = 50
 _STOP = object()
 
 
@@ -96,6 +103,8 @@ class Database:
         self._closed = False
         self.schema_version = 0
         self.commits = 0  # write transactions committed so far: each one an fsync
+        self.checkpoints = 0  # checkpoints the writer took while idle
+        self._checkpointed_at = 0  # self.commits at the last one
 
     async def open(self) -> None:
         """Create the file if needed, bring its schema up to date, start the writer."""
@@ -167,11 +176,25 @@ class Database:
                 self._commit_batch(conn, db, lanes.batch(_MAX_BATCH))
             elif lanes.stopping:  # every job queued before the stop is committed
                 break
+            elif self.commits - self._checkpointed_at >= IDLE_CHECKPOINT_COMMITS:
+                self._checkpoint(conn)  # then look again: jobs may have come meanwhile
             else:
                 # Until a job comes or the oldest lazy job's window is over.
                 with contextlib.suppress(queue.Empty):
                     lanes.add(self._queue.get(timeout=lanes.wait_s(now)))
         conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy what the WAL holds into the database file, as far as readers let it now."""
+        # Counted from here even if it fails: tried again after as many commits, not in
+        # a busy loop; SQLite's own checkpoint is the backstop meanwhile.
+        self._checkpointed_at = self.commits
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            logger.exception("checkpoint failed")
+            return
+        self.checkpoints += 1
 
     def _commit_batch(
         self,

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from hub.db import Database
+from hub.db import IDLE_CHECKPOINT_COMMITS, Database
 from hub.migrations import MIGRATIONS, SchemaTooNew
 
 pytestmark = pytest.mark.asyncio
@@ -191,4 +191,37 @@ async def test_records_go_a_few_at_a_time_so_no_transaction_of_them_is_long(tmp_
             for i in range(12)
         ))
     assert db.commits == before + 3
+    await db.close()
+
+
+async def test_the_writer_copies_the_wal_into_the_database_file_when_it_is_idle(tmp_path):
+    # SQLite would do it inside whichever commit crossed 1,000 pages: an alarm's, now
+    # and then, whose receipt then waited for the copy and its fsync.
+    path = tmp_path / "t.db"
+    db = Database(path)
+    await db.open()
+    await db.write(lambda d: d.execute("CREATE TABLE t (v TEXT)"))
+
+    def rows_in_the_database_file_alone() -> int:
+        alone = tmp_path / "alone.db"
+        alone.write_bytes(path.read_bytes())  # the file without its WAL
+        conn = sqlite3.connect(alone)
+        try:
+            return conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        except sqlite3.OperationalError:  # not even the table yet
+            return 0
+        finally:
+            conn.close()
+            alone.unlink()
+
+    for i in range(IDLE_CHECKPOINT_COMMITS - 2):  # one commit each, the writer idle between
+        await db.write(lambda d, i=i: d.execute("INSERT INTO t (v) VALUES (?)", (f"r{i}",)))
+    assert db.checkpoints == 0
+    assert rows_in_the_database_file_alone() == 0  # all of it in the WAL so far
+
+    await db.write(lambda d: d.execute("INSERT INTO t (v) VALUES ('last')"))
+    async with asyncio.timeout(5):
+        while db.checkpoints == 0:  # noqa: ASYNC110 - the writer's thread counts them
+            await asyncio.sleep(0.01)
+    assert rows_in_the_database_file_alone() == IDLE_CHECKPOINT_COMMITS - 1
     await db.close()
