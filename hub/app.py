@@ -85,7 +85,7 @@ class Hub:
         self.presence = PresenceTracker(on_change=self._on_panel_change)
         # Read when scraped, not set on every heartbeat.
         self.metrics.panels_online.set_function(self.presence.online_count)
-        self.db = Database(settings.db_path)
+        self.db = Database(settings.db_path, on_commit=self.metrics.db_commit.observe)
         self.alarms = AlarmStore(self.db)
         self.outbox = OutboxStore(self.db)
         self.contacts = ContactStore(self.db)

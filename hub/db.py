@@ -21,6 +21,11 @@ the WAL runs one, 1.5-2.5 ms more: 2-3% of alarms waited for it before their rec
 Under heavy load the writer is seldom idle that long and SQLite's own checkpoint does
 most of the work, as before: taken at every short pause instead, checkpoints came more
 often and held the next alarm (receipts at 500/s waited longer).
+
+Every commit is timed: `on_commit` hears how long each took (the hub's metrics), and a
+commit of SLOW_COMMIT_S or more is logged, at most once per SLOW_COMMIT_LOG_EVERY_S. A
+disk that holds an fsync for half a second holds every receipt as long, and nothing in
+the hub can make up for it: the operator should hear of it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ LAZY_WINDOW_S = 0.02
 LAZY_MAX_BATCH = 6
 IDLE_CHECKPOINT_COMMITS = 50
 CHECKPOINT_IDLE_S = 0.005
+SLOW_COMMIT_S = 0.5
+SLOW_COMMIT_LOG_EVERY_S = 60.0
 _STOP = object()
 
 
@@ -89,7 +96,8 @@ class Database:
 
     def __init__(
         self, path: str | Path, *, readers: int = 4, lazy_window_s: float = LAZY_WINDOW_S,
-        lazy_max_batch: int = LAZY_MAX_BATCH,
+        lazy_max_batch: int = LAZY_MAX_BATCH, on_commit: Callable[[float], None] | None = None,
+        slow_commit_s: float = SLOW_COMMIT_S,
     ) -> None:
         if lazy_max_batch < 1:
             raise ValueError("lazy_max_batch must be at least 1")
@@ -108,6 +116,10 @@ class Database:
         self.commits = 0  # write transactions committed so far: each one an fsync
         self.checkpoints = 0  # checkpoints the writer took while idle
         self._checkpointed_at = 0  # self.commits at the last one
+        self.on_commit = on_commit  # called on the writer thread with each commit's seconds
+        self.slow_commit_s = slow_commit_s
+        self.slow_commits = 0  # commits that took slow_commit_s or more
+        self._slow_logged: tuple[float, int] | None = None  # when, and slow_commits then
 
     async def open(self) -> None:
         """Create the file if needed, bring its schema up to date, start the writer."""
@@ -194,6 +206,27 @@ class Database:
                     lanes.add(self._queue.get(timeout=wait))
         conn.close()
 
+    def _timed(self, took: float) -> None:
+        """Tell on_commit how long a commit took; log it if it was slow (not too often)."""
+        if self.on_commit is not None:
+            try:
+                self.on_commit(took)
+            except Exception:  # a metric must not take the writer down
+                logger.exception("commit observer failed")
+        if took < self.slow_commit_s:
+            return
+        self.slow_commits += 1
+        now = time.monotonic()
+        if self._slow_logged is not None and now - self._slow_logged[0] < SLOW_COMMIT_LOG_EVERY_S:
+            return
+        since = self.slow_commits - (self._slow_logged[1] if self._slow_logged else 0)
+        self._slow_logged = (now, self.slow_commits)
+        logger.warning(
+            "a commit took %.2f s (%d commit(s) of %.2f s or more since the last such"
+            " warning): the disk is slow to make writes durable, and every receipt waits"
+            " for it", took, since, self.slow_commit_s,
+        )  # fmt: skip
+
     def _checkpoint_due(self) -> bool:
         """Whether enough commits went by since the writer's last checkpoint."""
         return self.commits - self._checkpointed_at >= IDLE_CHECKPOINT_COMMITS
@@ -233,8 +266,10 @@ class Database:
                 else:
                     conn.execute("RELEASE SAVEPOINT job")
                     outcomes.append((job, True, result))
+            started = time.perf_counter()
             conn.execute("COMMIT")
             self.commits += 1
+            self._timed(time.perf_counter() - started)
         except sqlite3.Error as exc:
             logger.exception("write batch failed; rolled back")
             if conn.in_transaction:

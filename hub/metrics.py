@@ -42,6 +42,13 @@ class HubMetrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
+        # The disk's part of every receipt: a slow disk shows here first.
+        self.db_commit = Histogram(
+            "tenhub_db_commit_seconds",
+            "How long each database commit (its fsync) took; every receipt waits for one",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
         self.status_messages = Counter(
             "tenhub_status_messages", "Panel status and heartbeat messages", ["topic"], registry=r
         )

@@ -191,5 +191,11 @@ async def test_health_and_metrics_tell_what_happened(hub, panels):
     assert health.json()["broker"]["connected"] is True
     assert 'tenhub_events_total{status="accepted",type="alarm"} 1.0' in metrics.text
     assert "tenhub_broker_connected 1.0" in metrics.text
+    # The alarm's own commit at least: the disk's part of the receipt, for the operator.
+    commits = next(
+        line for line in metrics.text.splitlines()
+        if line.startswith("tenhub_db_commit_seconds_count ")
+    )  # fmt: skip
+    assert float(commits.split()[1]) >= 1
     assert anonymous.status_code == 401, "alarms are for logged-in users only"
     await until(lambda: hub.presence.online_count() >= 1)

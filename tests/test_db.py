@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 
 import pytest
 
-from hub.db import IDLE_CHECKPOINT_COMMITS, Database
+from hub.db import IDLE_CHECKPOINT_COMMITS, SLOW_COMMIT_S, Database
 from hub.migrations import MIGRATIONS, SchemaTooNew
 
 pytestmark = pytest.mark.asyncio
@@ -224,4 +225,40 @@ async def test_the_writer_copies_the_wal_into_the_database_file_when_it_is_idle(
         while db.checkpoints == 0:  # noqa: ASYNC110 - the writer's thread counts them
             await asyncio.sleep(0.01)
     assert rows_in_the_database_file_alone() == IDLE_CHECKPOINT_COMMITS - 1
+    await db.close()
+
+
+async def test_each_commit_is_timed_and_a_slow_disk_is_logged_without_flooding_the_log(
+    tmp_path, caplog
+):
+    took: list[float] = []
+    db = Database(tmp_path / "t.db", on_commit=took.append)
+    await db.open()
+    await db.write(lambda d: d.execute("CREATE TABLE t (v INTEGER)"))
+    for i in range(3):
+        await db.write(lambda d, i=i: d.execute("INSERT INTO t (v) VALUES (?)", (i,)))
+    assert len(took) == 4 and all(0 < t < SLOW_COMMIT_S for t in took)
+    assert db.slow_commits == 0
+
+    # A disk slower than the limit, for every commit from here: said once, then counted.
+    db.slow_commit_s = 0.0
+    with caplog.at_level(logging.WARNING, logger="hub.db"):
+        for i in range(5):
+            await db.write(lambda d, i=i: d.execute("INSERT INTO t (v) VALUES (?)", (i,)))
+    assert db.slow_commits == 5
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hub.db"]
+    assert len(warnings) == 1, warnings
+    assert "the disk is slow" in warnings[0] and "every receipt waits" in warnings[0]
+    await db.close()
+
+
+async def test_a_failing_commit_observer_does_not_stop_the_writes(tmp_path):
+    def broken(_took: float) -> None:
+        raise ValueError("metrics are down")
+
+    db = Database(tmp_path / "t.db", on_commit=broken)
+    await db.open()
+    await db.write(lambda d: d.execute("CREATE TABLE t (v INTEGER)"))
+    assert await db.write(lambda d: d.execute("INSERT INTO t (v) VALUES (1)").rowcount) == 1
+    assert await db.read(lambda d: d.execute("SELECT count(*) FROM t").fetchone()[0]) == 1
     await db.close()
