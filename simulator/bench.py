@@ -1,9 +1,12 @@
-"""`tenhub bench`: alarm latency and throughput through a real hub, beside the bare broker.
+"""`tenhub bench`: alarm latency and throughput through a real hub, beside the bare broker
+and the bare disk.
 
 One broker and one SMS gateway (a process of its own, so that its web server does not hold
 the fleet's loop back); per fleet size a fresh hub process (its own database) and a fleet
-of heartbeating panels in this process. At each offered rate the broker's own round
-trip is measured first (the floor), then the same number of alarms go through the hub.
+of heartbeating panels in this process. At each offered rate the floors are measured
+first, side by side: the broker's own round trip and a one-row durable commit on the
+hub's disk, as many and as fast as the alarms; then the alarms go through the hub, and
+the hub's /metrics tell how long its own commits took meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import gc
 import os
 import platform
 import shutil
-import sqlite3
 import subprocess
 import time
 import timeit
@@ -25,6 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
+
+import httpx
 
 from hub import event_loop
 from hub.alarm_store import AlarmStore
@@ -38,6 +42,9 @@ from simulator.bench_load import (
     BrokerProbe,
     CpuWindow,
     LoadResult,
+    commit_buckets,
+    commit_summary,
+    commit_times_s,
     peak_rss_mb,
 )
 from simulator.brokers import Mosquitto, free_port
@@ -136,34 +143,6 @@ def machine_info(broker_url: str | None) -> dict[str, Any]:
         "tenhub": metadata.version("tenhub"),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
-
-
-def commit_times_s(directory: Path, commits: int = 300) -> list[float]:
-    """How long each of `commits` one-row SQLite commits (WAL, synchronous=FULL) took in
-    `directory`, in seconds.
-
-    The floor of what the hub's writer pays for every durable write on this disk, as the
-    bare broker is the floor of every round trip: figures from two machines compare only
-    beside their floors.
-    """
-    path = directory / "commit-floor.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    took: list[float] = []
-    try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("CREATE TABLE t (v INTEGER)")
-        for i in range(commits):
-            started = time.perf_counter()
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO t (v) VALUES (?)", (i,))
-            conn.execute("COMMIT")
-            took.append(time.perf_counter() - started)
-    finally:
-        conn.close()
-        for suffix in ("", "-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
-    return took
 
 
 def python_speed_ns(loops: int = 200_000, repeat: int = 5) -> float:
@@ -318,20 +297,29 @@ class Bench:
             count = min(round(rate * cfg.duration_s), len(order))
             observer.load_started(phase.panels, f"{rate}/s", count)
             with _collector_paused():
-                bare = await probe.run(count, rate, cfg.load_drain_s)
+                # The disk's probe waits on fsync in a thread: it takes little of the
+                # interpreter from the broker's, and the two floors share one window.
+                bare, disk = await asyncio.gather(
+                    probe.run(count, rate, cfg.load_drain_s),
+                    asyncio.to_thread(commit_times_s, hub.workdir, count, rate),
+                )
+                commits = await _hub_commits(hub)
                 batch = await load.run(
                     f"{rate}/s", order[:count], kind, rate, pids, cfg.load_drain_s
                 )
-            batch.bare = bare
+                batch.hub_commits = commit_summary(commits, await _hub_commits(hub))
+            batch.bare, batch.disk = bare, disk
             batches.append(batch)
             observer.load_done(phase.panels, load.collect(batch, set()))
             await asyncio.sleep(1.0)  # the hub's tail work (status callbacks) settles
         storm = max(1, round(len(order) * cfg.storm_fraction))
         observer.load_started(phase.panels, "storm", storm)
         with _collector_paused():
+            commits = await _hub_commits(hub)
             batch = await load.run(
                 "storm", order[:storm], LOAD_KINDS[-1], None, pids, cfg.load_drain_s
             )
+            batch.hub_commits = commit_summary(commits, await _hub_commits(hub))
         batches.append(batch)
         observer.load_done(phase.panels, load.collect(batch, set()))
         phase.cpu_pct = whole.pct()
@@ -359,6 +347,16 @@ def _collector_paused() -> Iterator[None]:
     finally:
         gc.enable()
         gc.collect()
+
+
+async def _hub_commits(hub: HubProcess) -> dict[float, float]:
+    """The hub's commit-time histogram as its /metrics gives it now (empty if it cannot)."""
+    try:
+        response = await asyncio.to_thread(httpx.get, f"{hub.url}/metrics", timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return {}  # the load's figures stand without the hub's own account of its commits
+    return commit_buckets(response.text)
 
 
 async def _count_alarms(db_path: Path) -> int:

@@ -1,4 +1,5 @@
-"""Alarm loads and the broker's floor: raise alarms at a rate, follow each, measure CPU.
+"""Alarm loads and the floors under them (the bare broker, the bare disk): raise alarms at
+a rate, follow each, measure CPU and the hub's own commits.
 
 Times are `time.monotonic()`, one clock for every process of the machine: the fleet's
 loop stamps sends, receipts and neighbours' buzzers; the gateway's process stamps SMS
@@ -11,10 +12,12 @@ import asyncio
 import os
 import re
 import resource
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from devices.protocol import ReceiptStatus
 from devices.unit_alarms import AlertChange
@@ -24,7 +27,8 @@ from simulator.registry_gen import HOUSEHOLDS_PER_UNIT
 from simulator.twilio_store import Record, SentMessage
 from simulator.virtual_panel import PendingEvent, VirtualPanel
 
-MEASURES = ("bare_broker", "receipt", "neighbours", "sms")
+MEASURES = ("bare_broker", "bare_disk", "receipt", "neighbours", "sms")
+FLOORS = ("bare_broker", "bare_disk")  # measured without the hub, before each load
 NEIGHBOURS = HOUSEHOLDS_PER_UNIT - 1  # every generated unit is full
 _ALARM_ID = re.compile(r"Alarm (a-[0-9a-z]+)\.")
 _CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
@@ -50,6 +54,7 @@ class LoadResult:
     last_receipt_s: float = 0.0  # first alarm sent → last receipt
     cpu_pct: dict[str, float] = field(default_factory=dict)
     unsettled: int = 0  # alarms still on their way when the load's drain time ran out
+    hub_commits: dict[str, float | None] = field(default_factory=dict)  # commit_summary()
 
     @property
     def throughput(self) -> float:
@@ -151,6 +156,73 @@ class BrokerProbe:
         await self.client.disconnect()
 
 
+# -- the bare disk ------------------------------------------------------------------------
+
+
+def commit_times_s(directory: Path, commits: int = 300, rate: float | None = None) -> list[float]:
+    """Seconds each of `commits` one-row SQLite commits (WAL, synchronous=FULL, as the
+    hub's) took in a database file of its own in `directory`, offered at `rate` per second
+    (None: one after another). Blocking: run it in a thread.
+
+    The floor of what the hub's writer pays for every durable write on this disk, as the
+    bare broker is the floor of every round trip. A disk may answer most fsyncs in a
+    fraction of a millisecond and hold one now and then for a second: paced over a
+    load's length, the probe meets what the hub's commits meet at that rate.
+    """
+    path = directory / "commit-floor.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    took: list[float] = []
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("CREATE TABLE t (v INTEGER)")
+        start = time.monotonic()
+        for i in range(commits):
+            if rate is not None and (wait := start + i / rate - time.monotonic()) > 0:
+                time.sleep(wait)
+            started = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (v) VALUES (?)", (i,))
+            conn.execute("COMMIT")
+            took.append(time.perf_counter() - started)
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+    return took
+
+
+# -- the hub's own commits ----------------------------------------------------------------
+
+_COMMIT_BUCKET = re.compile(r'^tenhub_db_commit_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+SLOW_COMMIT_MS = 10.0  # the bound of `over_10ms`: such a commit holds a receipt past every target
+
+
+def commit_buckets(metrics_text: str) -> dict[float, float]:
+    """The hub's commit-time histogram from its /metrics: commits so far per upper bound (s)."""
+    return {float(le): float(n) for le, n in _COMMIT_BUCKET.findall(metrics_text)}
+
+
+def commit_summary(
+    before: dict[float, float], after: dict[float, float]
+) -> dict[str, float | None]:
+    """The hub's commits between two readings: how many, how many took over
+    SLOW_COMMIT_MS, and the bucket bound the slowest stayed within (ms; None: over the
+    last bound, or no commits)."""
+    bounds = sorted(after)
+    if not bounds:
+        return {}
+    delta = {b: after[b] - before.get(b, 0.0) for b in bounds}
+    total = delta[bounds[-1]]  # the +Inf bucket: every commit
+    fast = max((delta[b] for b in bounds if b <= SLOW_COMMIT_MS / 1000), default=0.0)
+    slowest = next((b for b in bounds if delta[b] == total), None) if total else None
+    return {
+        "commits": total,
+        "over_10ms": total - fast,
+        "slowest_at_most_ms": None if slowest in (None, float("inf")) else slowest * 1000,
+    }
+
+
 # -- alarms through the hub ---------------------------------------------------------------
 
 
@@ -186,6 +258,8 @@ class Batch:
     rate: float | None
     events: list[PendingEvent]
     bare: list[float] | None = None
+    disk: list[float] | None = None
+    hub_commits: dict[str, float | None] = field(default_factory=dict)
     cpu_pct: dict[str, float] = field(default_factory=dict)
     unsettled: int = 0  # alarms not yet complete when the drain gave up
 
@@ -232,8 +306,9 @@ class AlarmLoad:
         """The load's figures so far; `seen` holds the alarm ids of earlier loads, to see joins."""
         events = batch.events
         result = LoadResult(
-            batch.name, batch.rate, len(events), cpu_pct=batch.cpu_pct, unsettled=batch.unsettled
-        )
+            batch.name, batch.rate, len(events), cpu_pct=batch.cpu_pct, unsettled=batch.unsettled,
+            hub_commits=batch.hub_commits,
+        )  # fmt: skip
         receipts, neighbours, sms = [], [], []
         sent = [e.first_sent_at for e in events if e.first_sent_at is not None]
         received = [e.receipt_at for e in events if e.receipt_at is not None]
@@ -264,6 +339,8 @@ class AlarmLoad:
         result.samples = {"receipt": receipts, "neighbours": neighbours, "sms": sms}
         if batch.bare is not None:
             result.samples["bare_broker"] = batch.bare
+        if batch.disk is not None:
+            result.samples["bare_disk"] = batch.disk
         if sms:
             result.sms_per_alarm = round(result.sms_per_alarm / len(sms), 2)
         if sent:

@@ -25,12 +25,11 @@ from hub.settings import BrokerAddress
 from simulator.bench import (
     FULL,
     QUICK,
-    commit_times_s,
     machine_info,
     python_speed_ns,
     run_bench,
 )
-from simulator.bench_load import MEASURES, LoadResult
+from simulator.bench_load import MEASURES, LoadResult, commit_times_s
 from simulator.bench_report import (
     bench_doc,
     percentiles_ms,
@@ -69,13 +68,17 @@ class ConsoleObserver:
             self._progress = None
 
     def load_started(self, panels: int, name: str, alarms: int) -> None:
-        what = "all at once" if name == "storm" else f"at {name}, broker round trips first"
+        what = (
+            "all at once" if name == "storm"
+            else f"at {name}, broker round trips and disk commits first"
+        )  # fmt: skip
         self.console.print(f"  {name:>6}: {alarms:,} alarms {what} …", markup=False)
 
     def load_done(self, panels: int, load: LoadResult) -> None:
         parts = []
-        for name, label in (("bare_broker", "bare"), ("receipt", "receipt"),
-                            ("neighbours", "neighbours"), ("sms", "SMS")):  # fmt: skip
+        for name, label in (("bare_broker", "bare"), ("bare_disk", "disk"),
+                            ("receipt", "receipt"), ("neighbours", "neighbours"),
+                            ("sms", "SMS")):  # fmt: skip
             if name in load.samples:
                 s = percentiles_ms(load.samples[name])
                 if s["count"]:
@@ -92,7 +95,7 @@ def summary_table(phase: dict[str, Any]) -> Table:
     """A fleet's final figures: p50 / p99 in ms per measure and load, throughput, lost."""
     table = Table(title=f"{phase['panels']:,} panels, p50 / p99 ms", title_justify="left")
     table.add_column("load")
-    for label in ("bare broker", "receipt", "9 neighbours", "SMS"):
+    for label in ("bare broker", "bare disk", "receipt", "9 neighbours", "SMS"):
         table.add_column(label, justify="right")
     table.add_column("alarms/s", justify="right")
     table.add_column("lost", justify="right")

@@ -17,7 +17,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from simulator.bench_load import MEASURES
+from simulator.bench_load import FLOORS, MEASURES, commit_buckets, commit_summary
 from simulator.bench_report import MEASURE_NAMES, Target, judge
 from simulator.brokers import mosquitto_available
 from simulator.cli_bench import bench
@@ -88,8 +88,15 @@ def test_every_measure_has_figures_at_every_offered_rate(report: dict[str, Any])
             stats = load["measures"][name]
             assert stats["count"] > 0, (load["name"], name)
             assert set(stats) >= {"p50_ms", "p95_ms", "p99_ms", "max_ms"}
-            if name != "bare_broker":
+            if name not in FLOORS:
                 assert set(stats["ratio_to_bare"]) == {"p50", "p95", "p99", "max"}
+        # The disk's floor took as many commits as the load had alarms.
+        assert load["measures"]["bare_disk"]["count"] == load["alarms"]
+    for load in phase["loads"]:
+        # The hub's own account of the commits it made during the load.
+        commits = load["hub_commits"]
+        assert commits["commits"] > 0, load["name"]
+        assert 0 <= commits["over_10ms"] <= commits["commits"]
     storm = phase["loads"][-1]
     assert storm["name"] == "storm"
     assert storm["alarms"] == 100  # 10% of the panels
@@ -129,6 +136,8 @@ def test_the_markdown_has_a_table_for_every_measure_and_the_targets(
     assert "Machine: " in text
     assert re.search(r"A line of Python \(.*, best of 5\): [\d.]+ ns at the start, [\d.]+ ns", text)
     assert "An SQLite commit of one row on its disk (WAL, synchronous=FULL): p50 " in text
+    assert "| 10/s | bare disk: one-row commit |" in text
+    assert "Hub commits (over 10 ms; slowest) |" in text
 
 
 def test_the_latency_plot_is_a_png(quick: tuple[int, Path]) -> None:
@@ -161,3 +170,43 @@ def test_500_a_second_is_sustained_only_when_alarms_do_not_queue() -> None:
     assert queueing.met is False
     assert "receipt p50 123.4 ms" in queueing.measured
     assert sustained(450.0, 2.1).met is False  # fell behind the offered rate
+
+
+def test_the_hubs_commits_in_a_load_come_from_two_readings_of_its_metrics() -> None:
+    def reading(**counts: int) -> str:
+        return "".join(
+            f'tenhub_db_commit_seconds_bucket{{le="{le}"}} {n}.0\n' for le, n in counts.items()
+        )
+
+    before = commit_buckets(
+        "# HELP tenhub_db_commit_seconds ...\n"
+        + reading(**{"0.001": 40, "0.01": 49, "0.25": 50, "5.0": 50, "+Inf": 50})
+        + "tenhub_db_commit_seconds_count 50.0\n"
+    )
+    # 100 commits in the load: 90 under 1 ms, 7 under 10 ms, 2 under 250 ms, one under 5 s.
+    after = commit_buckets(reading(**{"0.001": 130, "0.01": 146, "0.25": 149, "5.0": 150,
+                                      "+Inf": 150}))  # fmt: skip
+    assert commit_summary(before, after) == {
+        "commits": 100, "over_10ms": 3, "slowest_at_most_ms": 5000.0,
+    }  # fmt: skip
+    beyond = commit_buckets(reading(**{"0.001": 130, "0.01": 146, "0.25": 149, "5.0": 149,
+                                       "+Inf": 150}))  # fmt: skip
+    assert commit_summary(before, beyond)["slowest_at_most_ms"] is None  # over the last bound
+    assert commit_summary(before, {}) == {}  # the hub could not be asked
+
+
+def test_a_missed_latency_target_names_the_disks_floor_beside_it() -> None:
+    load = {
+        "name": "10/s", "alarms": 100, "lost": 0, "throughput_per_s": 10.0,
+        "measures": {
+            "receipt": {"p50_ms": 2.0, "p99_ms": 180.7},
+            "neighbours": {"p50_ms": 3.0, "p99_ms": 181.3},
+            "bare_broker": {"p50_ms": 0.2, "p99_ms": 1.2},
+            "bare_disk": {"p50_ms": 0.5, "p99_ms": 91.2},
+        },
+    }  # fmt: skip
+    phase = {"panels": 10_000, "loads": [load], "alarms_in_db": 100, "alarms_raised": 100,
+             "hub_peak_rss_mb": 200.0}  # fmt: skip
+    receipt = next(t for t in judge([phase]) if t.target.startswith("alarm → receipt p99"))
+    assert receipt.met is False
+    assert receipt.measured == "180.7 ms (the bare disk's commit p99 91.2 ms)"
