@@ -139,7 +139,7 @@ def _at_most(
     if value is None:
         return Target(target, "not measured", None)
     measured = f"{round(value, 1):g} {unit}"
-    if floor is not None:  # a disk slower than the target: no hub could meet it here
+    if floor is not None:  # every receipt waits for a commit: no hub answers under this floor
         measured += f" (the bare disk's commit p99 {round(floor, 1):g} ms)"
     return Target(target, measured, value <= limit)
 
