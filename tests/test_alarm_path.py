@@ -15,6 +15,7 @@ import pytest
 
 from devices.protocol import ReceiptStatus
 from devices.topics import event_topic
+from tests.waiting import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,13 +26,6 @@ UNIT2 = [f"p-0002-{i:02d}" for i in range(1, 11)]
 async def receipt_of(pending, timeout: float = 5.0):
     """The receipt of a panel's event (waited for off the event loop the hub runs on)."""
     return await asyncio.to_thread(pending.wait, timeout)
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    """Wait until predicate() holds, or fail after timeout seconds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - state lives in other threads; polling is simplest
-            await asyncio.sleep(0.02)
 
 
 async def test_alarm_is_stored_receipted_and_sounds_the_nine_neighbours(hub, panels):

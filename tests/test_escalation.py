@@ -17,6 +17,7 @@ from hub.clock import ManualClock
 from hub.work import Responder
 from tests.conftest import first_step_recorded
 from tests.mqtt_probe import MqttProbe
+from tests.waiting import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,12 +40,6 @@ async def hub(hub_runner, clock):
 
 async def receipt_of(pending, timeout: float = 5.0):
     return await asyncio.to_thread(pending.wait, timeout)
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - the state lives in panel threads
-            await asyncio.sleep(0.02)
 
 
 async def later(hub, clock, seconds: float) -> None:

@@ -33,15 +33,9 @@ from simulator.registry_gen import make_registry
 from simulator.virtual_panel import VirtualPanel
 from tests.brokers import Mosquitto
 from tests.conftest import HubRunner
+from tests.waiting import until
 
 UNIT1 = [f"p-0001-{i:02d}" for i in range(1, 11)]
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    """Wait until predicate() holds, or fail after timeout seconds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - state changes in other tasks; polling is simplest
-            await asyncio.sleep(0.02)
 
 
 async def next_message(client: MqttClient, timeout: float = 5.0) -> Message:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 
 import httpx
@@ -16,6 +15,7 @@ from hub.clock import ManualClock
 from hub.passwords import hash_password
 from hub.presence import PresenceTracker
 from tests.conftest import HubRunner
+from tests.waiting import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -57,18 +57,6 @@ def panel_of(mosquitto, tmp_path, registry):
     for p in made:
         with contextlib.suppress(Exception):
             p.stop()
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    """Wait until predicate() (plain or awaitable) holds."""
-    async with asyncio.timeout(timeout):
-        while True:
-            result = predicate()
-            if inspect.isawaitable(result):
-                result = await result
-            if result:
-                return
-            await asyncio.sleep(0.05)
 
 
 async def open_troubles(hub) -> dict[str, str]:
