@@ -230,7 +230,9 @@ class HttpClient:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.pool_size = pool_size
-        self._ssl_context = ssl_context
+        # Made once, here: loading the system's certificates reads files for tens of
+        # milliseconds, which on every new connection would hold the event loop.
+        self._ssl_context = ssl_context or ssl.create_default_context()
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._slots: asyncio.Semaphore | None = None
@@ -313,9 +315,7 @@ class HttpClient:
 
     async def _connect(self, key: tuple[str, str, int]) -> _Connection:
         scheme, host, port = key
-        context = None
-        if scheme == "https":
-            context = self._ssl_context or ssl.create_default_context()
+        context = self._ssl_context if scheme == "https" else None
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
