@@ -12,6 +12,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from hub.thread_cpu import ThreadCpuCollector
+
 __all__ = ["CONTENT_TYPE_LATEST", "HubMetrics"]
 
 # `_created` samples double every series and tell an operator nothing here.
@@ -69,6 +71,8 @@ class HubMetrics:
         self.panels_online = Gauge(
             "tenhub_panels_online", "Panels whose last status said online", registry=r
         )
+        # Which of the event loop and the database writer is full, when the hub is.
+        r.register(ThreadCpuCollector())
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

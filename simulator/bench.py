@@ -46,6 +46,8 @@ from simulator.bench_load import (
     commit_summary,
     commit_times_s,
     peak_rss_mb,
+    thread_cpu,
+    thread_cpu_pct,
 )
 from simulator.brokers import Mosquitto, free_port
 from simulator.fleet_async import AsyncFleet, raise_fd_limit
@@ -303,11 +305,11 @@ class Bench:
                     probe.run(count, rate, cfg.load_drain_s),
                     asyncio.to_thread(commit_times_s, hub.workdir, count, rate),
                 )
-                commits = await _hub_commits(hub)
+                before = await _HubReading.take(hub)
                 batch = await load.run(
                     f"{rate}/s", order[:count], kind, rate, pids, cfg.load_drain_s
                 )
-                batch.hub_commits = commit_summary(commits, await _hub_commits(hub))
+                (await _HubReading.take(hub)).account(before, batch)
             batch.bare, batch.disk = bare, disk
             batches.append(batch)
             observer.load_done(phase.panels, load.collect(batch, set()))
@@ -315,11 +317,11 @@ class Bench:
         storm = max(1, round(len(order) * cfg.storm_fraction))
         observer.load_started(phase.panels, "storm", storm)
         with _collector_paused():
-            commits = await _hub_commits(hub)
+            before = await _HubReading.take(hub)
             batch = await load.run(
                 "storm", order[:storm], LOAD_KINDS[-1], None, pids, cfg.load_drain_s
             )
-            batch.hub_commits = commit_summary(commits, await _hub_commits(hub))
+            (await _HubReading.take(hub)).account(before, batch)
         batches.append(batch)
         observer.load_done(phase.panels, load.collect(batch, set()))
         phase.cpu_pct = whole.pct()
@@ -349,14 +351,32 @@ def _collector_paused() -> Iterator[None]:
         gc.collect()
 
 
-async def _hub_commits(hub: HubProcess) -> dict[float, float]:
-    """The hub's commit-time histogram as its /metrics gives it now (empty if it cannot)."""
-    try:
-        response = await asyncio.to_thread(httpx.get, f"{hub.url}/metrics", timeout=10)
-        response.raise_for_status()
-    except httpx.HTTPError:
-        return {}  # the load's figures stand without the hub's own account of its commits
-    return commit_buckets(response.text)
+@dataclass(frozen=True, slots=True)
+class _HubReading:
+    """What the hub's /metrics said at one moment: its commit times and its threads' CPU."""
+
+    at: float  # time.monotonic()
+    commits: dict[float, float]
+    threads: dict[str, float]
+
+    @classmethod
+    async def take(cls, hub: HubProcess) -> _HubReading:
+        """Read the hub's /metrics now (empty figures if it cannot be asked)."""
+        try:
+            response = await asyncio.to_thread(httpx.get, f"{hub.url}/metrics", timeout=10)
+            response.raise_for_status()
+        except httpx.HTTPError:
+            # The load's figures stand without the hub's own account of its commits.
+            return cls(time.monotonic(), {}, {})
+        return cls(time.monotonic(), commit_buckets(response.text), thread_cpu(response.text))
+
+    def account(self, before: _HubReading, batch: Batch) -> None:
+        """Put the hub's commits and its threads' CPU since `before` on the load's batch
+        (nothing, unless the hub answered both times)."""
+        if before.commits and self.commits:
+            batch.hub_commits = commit_summary(before.commits, self.commits)
+        if before.threads and self.threads:
+            batch.hub_threads = thread_cpu_pct(before.threads, self.threads, self.at - before.at)
 
 
 async def _count_alarms(db_path: Path) -> int:

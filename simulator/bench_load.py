@@ -55,6 +55,7 @@ class LoadResult:
     cpu_pct: dict[str, float] = field(default_factory=dict)
     unsettled: int = 0  # alarms still on their way when the load's drain time ran out
     hub_commits: dict[str, float | None] = field(default_factory=dict)  # commit_summary()
+    hub_threads: dict[str, float] = field(default_factory=dict)  # % of a core, by thread
 
     @property
     def throughput(self) -> float:
@@ -223,6 +224,28 @@ def commit_summary(
     }
 
 
+_THREAD_CPU = re.compile(r'^tenhub_thread_cpu_seconds_total\{thread="([^"]+)"\} (\S+)$', re.M)
+
+
+def thread_cpu(metrics_text: str) -> dict[str, float]:
+    """The CPU seconds of each of the hub's threads so far, from its /metrics."""
+    return {name: float(n) for name, n in _THREAD_CPU.findall(metrics_text)}
+
+
+def thread_cpu_pct(
+    before: dict[str, float], after: dict[str, float], wall_s: float
+) -> dict[str, float]:
+    """Each thread's CPU between two readings `wall_s` apart, as % of one core, busiest
+    first; threads under 0.5% left out."""
+    if wall_s <= 0:
+        return {}
+    pct = {name: 100 * (after[name] - before.get(name, 0.0)) / wall_s for name in after}
+    return {
+        name: round(value, 1)
+        for name, value in sorted(pct.items(), key=lambda kv: -kv[1]) if value >= 0.5
+    }  # fmt: skip
+
+
 # -- alarms through the hub ---------------------------------------------------------------
 
 
@@ -260,6 +283,7 @@ class Batch:
     bare: list[float] | None = None
     disk: list[float] | None = None
     hub_commits: dict[str, float | None] = field(default_factory=dict)
+    hub_threads: dict[str, float] = field(default_factory=dict)  # thread_cpu_pct()
     cpu_pct: dict[str, float] = field(default_factory=dict)
     unsettled: int = 0  # alarms not yet complete when the drain gave up
 
@@ -307,7 +331,7 @@ class AlarmLoad:
         events = batch.events
         result = LoadResult(
             batch.name, batch.rate, len(events), cpu_pct=batch.cpu_pct, unsettled=batch.unsettled,
-            hub_commits=batch.hub_commits,
+            hub_commits=batch.hub_commits, hub_threads=batch.hub_threads,
         )  # fmt: skip
         receipts, neighbours, sms = [], [], []
         sent = [e.first_sent_at for e in events if e.first_sent_at is not None]

@@ -74,6 +74,7 @@ def load_doc(load: LoadResult) -> dict[str, Any]:
         "throughput_per_s": round(load.throughput, 1),
         "cpu_pct_of_one_core": load.cpu_pct,
         "hub_commits": load.hub_commits,
+        "hub_threads_pct_of_one_core": load.hub_threads,
         "measures": measures,
     }
 
@@ -208,6 +209,15 @@ def _cell(stats: dict[str, Any], p: str) -> str:
 
 
 _CPU_COLUMNS = ("hub", "bench", "gateway", "broker")
+# The hub's two busiest threads, as its /metrics names them: the event loop and the writer.
+HUB_THREADS = ("MainThread", "sqlite-writer")
+
+
+def _threads_cell(threads: dict[str, float]) -> str:
+    """`38.2 / 30.4`: the CPU of the hub's event loop (its main thread) and of its writer."""
+    if not threads:
+        return "–"
+    return " / ".join(str(threads.get(name, 0.0)) for name in HUB_THREADS)
 
 
 def _commits_cell(commits: dict[str, Any]) -> str:
@@ -265,9 +275,9 @@ def markdown(doc: dict[str, Any]) -> str:
                              f"| {cells} |")  # fmt: skip
         lines += [
             "", "| Load | Alarms | Accepted | Lost | Duplicates | Joined | Resent | Throughput"
-            " /s | Last receipt s | CPU % hub / bench / gateway / broker | Hub commits (over"
-            f" {SLOW_COMMIT_MS:g} ms; slowest) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+            " /s | Last receipt s | CPU % hub / bench / gateway / broker | Hub's loop / writer"
+            f" CPU % | Hub commits (over {SLOW_COMMIT_MS:g} ms; slowest) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
         ]  # fmt: skip
         for load in phase["loads"]:
             cpu = load["cpu_pct_of_one_core"]
@@ -276,6 +286,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"| {load['duplicate_receipts']} | {load['joined']} | {load['resent']} "
                 f"| {load['throughput_per_s']:g} | {load['last_receipt_s']:g} "
                 f"| {' / '.join(str(cpu.get(k, '–')) for k in _CPU_COLUMNS)} "
+                f"| {_threads_cell(load.get('hub_threads_pct_of_one_core') or {})} "
                 f"| {_commits_cell(load.get('hub_commits') or {})} |"
             )
         lines += [

@@ -31,6 +31,7 @@ from simulator.bench import (
 )
 from simulator.bench_load import MEASURES, LoadResult, commit_times_s
 from simulator.bench_report import (
+    HUB_THREADS,
     bench_doc,
     percentiles_ms,
     write_outputs,
@@ -89,6 +90,12 @@ class ConsoleObserver:
             f"last receipt {load.last_receipt_s:.2f} s, [{style}]{load.lost} lost[/{style}]",
             highlight=False,
         )
+        if threads := load.hub_threads:
+            loop, writer = (threads.get(name, 0.0) for name in HUB_THREADS)
+            self.console.print(
+                f"          hub's CPU, % of a core: {load.cpu_pct.get('hub', 0.0):g} "
+                f"(event loop {loop:g}, writer {writer:g})", highlight=False,
+            )  # fmt: skip
 
 
 def summary_table(phase: dict[str, Any]) -> Table:

@@ -191,5 +191,12 @@ async def test_health_and_metrics_tell_what_happened(hub, panels):
         if line.startswith("tenhub_db_commit_seconds_count ")
     )  # fmt: skip
     assert float(commits.split()[1]) >= 1
+    # Where the hub's CPU went: the event loop's thread and the writer's, apart.
+    threads = {
+        line.split('"')[1]: float(line.split()[1]) for line in metrics.text.splitlines()
+        if line.startswith("tenhub_thread_cpu_seconds_total{")
+    }
+    assert {"MainThread", "sqlite-writer"} <= set(threads)
+    assert all(seconds >= 0 for seconds in threads.values())
     assert anonymous.status_code == 401, "alarms are for logged-in users only"
     await until(lambda: hub.presence.online_count() >= 1)

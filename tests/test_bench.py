@@ -17,7 +17,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from simulator.bench_load import FLOORS, MEASURES, commit_buckets, commit_summary
+from simulator.bench_load import (
+    FLOORS,
+    MEASURES,
+    commit_buckets,
+    commit_summary,
+    thread_cpu,
+    thread_cpu_pct,
+)
 from simulator.bench_report import MEASURE_NAMES, Target, judge
 from simulator.brokers import mosquitto_available
 from simulator.cli_bench import bench
@@ -97,6 +104,9 @@ def test_every_measure_has_figures_at_every_offered_rate(report: dict[str, Any])
         commits = load["hub_commits"]
         assert commits["commits"] > 0, load["name"]
         assert 0 <= commits["over_10ms"] <= commits["commits"]
+        # And where its CPU went: the event loop answered every alarm, the writer wrote it.
+        threads = load["hub_threads_pct_of_one_core"]
+        assert threads["MainThread"] > 0 and threads["sqlite-writer"] > 0, load["name"]
     storm = phase["loads"][-1]
     assert storm["name"] == "storm"
     assert storm["alarms"] == 100  # 10% of the panels
@@ -138,6 +148,7 @@ def test_the_markdown_has_a_table_for_every_measure_and_the_targets(
     assert "An SQLite commit of one row on its disk (WAL, synchronous=FULL): p50 " in text
     assert "| 10/s | bare disk: one-row commit |" in text
     assert "Hub commits (over 10 ms; slowest) |" in text
+    assert "| Hub's loop / writer CPU % |" in text
 
 
 def test_the_latency_plot_is_a_png(quick: tuple[int, Path]) -> None:
@@ -210,3 +221,19 @@ def test_a_missed_latency_target_names_the_disks_floor_beside_it() -> None:
     receipt = next(t for t in judge([phase]) if t.target.startswith("alarm → receipt p99"))
     assert receipt.met is False
     assert receipt.measured == "180.7 ms (the bare disk's commit p99 91.2 ms)"
+
+
+def test_the_hubs_threads_cpu_in_a_load_comes_from_two_readings_of_its_metrics() -> None:
+    def reading(**seconds: float) -> str:
+        return "# TYPE tenhub_thread_cpu_seconds_total counter\n" + "".join(
+            f'tenhub_thread_cpu_seconds_total{{thread="{name.replace("_", "-")}"}} {s}\n'
+            for name, s in seconds.items()
+        )
+
+    before = thread_cpu(reading(MainThread=10.0, sqlite_writer=4.0, sqlite_reader=1.0))
+    assert before == {"MainThread": 10.0, "sqlite-writer": 4.0, "sqlite-reader": 1.0}
+    # 20 s later: the loop used 8 s, the writer 5 s, the readers next to nothing.
+    after = thread_cpu(reading(MainThread=18.0, sqlite_writer=9.0, sqlite_reader=1.05))
+    assert thread_cpu_pct(before, after, 20.0) == {"MainThread": 40.0, "sqlite-writer": 25.0}
+    assert list(thread_cpu_pct(before, after, 20.0)) == ["MainThread", "sqlite-writer"]
+    assert thread_cpu_pct(before, after, 0.0) == {}
