@@ -28,6 +28,16 @@ def thread_name(name: str) -> str:
     return _NUMBERED.sub("", name)
 
 
+def stat_cpu_seconds(path: str) -> float:
+    """User + system CPU seconds so far of the process or thread whose /proc `stat` file
+    this is; OSError if it cannot be read (gone, or no /proc)."""
+    with open(path, "rb") as f:
+        stat = f.read()
+    # Fields after the name (which may hold spaces and parentheses): utime is the 12th.
+    fields = stat.rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) * _TICK_S
+
+
 def thread_cpu_seconds() -> dict[str, float]:
     """User + system CPU seconds so far of each live thread of this process, summed by
     `thread_name`; {} where /proc cannot tell (not Linux)."""
@@ -36,13 +46,9 @@ def thread_cpu_seconds() -> dict[str, float]:
         if thread.native_id is None:
             continue  # not started yet
         try:
-            with open(f"/proc/self/task/{thread.native_id}/stat", "rb") as f:
-                stat = f.read()
+            used = stat_cpu_seconds(f"/proc/self/task/{thread.native_id}/stat")
         except OSError:
             continue  # ended meanwhile, or no /proc here
-        # Fields after the name (which may hold spaces and parentheses): utime is the 12th.
-        fields = stat.rpartition(b")")[2].split()
-        used = (int(fields[11]) + int(fields[12])) * _TICK_S
         name = thread_name(thread.name)
         seconds[name] = seconds.get(name, 0.0) + used
     return seconds

@@ -22,6 +22,7 @@ from pathlib import Path
 from devices.protocol import ReceiptStatus
 from devices.unit_alarms import AlertChange
 from hub.settings import BrokerAddress
+from hub.thread_cpu import stat_cpu_seconds
 from simulator.mqtt_lite import Message, MqttClient
 from simulator.registry_gen import HOUSEHOLDS_PER_UNIT
 from simulator.twilio_store import Record, SentMessage
@@ -31,7 +32,6 @@ MEASURES = ("bare_broker", "bare_disk", "receipt", "neighbours", "sms")
 FLOORS = ("bare_broker", "bare_disk")  # measured without the hub, before each load
 NEIGHBOURS = HOUSEHOLDS_PER_UNIT - 1  # every generated unit is full
 _ALARM_ID = re.compile(r"Alarm (a-[0-9a-z]+)\.")
-_CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(slots=True)
@@ -71,9 +71,7 @@ def cpu_seconds(pid: int | None) -> float:
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()  # the name may hold spaces
-    return (int(fields[11]) + int(fields[12])) * _CLOCK_TICK_S
+    return stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def peak_rss_mb(pid: int) -> float:
