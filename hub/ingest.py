@@ -38,11 +38,12 @@ from hub.clock import Clock
 from hub.db import Database
 from hub.keyring import KeyRing, SignatureRefused
 from hub.metrics import HubMetrics
-from hub.panel_events import EventOutcome, PanelEventHandler
+from hub.panel_events import EventOutcome, PanelEventHandler, answer_repeat
 from hub.presence import PresenceTracker
 from hub.rate import TokenBuckets
 from hub.registry import PanelPlace, Registry
 from hub.rejects import RejectLog
+from hub.stored_events import RecentEvents
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,10 @@ class PanelIngest:
         # Counted a thousand times a second with 10,000 panels: the labelled child once.
         self._heartbeats = metrics.status_messages.labels("heartbeat")
         self._statuses = metrics.status_messages.labels("status")
+        # A panel repeats an event until its receipt comes: when the hub runs late (a
+        # storm, a stalled disk) every alarm comes again after a second. A repeat of an
+        # event already stored is answered from here, not queued behind the writer again.
+        self._stored = RecentEvents()
 
     @property
     def registry(self) -> Registry:
@@ -152,6 +157,11 @@ class PanelIngest:
         if parsed.channel == "event":
             checked = self._check_event(_Inbound(parsed.panel_id, topic, payload, arrived))
             if checked is None:
+                return
+            stored = self._stored.get(parsed.panel_id, checked.event.seq)
+            if stored is not None:
+                outcome = answer_repeat(stored, checked.event.seq, checked.payload_text)
+                self._answer(checked, outcome.receipt, self.clock.now_ms())
                 return
             self._take(parsed.panel_id, checked)
         elif parsed.channel == "status":
@@ -261,8 +271,21 @@ class PanelIngest:
             urgent=True,
         )
         # Stored (committed, fsynced): only now may the panel be told.
-        receipt = outcome.receipt
-        self.metrics.events.labels(event.type.value, receipt.status.value).inc()
+        if outcome.stored is not None:
+            self._stored.add(outcome.stored)
+        self._answer(checked, outcome.receipt, now)
+        self.on_stored(outcome)
+        if outcome.new_alarm:
+            logger.info(
+                "alarm raised",
+                extra={"alarm_id": outcome.alarm_id, "panel_id": item.panel_id,
+                       "kind": getattr(event, "kind", None)},
+            )
+
+    def _answer(self, checked: _Checked, receipt: Receipt, now: int) -> None:
+        """Count the answer to a stored (or already stored) event, and send it."""
+        item = checked.inbound
+        self.metrics.events.labels(checked.event.type.value, receipt.status.value).inc()
         if receipt.status == ReceiptStatus.REJECTED and receipt.error:
             reason = receipt.error.split(":", 1)[0]
             self.metrics.rejected.labels(reason).inc()
@@ -271,13 +294,6 @@ class PanelIngest:
                 error=receipt.error, payload=item.payload,
             )
         self._send_receipt(item, receipt)
-        self.on_stored(outcome)
-        if outcome.new_alarm:
-            logger.info(
-                "alarm raised",
-                extra={"alarm_id": outcome.alarm_id, "panel_id": item.panel_id,
-                       "kind": getattr(event, "kind", None)},
-            )
 
     def _reject(self, item: _Inbound, reason: Reason, error: str, seq: int | None) -> None:
         self.metrics.rejected.labels(reason.value).inc()

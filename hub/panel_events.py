@@ -39,6 +39,9 @@ class EventOutcome:
     new_alarm: bool = False
     changes: tuple[AlarmChange, ...] = ()
     fast_sends: tuple[OutboxMessage, ...] = ()  # to send at once (the fast path)
+    # The event as the database holds it (stored now, or found there for a repeat):
+    # what a later copy of it is answered from.
+    stored: StoredEvent | None = None
 
 
 class PanelEventHandler:
@@ -66,7 +69,7 @@ class PanelEventHandler:
         panel_id = place.household.panel
         stored = w.alarms.find_panel_event(panel_id, event.seq)
         if stored is not None:
-            return _repeat(stored, event.seq, payload_text)
+            return answer_repeat(stored, event.seq, payload_text)
         new_alarm = False
         try:
             if signed:
@@ -114,16 +117,16 @@ class PanelEventHandler:
                 error=refusal.error,
             )
         # Refusals are stored too: a repeat gets the same answer, and a wrong PIN counts once.
-        w.alarms.insert_panel_event(
-            StoredEvent(
-                panel_id=panel_id, seq=event.seq, type=event.type.value, payload=payload_text,
-                alarm_id=receipt.alarm_id, status=receipt.status.value, error=receipt.error,
-                received_at=now,
-            )
+        stored = StoredEvent(
+            panel_id=panel_id, seq=event.seq, type=event.type.value, payload=payload_text,
+            alarm_id=receipt.alarm_id, status=receipt.status.value, error=receipt.error,
+            received_at=now,
         )
+        w.alarms.insert_panel_event(stored)
         return EventOutcome(
             receipt, alarm_id=receipt.alarm_id, notifications_queued=w.queued,
             new_alarm=new_alarm, changes=tuple(w.changes), fast_sends=tuple(w.fast_sends),
+            stored=stored,
         )
 
     def _check_window(self, ts: int, now: int) -> None:
@@ -154,7 +157,8 @@ class PanelEventHandler:
         )
 
 
-def _repeat(stored: StoredEvent, seq: int, payload_text: str) -> EventOutcome:
+def answer_repeat(stored: StoredEvent, seq: int, payload_text: str) -> EventOutcome:
+    """The answer to an event whose seq the panel already used: stored is that first one."""
     if stored.payload != payload_text:
         return EventOutcome(
             Receipt(
@@ -162,7 +166,8 @@ def _repeat(stored: StoredEvent, seq: int, payload_text: str) -> EventOutcome:
                 status=ReceiptStatus.REJECTED,
                 error=f"{Reason.SEQ_REUSED.value}: seq {seq} was already used by another"
                 " event of this panel; send new events with a higher seq",
-            )
+            ),
+            stored=stored,
         )
     if stored.status == ReceiptStatus.ACCEPTED:
         receipt = Receipt(seq=seq, status=ReceiptStatus.DUPLICATE, alarm_id=stored.alarm_id)
@@ -170,4 +175,4 @@ def _repeat(stored: StoredEvent, seq: int, payload_text: str) -> EventOutcome:
         receipt = Receipt(
             seq=seq, status=ReceiptStatus.REJECTED, alarm_id=stored.alarm_id, error=stored.error
         )
-    return EventOutcome(receipt, alarm_id=stored.alarm_id)
+    return EventOutcome(receipt, alarm_id=stored.alarm_id, stored=stored)

@@ -85,6 +85,56 @@ async def test_the_same_event_twice_is_one_alarm_and_a_duplicate_receipt(hub, br
     assert await hub.alarms.count() == 1
 
 
+async def test_a_repeat_of_a_stored_alarm_is_answered_while_the_disk_stalls(
+    hub, broker, panels, monkeypatch
+):
+    """A panel whose receipt was late sends its alarm again; the hub already stored it, so
+    the repeat is answered at once, even while the disk holds every new write."""
+    answers: list[dict] = []
+    writing, disk_free = threading.Event(), threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-repeat")
+    client.username_pw_set("test-repeat")
+    client.on_message = lambda _c, _u, msg: answers.append(json.loads(msg.payload))
+    client.connect(broker.host, broker.port)
+    client.subscribe("tenhub/v1/panel/p-0002-06/receipt", 1)
+    client.loop_start()
+    try:
+        await asyncio.sleep(0.3)
+        alarm = json.dumps({"type": "alarm", "seq": 7, "ts": 1_700_000_000_000, "kind": "fire"})
+        client.publish(event_topic("p-0002-06"), alarm, qos=1)
+        await until(lambda: len(answers) == 1)
+        assert answers[0]["status"] == "accepted"
+
+        apply = hub.ingest.handler.apply
+
+        def stalled(*args, **kwargs):
+            writing.set()
+            disk_free.wait(10)  # the disk stalls: every write waits behind this one
+            return apply(*args, **kwargs)
+
+        monkeypatch.setattr(hub.ingest.handler, "apply", stalled)
+        (other,) = panels("p-0002-07")
+        held = other.raise_alarm("gas")
+        await asyncio.to_thread(writing.wait, 5)
+
+        client.publish(event_topic("p-0002-06"), alarm, qos=1)  # the same event again
+        reused = json.dumps({"type": "alarm", "seq": 7, "ts": 1_700_000_000_000, "kind": "gas"})
+        client.publish(event_topic("p-0002-06"), reused, qos=1)  # its seq, another event
+        await until(lambda: len(answers) == 3, timeout=5)
+        assert held.receipt is None, "a new alarm is answered only once it is stored"
+    finally:
+        disk_free.set()
+        client.loop_stop()
+        client.disconnect()
+
+    first, repeat, other_event = answers
+    assert repeat["status"] == "duplicate" and repeat["alarm_id"] == first["alarm_id"]
+    assert other_event["status"] == "rejected" and other_event["error"].startswith("seq_reused")
+    receipt = await receipt_of(held)
+    assert receipt is not None and receipt.status == ReceiptStatus.ACCEPTED
+    assert await hub.alarms.count() == 2
+
+
 async def test_an_alarm_sent_while_the_hub_is_down_is_handled_when_it_is_back(
     hub_runner, panels
 ):
