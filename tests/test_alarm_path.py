@@ -6,8 +6,11 @@ Every story runs against a real Mosquitto and against the embedded broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -53,32 +56,44 @@ async def test_alarm_is_stored_receipted_and_sounds_the_nine_neighbours(hub, pan
     assert timeline[1].detail["name"] == "first alert"
 
 
-async def test_the_same_event_twice_is_one_alarm_and_a_duplicate_receipt(hub, broker):
+@dataclass
+class BarePanel:
+    """A panel's events sent byte for byte as given, and the receipts it got, in order."""
+
+    client: mqtt.Client
+    panel_id: str
+    answers: list[dict]
+
+    def send(self, event: dict) -> None:
+        self.client.publish(event_topic(self.panel_id), json.dumps(event), qos=1)
+
+
+@contextlib.asynccontextmanager
+async def bare_panel(broker, panel_id: str, client_id: str) -> AsyncIterator[BarePanel]:
+    """A bare MQTT client that sends a panel's events as given and keeps its receipts."""
     answers: list[dict] = []
-    got = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-dup")
-    client.username_pw_set("test-dup")
-
-    def on_message(_c, _u, msg):
-        answers.append(json.loads(msg.payload))
-        if len(answers) == 2:
-            got.set()
-
-    client.on_message = on_message
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.username_pw_set(client_id)
+    client.on_message = lambda _c, _u, msg: answers.append(json.loads(msg.payload))
     client.connect(broker.host, broker.port)
-    client.subscribe("tenhub/v1/panel/p-0001-03/receipt", 1)
+    client.subscribe(f"tenhub/v1/panel/{panel_id}/receipt", 1)
     client.loop_start()
     try:
-        await asyncio.sleep(0.3)
-        event = json.dumps({"type": "alarm", "seq": 41, "ts": 1_700_000_000_000, "kind": "fire"})
-        client.publish(event_topic("p-0001-03"), event, qos=1)
-        client.publish(event_topic("p-0001-03"), event, qos=1)
-        assert await asyncio.to_thread(got.wait, 5)
+        await asyncio.sleep(0.3)  # subscribed before the first event goes
+        yield BarePanel(client, panel_id, answers)
     finally:
         client.loop_stop()
         client.disconnect()
 
-    first, second = answers
+
+async def test_the_same_event_twice_is_one_alarm_and_a_duplicate_receipt(hub, broker):
+    async with bare_panel(broker, "p-0001-03", "test-dup") as panel:
+        event = {"type": "alarm", "seq": 41, "ts": 1_700_000_000_000, "kind": "fire"}
+        panel.send(event)
+        panel.send(event)
+        await until(lambda: len(panel.answers) == 2)
+
+    first, second = panel.answers
     assert first["status"] == "accepted" and second["status"] == "duplicate"
     assert first["seq"] == second["seq"] == 41
     assert second["alarm_id"] == first["alarm_id"]
@@ -90,20 +105,12 @@ async def test_a_repeat_of_a_stored_alarm_is_answered_while_the_disk_stalls(
 ):
     """A panel whose receipt was late sends its alarm again; the hub already stored it, so
     the repeat is answered at once, even while the disk holds every new write."""
-    answers: list[dict] = []
     writing, disk_free = threading.Event(), threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-repeat")
-    client.username_pw_set("test-repeat")
-    client.on_message = lambda _c, _u, msg: answers.append(json.loads(msg.payload))
-    client.connect(broker.host, broker.port)
-    client.subscribe("tenhub/v1/panel/p-0002-06/receipt", 1)
-    client.loop_start()
-    try:
-        await asyncio.sleep(0.3)
-        alarm = json.dumps({"type": "alarm", "seq": 7, "ts": 1_700_000_000_000, "kind": "fire"})
-        client.publish(event_topic("p-0002-06"), alarm, qos=1)
-        await until(lambda: len(answers) == 1)
-        assert answers[0]["status"] == "accepted"
+    async with bare_panel(broker, "p-0002-06", "test-repeat") as panel:
+        alarm = {"type": "alarm", "seq": 7, "ts": 1_700_000_000_000, "kind": "fire"}
+        panel.send(alarm)
+        await until(lambda: len(panel.answers) == 1)
+        assert panel.answers[0]["status"] == "accepted"
 
         apply = hub.ingest.handler.apply
 
@@ -115,19 +122,16 @@ async def test_a_repeat_of_a_stored_alarm_is_answered_while_the_disk_stalls(
         monkeypatch.setattr(hub.ingest.handler, "apply", stalled)
         (other,) = panels("p-0002-07")
         held = other.raise_alarm("gas")
-        await asyncio.to_thread(writing.wait, 5)
+        try:
+            await asyncio.to_thread(writing.wait, 5)
+            panel.send(alarm)  # the same event again
+            panel.send({**alarm, "kind": "gas"})  # its seq, another event
+            await until(lambda: len(panel.answers) == 3, timeout=5)
+            assert held.receipt is None, "a new alarm is answered only once it is stored"
+        finally:
+            disk_free.set()
 
-        client.publish(event_topic("p-0002-06"), alarm, qos=1)  # the same event again
-        reused = json.dumps({"type": "alarm", "seq": 7, "ts": 1_700_000_000_000, "kind": "gas"})
-        client.publish(event_topic("p-0002-06"), reused, qos=1)  # its seq, another event
-        await until(lambda: len(answers) == 3, timeout=5)
-        assert held.receipt is None, "a new alarm is answered only once it is stored"
-    finally:
-        disk_free.set()
-        client.loop_stop()
-        client.disconnect()
-
-    first, repeat, other_event = answers
+    first, repeat, other_event = panel.answers
     assert repeat["status"] == "duplicate" and repeat["alarm_id"] == first["alarm_id"]
     assert other_event["status"] == "rejected" and other_event["error"].startswith("seq_reused")
     receipt = await receipt_of(held)
