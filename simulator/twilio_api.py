@@ -111,31 +111,17 @@ class _MessagesRoute:
         # When the request reached the gateway, before it is parsed and checked: what the
         # gateway does after that is not the sender's time.
         arrived = time.monotonic()
+        request = Request(scope, receive)
         try:
-            header = next(
-                (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), ""
-            )
-            self.authorize(header, match[1], scope["path"])
-            body = await _request_body(receive)
-            if body is None:
-                return  # the client hung up: as at Twilio, nothing is created
+            self.authorize(request.headers.get("authorization", ""), match[1], scope["path"])
+            body = await request.body()
             form = dict(parse_qsl(body.decode(), keep_blank_values=True))
             response: Any = JSONResponse(await self.create(match[1], form, arrived), 201)
+        except ClientDisconnect:
+            return  # the client hung up mid-request: as at Twilio, nothing is created
         except TwilioError as exc:
             response = exc.response()
         await response(scope, receive, send)
-
-
-async def _request_body(receive: Any) -> bytes | None:
-    """The whole body of an ASGI request; None when the client disconnects first."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def create_gateway_app(
