@@ -153,12 +153,28 @@ class OutboxSender:
         task.add_done_callback(lambda _: self._inflight.pop(message.id, None))
         return task
 
+    @property
+    def in_flight(self) -> int:
+        """Sends started and not yet answered."""
+        return len(self._inflight)
+
     async def drain(self, timeout: float) -> int:
         """Wait for the sends in flight to finish (at most `timeout` s); how many did not."""
         if not self._inflight:
             return 0
         _, pending = await asyncio.wait(set(self._inflight.values()), timeout=timeout)
         return len(pending)
+
+    async def abandon(self) -> int:
+        """Cancel the sends still in flight and wait for them to end; how many there were.
+
+        A claimed message stays claimed: the next start marks it unknown, never sends it
+        again (nobody can tell whether the provider had it)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return len(tasks)
 
     async def close(self) -> None:
         """Close the channels that hold connections (those with an async `close`)."""

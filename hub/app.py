@@ -147,6 +147,7 @@ class Hub:
         self.web = create_web_app(self)
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
+        self._stop_now = asyncio.Event()  # asked to stop twice: do not wait for sends
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish through the hub's broker connection."""
@@ -243,7 +244,10 @@ class Hub:
         return f"{where} ({alarm.kind})"
 
     def stop(self) -> None:
-        """Ask `run()` to shut down in order and return."""
+        """Ask `run()` to shut down in order and return; asked again, without waiting for
+        the sends in flight (they are marked unknown when the hub starts next)."""
+        if self._stop.is_set():
+            self._stop_now.set()
         self._stop.set()
 
     async def run(self) -> None:
@@ -300,14 +304,14 @@ class Hub:
                 server.should_exit = True
                 for task in tasks[1:]:
                     task.cancel()
-                # An SMS cut off mid-request could not be told sent or not: let the
-                # sends in flight get their answers (each within its channel's timeout).
-                unfinished = await self.sender.drain(timeout=self.settings.twilio_timeout_s + 5)
+                unfinished = await self._finish_sends()
                 if unfinished:
                     logger.warning(
                         "sends still unanswered at stop; they will be marked unknown",
                         extra={"count": unfinished},
                     )
+                if self._stop_now.is_set():
+                    web_task.cancel()  # not the open requests' grace either
                 with contextlib.suppress(asyncio.CancelledError):
                     await web_task
         finally:
@@ -317,6 +321,25 @@ class Hub:
                 await self.embedded_broker.stop()
             http_socket.close()
             logger.info("hub stopped")
+
+    async def _finish_sends(self) -> int:
+        """Wait for the sends in flight to be answered, unless asked to stop now; cancel
+        those that were not and say how many."""
+        # An SMS cut off mid-request could not be told sent or not: let the sends in
+        # flight get their answers (each within its channel's timeout). An operator who
+        # cannot wait stops again: they are marked unknown, never sent twice.
+        count, timeout = self.sender.in_flight, self.settings.twilio_timeout_s + 5
+        if count and not self._stop_now.is_set():
+            logger.warning(
+                "waiting for the sends in flight to be answered; stop again (Ctrl-C) not to wait",
+                extra={"count": count, "at_most_s": timeout},
+            )
+            drained = asyncio.ensure_future(self.sender.drain(timeout))
+            now = asyncio.ensure_future(self._stop_now.wait())
+            await asyncio.wait({drained, now}, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+            now.cancel()
+        return await self.sender.abandon()
 
 
 def _rate_tiers(settings: Settings) -> dict[str, tuple[Tier, ...]]:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -146,6 +147,111 @@ def test_serve_with_a_config_file_uses_the_external_broker_it_names(tmp_path, mo
     )
     assert "alarm raised" in err and "embedded broker" not in err
     assert (tmp_path / "data" / "hub.db").exists(), "db_path is relative to the config file"
+
+
+class _Logs:
+    """A process's JSON log lines on stderr, read as they come."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.lines: list[dict] = []
+        self._reader = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+
+    def wait_for(self, msg: str, timeout: float = 20) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in self.lines:
+                if entry["msg"] == msg:
+                    return entry
+            time.sleep(0.05)
+        raise AssertionError(f"no {msg!r} in {[e['msg'] for e in self.lines]}")
+
+    def messages(self) -> list[str]:
+        self._reader.join(timeout=10)
+        return [entry["msg"] for entry in self.lines]
+
+
+def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_an_unanswered_sms(tmp_path):
+    # Twilio took the SMS and never answers: stopping waits for it (it may yet be told
+    # sent or not) until the operator presses Ctrl-C again. Then the hub stops at once,
+    # and the SMS, which may have gone out, is marked unknown: never sent a second time.
+    from simulator.twilio_gateway import TwilioGateway
+
+    gateway = TwilioGateway(phone_number="+15550001000", callback_delay_s=0.01).start()
+    gateway.hang_next(1, 120)
+    broker_port, http_port = free_port(), free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
+    env = {
+        **clean,
+        "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
+        "TENHUB_DB_PATH": str(tmp_path / "hub.db"),
+        "TENHUB_HTTP_ADDR": f"127.0.0.1:{http_port}",
+        "TENHUB_EMBEDDED_BROKER_ADDR": f"127.0.0.1:{broker_port}",
+        "TENHUB_LOG_FORMAT": "json",
+        "TENHUB_TWILIO_API_BASE": gateway.base_url,
+        "TENHUB_TWILIO_TIMEOUT_S": "60",
+        "TWILIO_ACCOUNT_SID": gateway.account_sid,
+        "TWILIO_AUTH_TOKEN": gateway.auth_token,
+        "TWILIO_FROM": "+15550001000",
+    }
+
+    def serve() -> tuple[subprocess.Popen, _Logs]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        logs = _Logs(proc)
+        logs.wait_for("hub started")
+        return proc, logs
+
+    proc, logs = serve()
+    panel = ReferencePanel(
+        "p-0003-02", "127.0.0.1", broker_port, state_dir=tmp_path / "panel",
+        username="p-0003-02", household_id="h-02", unit_id="u-0003",
+    )
+    try:
+        panel.start()
+        receipt = panel.raise_alarm("fire").wait(5)
+        assert receipt is not None and receipt.status.value == "accepted"
+        deadline = time.monotonic() + 10
+        while not gateway.messages():
+            assert time.monotonic() < deadline, "no SMS reached the gateway"
+            time.sleep(0.05)
+        (hanging, *_) = gateway.messages()
+    finally:
+        panel.stop()
+
+    proc.send_signal(signal.SIGINT)
+    waiting = logs.wait_for(
+        "waiting for the sends in flight to be answered; stop again (Ctrl-C) not to wait"
+    )
+    assert waiting["count"] == 1 and waiting["at_most_s"] == 65
+    time.sleep(1)
+    assert proc.poll() is None, "the first Ctrl-C waits for the SMS's answer"
+    asked_again = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 0
+    assert time.monotonic() - asked_again < 5, "the second Ctrl-C does not wait"
+    assert logs.wait_for("sends still unanswered at stop; they will be marked unknown")[
+        "count"
+    ] == 1
+    assert logs.messages()[-1] == "hub stopped"
+
+    proc, logs = serve()
+    try:
+        marked = logs.wait_for("messages caught mid-send by the last stop are marked unknown")
+        assert marked["count"] == 1
+        time.sleep(1)
+        assert len(gateway.messages(hanging.to)) == 1, "the unanswered SMS is not sent again"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        gateway.stop()
 
 
 def test_ctrl_c_stops_the_demo_cleanly_with_a_summary(tmp_path):
