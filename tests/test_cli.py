@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -93,38 +94,60 @@ def _serve_and_raise_one_alarm(tmp_path, args, env, broker_port, http_port):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     http = f"http://127.0.0.1:{http_port}"
-    panel = None
     try:
         wait_for_port(http_port, timeout=20)
         deadline = time.monotonic() + 10
         while httpx.get(f"{http}/healthz").status_code != 200:
             assert time.monotonic() < deadline, "hub never became healthy"
             time.sleep(0.1)
-        panel = ReferencePanel(
-            "p-0003-02", "127.0.0.1", broker_port, state_dir=tmp_path / "panel",
-            username="p-0003-02", household_id="h-02", unit_id="u-0003",
-        )
-        panel.start()
-        receipt = panel.raise_alarm("fire").wait(5)
-        assert receipt is not None and receipt.status.value == "accepted"
+        _raise_one_fire(tmp_path, broker_port)
     finally:
-        if panel:
-            panel.stop()
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     return err
 
 
-def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path):
-    broker_port, http_port = free_port(), free_port()
-    env = {
+def _raise_one_fire(tmp_path: Path, broker_port: int) -> None:
+    """A reference panel of u-0003 raises a fire and has it receipted `accepted`."""
+    panel = ReferencePanel(
+        "p-0003-02", "127.0.0.1", broker_port, state_dir=tmp_path / "panel",
+        username="p-0003-02", household_id="h-02", unit_id="u-0003",
+    )
+    try:
+        panel.start()
+        receipt = panel.raise_alarm("fire").wait(5)
+        assert receipt is not None and receipt.status.value == "accepted"
+    finally:
+        panel.stop()
+
+
+def _settled(count: Callable[[], int], quiet_s: float = 1.0, timeout: float = 15) -> int:
+    """`count()` once it is above zero and has stopped growing for `quiet_s`."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while last == 0 or time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, f"still growing after {timeout} s"
+        time.sleep(0.05)
+        if (now := count()) != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+def _env_alone(tmp_path: Path, broker_port: int, http_port: int) -> dict[str, str]:
+    """All `tenhub serve` needs from its environment: registry, database, embedded broker."""
+    return {
         "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
         "TENHUB_DB_PATH": str(tmp_path / "hub.db"),
         "TENHUB_HTTP_ADDR": f"127.0.0.1:{http_port}",
         "TENHUB_EMBEDDED_BROKER_ADDR": f"127.0.0.1:{broker_port}",
         "TENHUB_LOG_FORMAT": "json",
     }
+
+
+def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path):
+    broker_port, http_port = free_port(), free_port()
+    env = _env_alone(tmp_path, broker_port, http_port)
     err = _serve_and_raise_one_alarm(tmp_path, [], env, broker_port, http_port)
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     messages = [entry["msg"] for entry in logs]
@@ -176,23 +199,19 @@ class _Logs:
         return [entry["msg"] for entry in self.lines]
 
 
-def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_an_unanswered_sms(tmp_path):
-    # Twilio took the SMS and never answers: stopping waits for it (it may yet be told
-    # sent or not) until the operator presses Ctrl-C again. Then the hub stops at once,
-    # and the SMS, which may have gone out, is marked unknown: never sent a second time.
+def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_unanswered_sms_and_calls(tmp_path):
+    # Twilio took the fire's SMS and calls and never answers: stopping waits for them (each
+    # may yet be told sent or not) until the operator presses Ctrl-C again. Then the hub
+    # stops at once, and they, which may have gone out, are marked unknown: never sent twice.
     from simulator.twilio_gateway import TwilioGateway
 
     gateway = TwilioGateway(phone_number="+15550001000", callback_delay_s=0.01).start()
-    gateway.hang_next(1, 120)
+    gateway.hang_next(100, 120)  # every SMS and call of the alarm
     broker_port, http_port = free_port(), free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
     env = {
         **clean,
-        "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
-        "TENHUB_DB_PATH": str(tmp_path / "hub.db"),
-        "TENHUB_HTTP_ADDR": f"127.0.0.1:{http_port}",
-        "TENHUB_EMBEDDED_BROKER_ADDR": f"127.0.0.1:{broker_port}",
-        "TENHUB_LOG_FORMAT": "json",
+        **_env_alone(tmp_path, broker_port, http_port),
         "TENHUB_TWILIO_API_BASE": gateway.base_url,
         "TENHUB_TWILIO_TIMEOUT_S": "60",
         "TWILIO_ACCOUNT_SID": gateway.account_sid,
@@ -200,57 +219,52 @@ def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_an_unanswered_sms(tmp
         "TWILIO_FROM": "+15550001000",
     }
 
+    started: list[subprocess.Popen] = []
+
     def serve() -> tuple[subprocess.Popen, _Logs]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
+        started.append(proc)
         logs = _Logs(proc)
         logs.wait_for("hub started")
         return proc, logs
 
-    proc, logs = serve()
-    panel = ReferencePanel(
-        "p-0003-02", "127.0.0.1", broker_port, state_dir=tmp_path / "panel",
-        username="p-0003-02", household_id="h-02", unit_id="u-0003",
-    )
     try:
-        panel.start()
-        receipt = panel.raise_alarm("fire").wait(5)
-        assert receipt is not None and receipt.status.value == "accepted"
-        deadline = time.monotonic() + 10
-        while not gateway.messages():
-            assert time.monotonic() < deadline, "no SMS reached the gateway"
-            time.sleep(0.05)
-        (hanging, *_) = gateway.messages()
-    finally:
-        panel.stop()
+        proc, logs = serve()
+        _raise_one_fire(tmp_path, broker_port)
+        hanging = _settled(lambda: len(gateway.messages()) + len(gateway.calls()))
+        assert hanging >= 3, "a fire's first step texts and calls several people"
 
-    proc.send_signal(signal.SIGINT)
-    waiting = logs.wait_for(
-        "waiting for the sends in flight to be answered; stop again (Ctrl-C) not to wait"
-    )
-    assert waiting["count"] == 1 and waiting["at_most_s"] == 65
-    time.sleep(1)
-    assert proc.poll() is None, "the first Ctrl-C waits for the SMS's answer"
-    asked_again = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=10) == 0
-    assert time.monotonic() - asked_again < 5, "the second Ctrl-C does not wait"
-    assert logs.wait_for("sends still unanswered at stop; they will be marked unknown")[
-        "count"
-    ] == 1
-    assert logs.messages()[-1] == "hub stopped"
-
-    proc, logs = serve()
-    try:
-        marked = logs.wait_for("messages caught mid-send by the last stop are marked unknown")
-        assert marked["count"] == 1
+        proc.send_signal(signal.SIGINT)
+        waiting = logs.wait_for(
+            "waiting for the sends in flight to be answered; stop again (Ctrl-C) not to wait"
+        )
+        assert waiting["count"] == hanging and waiting["at_most_s"] == 65
         time.sleep(1)
-        assert len(gateway.messages(hanging.to)) == 1, "the unanswered SMS is not sent again"
-    finally:
+        assert proc.poll() is None, "the first Ctrl-C waits for the SMS's answer"
+        asked_again = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - asked_again < 5, "the second Ctrl-C does not wait"
+        unanswered = logs.wait_for("sends still unanswered at stop; they will be marked unknown")
+        assert unanswered["count"] == hanging
+        assert logs.messages()[-1] == "hub stopped"
+
+        proc, logs = serve()
+        marked = logs.wait_for("messages caught mid-send by the last stop are marked unknown")
+        assert marked["count"] == hanging
+        time.sleep(1)
+        sent = len(gateway.messages()) + len(gateway.calls())
+        assert sent == hanging, "nothing unanswered is sent again"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         gateway.stop()
 
 
