@@ -156,7 +156,7 @@ class OutboxSender:
     @property
     def in_flight(self) -> int:
         """Sends started and not yet answered."""
-        return len(self._inflight)
+        return sum(not task.done() for task in self._inflight.values())
 
     async def drain(self, timeout: float) -> int:
         """Wait for the sends in flight to finish (at most `timeout` s); how many did not."""
@@ -170,7 +170,7 @@ class OutboxSender:
 
         A claimed message stays claimed: the next start marks it unknown, never sends it
         again (nobody can tell whether the provider had it)."""
-        tasks = list(self._inflight.values())
+        tasks = [task for task in self._inflight.values() if not task.done()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
