@@ -93,6 +93,8 @@ class ReferencePanel:
         battery: int | None = None,
         fw: str | None = "tenhub-ref-1",
         hmac_key: bytes | None = None,
+        tls: bool = False,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.panel_id = panel_id
         self.host = host
@@ -131,6 +133,10 @@ class ReferencePanel:
         )
         self._retries = RetryScheduler(self._retry, name=f"panel-retry-{panel_id}")
         self._client = self._make_client(username, password)
+        if tls or ca_file is not None:
+            # The broker's certificate is checked against `ca_file` (else the system's
+            # CAs) and the host name: a panel must not hand its password to an impostor.
+            self._client.tls_set(ca_certs=str(ca_file) if ca_file is not None else None)
 
     # -- public API ---------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import os
 import pwd
 import re
 import secrets
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,16 @@ _HASH_RE = re.compile(r"^\$7\$[0-9]{1,9}\$[A-Za-z0-9+/]+=*\$[A-Za-z0-9+/]+=*$")
 
 class BrokerConfigError(ValueError):
     """The files cannot be written as asked: nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsListener:
+    """A second listener, for panels across networks the operator does not control."""
+
+    certfile: Path  # the broker's certificate (PEM), with its chain
+    keyfile: Path  # its private key (PEM), unencrypted: Mosquitto starts unattended
+    port: int = 8883
+    host: str | None = None  # None: every interface
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +135,21 @@ def render_mosquitto_conf(
     max_queued_messages: int,
     max_inflight_messages: int,
     autosave_interval_s: int,
+    tls: TlsListener | None = None,
 ) -> str:
     """mosquitto.conf using the password and ACL files of out_dir, by absolute path."""
     base = out_dir.resolve()
     host = f" {listener_host}" if listener_host else ""
+    tls_listener = ""
+    if tls is not None:
+        tls_host = f" {tls.host}" if tls.host else ""
+        tls_listener = f"""
+# TLS, for panels across networks you do not control: the same accounts and ACL
+# (per_listener_settings is off). Panels trust the CA that signed this certificate.
+listener {tls.port}{tls_host}
+certfile {tls.certfile.resolve()}
+keyfile {tls.keyfile.resolve()}
+"""
     return f"""\
 # Written by `tenhub broker-config`: re-run it rather than editing this file.
 # After re-running, `kill -HUP <mosquitto pid>` reloads the password and ACL files.
@@ -136,7 +158,7 @@ listener {listener_port}{host}
 allow_anonymous false
 password_file {base / PASSWORD_FILE}
 acl_file {base / ACL_FILE}
-
+{tls_listener}
 # Started as root, Mosquitto drops to this user, which must be able to read the files.
 user {broker_user}
 
@@ -187,12 +209,14 @@ def write_broker_config(
     max_queued_messages: int = 100_000,
     max_inflight_messages: int = 100,
     autosave_interval_s: int = 60,
+    tls: TlsListener | None = None,
 ) -> list[Path]:
     """Write passwords, acl and mosquitto.conf into out_dir, each atomically; their paths.
 
     listener_host None listens on every interface (where the panels are); broker_user
-    None runs Mosquitto as the user writing the files, who can read them. Raises
-    BrokerConfigError, having written nothing, when an id, hash, user or port is unusable.
+    None runs Mosquitto as the user writing the files, who can read them; tls adds a TLS
+    listener. Raises BrokerConfigError, having written nothing, when an id, hash, user,
+    port, certificate or key is unusable.
     """
     if not _USERNAME_RE.fullmatch(hub_username):
         raise BrokerConfigError(f"{hub_username!r} cannot be a broker username")
@@ -205,6 +229,8 @@ def write_broker_config(
         raise BrokerConfigError(f"{listener_port} is not a TCP port")
     if listener_host is not None and not _HOST_RE.fullmatch(listener_host):
         raise BrokerConfigError(f"{listener_host!r} is not a host name or address")
+    if tls is not None:
+        _check_tls(tls, listener_port)
     if min(max_queued_messages, max_inflight_messages, autosave_interval_s) < 0:
         raise BrokerConfigError("queue, in-flight and autosave settings cannot be negative")
     if _UNSAFE_PATH_RE.search(str(out_dir.resolve())):
@@ -232,12 +258,54 @@ def write_broker_config(
                 max_queued_messages=max_queued_messages,
                 max_inflight_messages=max_inflight_messages,
                 autosave_interval_s=autosave_interval_s,
+                tls=tls,
             ),
         ),
     ]
     for path, text in files:
         _write_atomic(path, text, 0o600, owner)
     return [path for path, _ in files]
+
+
+def _check_tls(tls: TlsListener, plain_port: int) -> None:
+    """Raise BrokerConfigError unless Mosquitto could serve TLS with these files."""
+    if not 0 < tls.port < 65536:
+        raise BrokerConfigError(f"{tls.port} is not a TCP port")
+    if tls.port == plain_port:
+        raise BrokerConfigError(f"the TLS listener cannot share port {tls.port} with the plain one")
+    if tls.host is not None and not _HOST_RE.fullmatch(tls.host):
+        raise BrokerConfigError(f"{tls.host!r} is not a host name or address")
+    for path in (tls.certfile, tls.keyfile):
+        if _UNSAFE_PATH_RE.search(str(path.resolve())):
+            raise BrokerConfigError(
+                f"{str(path)!r}: Mosquitto's config cannot name a path with spaces,"
+                " '#' or control characters"
+            )
+        if not path.is_file():
+            raise BrokerConfigError(f"{path}: no such file")
+    # The check Mosquitto would make at start, made now: a broker that will not start
+    # is found by the operator here, not by every panel later. A key with a passphrase
+    # is refused too (the password callback fails): Mosquitto would ask for it on a
+    # terminal it does not have.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.certfile, tls.keyfile, password=_no_passphrase)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise BrokerConfigError(
+            f"{tls.certfile} and {tls.keyfile} cannot serve TLS: {_ssl_reason(exc)}"
+        ) from None
+
+
+def _no_passphrase() -> str:
+    raise ValueError("the key is encrypted; give Mosquitto an unencrypted key")
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+        return "the key is not the certificate's"
+    if isinstance(exc, ssl.SSLError):
+        return "they are not a PEM certificate and its PEM key"
+    return str(getattr(exc, "strerror", None) or exc)
 
 
 def _broker_user(wanted: str | None) -> tuple[str, tuple[int, int] | None]:

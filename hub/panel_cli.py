@@ -27,6 +27,7 @@ from hub.broker_config import (
     HUB_PASSWORD_FILE,
     HUB_USERNAME,
     BrokerConfigError,
+    TlsListener,
     hub_password,
     write_broker_config,
 )
@@ -126,16 +127,17 @@ def _is_loopback(host: str) -> bool:
 
 
 def _panel_broker(
-    settings: Settings, host: str | None, port: int | None
+    settings: Settings, host: str | None, port: int | None, tls: bool | None = None
 ) -> dict[str, Any] | None:
     """Where the panel finds the broker: the options, else the hub's broker unless loopback."""
     known = settings.broker()
     if host is None and known is not None and not _is_loopback(known.host):
         host = known.host
-        port = port or known.port
+        port = port or (known.port if tls in (None, known.tls) else None)
     if host is None:
         return None
-    tls = known.tls if known is not None and known.host == host else False
+    if tls is None:
+        tls = known.tls if known is not None and known.host == host else False
     return {"host": host, "port": port or (8883 if tls else 1883), "tls": tls}
 
 
@@ -214,6 +216,13 @@ def provision(
     broker_port: Annotated[
         int | None, typer.Option(min=1, max=65535, help="Broker port for the panel.")
     ] = None,
+    broker_tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--broker-tls/--no-broker-tls",
+            help="The panel connects with TLS (default: as the hub's broker URL says).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the settings as JSON only.")] = (
         False
     ),
@@ -235,7 +244,9 @@ def provision(
         lambda store: store.provision(panel_id, now, require_signed=not no_signing),
         create=True,
     )
-    found = device_settings(secrets, place, _panel_broker(settings, broker_host, broker_port))
+    found = device_settings(
+        secrets, place, _panel_broker(settings, broker_host, broker_port, broker_tls)
+    )
     if as_json:
         output.print(json.dumps(found, indent=2), markup=False)
         return
@@ -318,8 +329,29 @@ def broker_config(
     hub_host: Annotated[
         str, typer.Option(help="Host by which the hub reaches the broker, for its URL.")
     ] = "localhost",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="Certificate (PEM, with its chain) for a TLS listener for panels."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="The certificate's private key (PEM, unencrypted).")
+    ] = None,
+    tls_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the TLS listener.")
+    ] = 8883,
+    tls_host: Annotated[
+        str | None,
+        typer.Option(help="Address the TLS listener listens on (default: every one)."),
+    ] = None,
 ) -> None:
     """Write Mosquitto's password file, ACL and config for the registry's provisioned panels."""
+    if (tls_cert is None) != (tls_key is None):
+        _fail("a TLS listener needs both --tls-cert and --tls-key")
+    tls = (
+        TlsListener(tls_cert, tls_key, tls_port, tls_host)
+        if tls_cert is not None and tls_key is not None
+        else None
+    )
     settings = _settings(config, registry)
     reg = _registry(settings)
     credentials = _with_credentials(settings, lambda store: store.all())
@@ -333,6 +365,7 @@ def broker_config(
             listener_port=listener_port,
             listener_host=listener_host,
             broker_user=broker_user,
+            tls=tls,
         )
     except BrokerConfigError as exc:
         _fail(str(exc))
@@ -353,6 +386,20 @@ def broker_config(
     output.print(f"hub password ({kept}) in {out / HUB_PASSWORD_FILE}; run the hub with",
               markup=False)
     output.print(f"  TENHUB_BROKER_URL={url}", markup=False)
+    if tls is not None:
+        output.print(
+            f"panels connect with TLS on port {tls.port}, trusting the CA that signed"
+            f" {tls.certfile}; provision them with", markup=False,
+        )
+        output.print(
+            f"  tenhub panel provision <id> --broker-host <host> --broker-port {tls.port}"
+            " --broker-tls", markup=False,
+        )
+        if listener_host is None:
+            _note(
+                f"the plain listener (port {listener_port}) still listens on every interface;"
+                " --listener-host 127.0.0.1 keeps it to a hub on this machine"
+            )
     conf = (out / CONF_FILE).resolve()
     output.print(f"start Mosquitto with: mosquitto -c {conf}", markup=False)
     output.print("after re-running, reload a running one: kill -HUP <mosquitto pid>", markup=False)

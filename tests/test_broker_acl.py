@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import ssl
 import stat
 import subprocess
 import threading
@@ -35,6 +36,7 @@ from hub.db import Database
 from hub.mosquitto_passwords import hash_mosquitto_password, verify_mosquitto_password
 from hub.registry import Household, Registry, Unit, parse_registry
 from tests.brokers import MosquittoProcess, free_port
+from tests.tls_certs import make_tls_files
 
 REGISTRY_YAML = """\
 units:
@@ -124,6 +126,7 @@ class Client:
     def __init__(
         self, port: int, username: str | None, password: str | None,
         client_id: str | None = None, clean_session: bool = True,
+        tls: bool = False, ca_file: Path | None = None,
     ) -> None:
         self.port = port
         self.messages: list[tuple[str, bytes]] = []
@@ -140,6 +143,8 @@ class Client:
         )
         if username is not None:
             self.c.username_pw_set(username, password)
+        if tls:
+            self.c.tls_set(ca_certs=str(ca_file) if ca_file is not None else None)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_subscribe = lambda *_a: self._subscribed.set()
@@ -563,3 +568,119 @@ def test_the_commands_provision_and_write_a_broker_mosquitto_accepts(tmp_path, c
         for client in clients:
             client.close()
         b.stop()
+
+
+def test_panels_across_the_network_connect_with_tls_the_hub_beside_the_broker_without(
+    tmp_path, clients
+):
+    # The operator's broker serves panels on TLS, with a certificate from the district's
+    # own CA, and keeps the plain listener to the hub on the same machine.
+    from devices.panel import ReferencePanel
+
+    certs = make_tls_files(tmp_path / "tls", host="127.0.0.1")
+    registry_path = tmp_path / "registry.yaml"
+    registry_path.write_text(REGISTRY_YAML)
+    env = {"TENHUB_REGISTRY": str(registry_path), "TENHUB_DB_PATH": str(tmp_path / "t.db")}
+    run = CliRunner().invoke
+    app = cli_app()
+    plain_port, tls_port = free_port(), free_port()
+
+    shown = run(app, ["panel", "provision", "p-1a", "--json", "--broker-host", "127.0.0.1",
+                      "--broker-port", str(tls_port), "--broker-tls"], env=env)
+    assert shown.exit_code == 0, shown.output
+    device = json.loads(shown.stdout)
+    assert device["broker"] == {"host": "127.0.0.1", "port": tls_port, "tls": True}
+
+    out = tmp_path / "broker"
+    written = run(app, ["broker-config", "--out", str(out), "--listener-port", str(plain_port),
+                        "--listener-host", "127.0.0.1", "--tls-cert", str(certs.cert),
+                        "--tls-key", str(certs.key), "--tls-port", str(tls_port),
+                        "--tls-host", "127.0.0.1"], env=env)
+    assert written.exit_code == 0, written.output
+    assert f"panels connect with TLS on port {tls_port}" in written.stdout
+    assert "still listens on every interface" not in written.output
+    hub_pw = (out / "hub-password").read_text().strip()
+
+    b = MosquittoProcess(out / "mosquitto.conf", plain_port, tmp_path / "mosquitto.log")
+    b.start()
+    panel = ReferencePanel(
+        "p-1a", "127.0.0.1", tls_port, state_dir=tmp_path / "panel", username="p-1a",
+        password=device["password"], household_id="h-01", unit_id="u-1",
+        hmac_key=bytes.fromhex(device["hmac_key"]), tls=True, ca_file=certs.ca,
+    )
+    try:
+        hub = connected(clients, Client(plain_port, "tenhub-hub", hub_pw))
+        hub.subscribe(*(t for t, _ in topics.HUB_SUBSCRIPTIONS))
+        panel.start()
+        panel.raise_alarm("burglary")
+        (event,) = hub.wait_for(topics.event_topic("p-1a"))
+        assert json.loads(event)["type"] == "alarm"
+
+        # The same accounts on the TLS listener: a wrong password is still refused.
+        wrong = Client(tls_port, "p-1b", "not-its-password", tls=True, ca_file=certs.ca)
+        assert wrong.connect() == NOT_AUTHORIZED
+        # A client that does not trust the district's CA does not hand over its password;
+        # one without TLS gets nowhere.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            Client(tls_port, "p-1b", device["password"], tls=True).c.connect(
+                "127.0.0.1", tls_port
+            )
+        assert refused_soon_or_dropped(tls_port, "p-1a", device["password"])
+    finally:
+        panel.stop()
+        for client in clients:
+            client.close()
+        b.stop()
+
+
+def refused_soon_or_dropped(port: int, username: str, password: str) -> bool:
+    """Whether a client speaking plain MQTT to this port fails to log in."""
+    client = Client(port, username, password)
+    try:
+        client.c.connect("127.0.0.1", port)
+        deadline = time.monotonic() + 5
+        while not client._connected.is_set() and time.monotonic() < deadline:
+            if client.c.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                return True  # the TLS listener hung up on it
+        return client.connack != SUCCESS
+    except OSError:
+        return True
+    finally:
+        client.c.disconnect()
+
+
+def test_broker_config_refuses_a_tls_listener_it_could_not_start(tmp_path):
+    certs = make_tls_files(tmp_path / "tls")
+    other = make_tls_files(tmp_path / "other")
+    registry_path = tmp_path / "registry.yaml"
+    registry_path.write_text(REGISTRY_YAML)
+    env = {"TENHUB_REGISTRY": str(registry_path), "TENHUB_DB_PATH": str(tmp_path / "t.db")}
+    run = CliRunner().invoke
+    app = cli_app()
+    shown = run(app, ["panel", "provision", "p-1a", "--json", "--broker-host", "mq.example",
+                      "--broker-tls"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["broker"] == {"host": "mq.example", "port": 8883, "tls": True}
+    out = tmp_path / "broker"
+    base = ["broker-config", "--out", str(out)]
+
+    half = run(app, [*base, "--tls-cert", str(certs.cert)], env=env)
+    assert half.exit_code == 1 and "needs both --tls-cert and --tls-key" in half.output
+    mismatched = run(app, [*base, "--tls-cert", str(certs.cert), "--tls-key", str(other.key)],
+                     env=env)
+    assert mismatched.exit_code == 1
+    assert "the key is not the certificate's" in " ".join(mismatched.output.split())
+    missing = run(app, [*base, "--tls-cert", str(tmp_path / "nope.pem"),
+                        "--tls-key", str(certs.key)], env=env)
+    assert missing.exit_code == 1 and "no such file" in missing.output
+    same_port = run(app, [*base, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
+                          "--tls-port", "1883"], env=env)
+    assert same_port.exit_code == 1 and "cannot share port 1883" in same_port.output
+    assert not (out / "mosquitto.conf").exists(), "nothing is written"
+
+    on_every = run(app, [*base, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key)],
+                   env=env)
+    assert on_every.exit_code == 0, on_every.output
+    conf = (out / "mosquitto.conf").read_text()
+    assert f"listener 8883\ncertfile {certs.cert.resolve()}\nkeyfile {certs.key.resolve()}" in conf
+    assert "still listens on every interface" in " ".join(on_every.output.split())
