@@ -348,7 +348,11 @@ class MqttTransport:
             clean_session=False,
             keepalive=30,
             timeout=10,
-            tls_context=ssl.create_default_context() if self.address.tls else None,
+            tls_context=(
+                ssl.create_default_context(cafile=self.address.ca_file)
+                if self.address.tls
+                else None
+            ),
             # Nagle would hold a receipt up to 40 ms behind a delayed ACK.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             # Receipts and alerts in flight at once; paho's default of 20 throttles bursts.

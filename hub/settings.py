@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from hub.clock import Clock, ScaledClock, SystemClock
 from hub.problems import ConfigError, Problem
@@ -32,6 +40,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     broker_url: str | None = None  # None: start the embedded broker
+    # PEM file of the CAs an mqtts:// broker's certificate may come from (None: the system's).
+    broker_ca_file: str | None = None
     embedded_broker_addr: str = "127.0.0.1:1883"
     hub_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "tenhub-hub"
     db_path: str = "tenhub.db"
@@ -69,6 +79,24 @@ class Settings(BaseModel):
             BrokerAddress.parse(v)
         return v or None
 
+    @field_validator("broker_ca_file")
+    @classmethod
+    def _check_ca_file(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if not v:
+            return None
+        url = info.data.get("broker_url")
+        if not url or not url.startswith("mqtts://"):
+            raise ValueError("only an mqtts:// broker_url uses a CA file")
+        try:
+            ssl.create_default_context(cafile=v)
+        except FileNotFoundError:
+            raise ValueError(f"{v}: no such file") from None
+        except ssl.SSLError:  # an OSError too: first
+            raise ValueError(f"{v}: not a PEM file of CA certificates") from None
+        except OSError as exc:
+            raise ValueError(f"{v}: {exc.strerror or exc}") from None
+        return v
+
     @field_validator("embedded_broker_addr", "http_addr")
     @classmethod
     def _check_addr(cls, v: str) -> str:
@@ -101,7 +129,9 @@ class Settings(BaseModel):
 
     def broker(self) -> BrokerAddress | None:
         """The external broker, or None for the embedded one."""
-        return BrokerAddress.parse(self.broker_url) if self.broker_url else None
+        if not self.broker_url:
+            return None
+        return replace(BrokerAddress.parse(self.broker_url), ca_file=self.broker_ca_file)
 
 
 def env_name(key: str) -> str:
@@ -118,6 +148,7 @@ class BrokerAddress:
     username: str | None
     password: str | None
     tls: bool
+    ca_file: str | None = None  # with tls: the CAs to trust instead of the system's
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
@@ -181,7 +212,7 @@ def load_settings(
             problem = Problem(file_name, None, None, "", f"invalid TOML: {exc}")
             raise ConfigError([problem]) from None
         origin = dict.fromkeys(values, "file")
-        for key in ("db_path", "registry", "policy", "vapid_key_file"):
+        for key in ("db_path", "registry", "policy", "vapid_key_file", "broker_ca_file"):
             if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
                 values[key] = str(path.parent / values[key])
     for key in Settings.model_fields:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import ssl
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -37,6 +41,7 @@ from hub.mosquitto_passwords import hash_mosquitto_password, verify_mosquitto_pa
 from hub.registry import Household, Registry, Unit, parse_registry
 from tests.brokers import MosquittoProcess, free_port
 from tests.tls_certs import make_tls_files
+from tests.waiting import ProcessLogs
 
 REGISTRY_YAML = """\
 units:
@@ -53,6 +58,7 @@ units:
       - {id: h-01, address: "2-101", panel: p-2a, phones: ["+15550000201"]}
       - {id: h-02, address: "2-102", panel: p-2b, phones: ["+15550000202"]}
 """
+ROOT = Path(__file__).resolve().parent.parent
 NOT_AUTHORIZED = ReasonCode(PacketTypes.CONNACK, "Not authorized")  # CONNACK 5 in MQTT 3.1.1
 SUCCESS = ReasonCode(PacketTypes.CONNACK, "Success")
 
@@ -684,3 +690,72 @@ def test_broker_config_refuses_a_tls_listener_it_could_not_start(tmp_path):
     conf = (out / "mosquitto.conf").read_text()
     assert f"listener 8883\ncertfile {certs.cert.resolve()}\nkeyfile {certs.key.resolve()}" in conf
     assert "still listens on every interface" in " ".join(on_every.output.split())
+
+
+def test_a_hub_on_another_machine_answers_a_panel_with_both_on_tls(tmp_path):
+    # Both the hub and the panel reach the broker over the network, on TLS, trusting the
+    # district's own CA; without that CA the hub refuses the broker and says why.
+    from devices.panel import ReferencePanel
+
+    certs = make_tls_files(tmp_path / "tls", host="127.0.0.1")
+    registry_path = tmp_path / "registry.yaml"
+    registry_path.write_text(REGISTRY_YAML)
+    env = {"TENHUB_REGISTRY": str(registry_path), "TENHUB_DB_PATH": str(tmp_path / "t.db")}
+    run = CliRunner().invoke
+    app = cli_app()
+    plain_port, tls_port = free_port(), free_port()
+    shown = run(app, ["panel", "provision", "p-1a", "--json"], env=env)
+    device = json.loads(shown.stdout)
+    written = run(app, ["broker-config", "--out", str(tmp_path / "broker"), "--listener-port",
+                        str(plain_port), "--listener-host", "127.0.0.1", "--tls-cert",
+                        str(certs.cert), "--tls-key", str(certs.key), "--tls-port",
+                        str(tls_port)], env=env)
+    assert written.exit_code == 0, written.output
+    hub_pw = (tmp_path / "broker" / "hub-password").read_text().strip()
+    b = MosquittoProcess(tmp_path / "broker" / "mosquitto.conf", plain_port,
+                         tmp_path / "mosquitto.log")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
+    hub_env = {
+        **clean, **env,
+        "TENHUB_BROKER_URL": f"mqtts://tenhub-hub:{quote(hub_pw, safe='')}@127.0.0.1:{tls_port}",
+        "TENHUB_HTTP_ADDR": f"127.0.0.1:{free_port()}",
+        "TENHUB_LOG_FORMAT": "json",
+    }
+    started: list[subprocess.Popen] = []
+
+    def serve(**more: str) -> tuple[subprocess.Popen, ProcessLogs]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env={**hub_env, **more},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        started.append(proc)
+        return proc, ProcessLogs(proc)
+
+    panel = ReferencePanel(
+        "p-1a", "127.0.0.1", tls_port, state_dir=tmp_path / "panel", username="p-1a",
+        password=device["password"], household_id="h-01", unit_id="u-1",
+        hmac_key=bytes.fromhex(device["hmac_key"]), tls=True, ca_file=certs.ca,
+    )
+    b.start()
+    try:
+        untrusting, logs = serve()
+        lost = logs.wait_for("broker connection lost; reconnecting")
+        assert "CERTIFICATE_VERIFY_FAILED" in lost["error"]
+        untrusting.send_signal(signal.SIGTERM)
+        assert untrusting.wait(timeout=20) == 0
+
+        hub, logs = serve(TENHUB_BROKER_CA_FILE=str(certs.ca))
+        connected_log = logs.wait_for("connected to broker")
+        assert connected_log["broker"] == f"mqtts://tenhub-hub@127.0.0.1:{tls_port}"
+        panel.start()
+        receipt = panel.raise_alarm("burglary").wait(10)
+        assert receipt is not None and receipt.status.value == "accepted"
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(timeout=20) == 0
+    finally:
+        panel.stop()
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        b.stop()

@@ -10,9 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ import pytest
 from devices.panel import ReferencePanel
 from tests.brokers import free_port, wait_for_port
 from tests.conftest import EXAMPLE_REGISTRY
+from tests.waiting import ProcessLogs, settled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,6 +79,24 @@ def test_check_config_refuses_unknown_settings_keys_with_their_line(tmp_path):
     assert f"{config}:2:1: error: broker_ulr: unknown key 'broker_ulr'" in result.stderr
 
 
+def test_check_config_refuses_a_broker_ca_file_the_hub_could_not_use(tmp_path):
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    cases = [
+        ({"TENHUB_BROKER_URL": "mqtts://h:8883", "TENHUB_BROKER_CA_FILE": str(not_pem)},
+         f"$TENHUB_BROKER_CA_FILE: error: broker_ca_file: {not_pem}: not a PEM file of CA"),
+        ({"TENHUB_BROKER_URL": "mqtts://h:8883",
+          "TENHUB_BROKER_CA_FILE": str(tmp_path / "missing.pem")},
+         f"broker_ca_file: {tmp_path / 'missing.pem'}: no such file"),
+        ({"TENHUB_BROKER_URL": "mqtt://h:1883", "TENHUB_BROKER_CA_FILE": str(not_pem)},
+         "broker_ca_file: only an mqtts:// broker_url uses a CA file"),
+    ]
+    for env, said in cases:
+        result = tenhub("check-config", "--registry", str(EXAMPLE_REGISTRY), env=env)
+        assert result.returncode == 1, result.stderr
+        assert said in result.stderr
+
+
 def test_serve_without_a_registry_says_what_to_do():
     result = tenhub("serve")
     assert result.returncode == 2
@@ -122,18 +139,6 @@ def _raise_one_fire(tmp_path: Path, broker_port: int) -> None:
         panel.stop()
 
 
-def _settled(count: Callable[[], int], quiet_s: float = 1.0, timeout: float = 15) -> int:
-    """`count()` once it is above zero and has stopped growing for `quiet_s`."""
-    deadline = time.monotonic() + timeout
-    last, since = count(), time.monotonic()
-    while last == 0 or time.monotonic() - since < quiet_s:
-        assert time.monotonic() < deadline, f"still growing after {timeout} s"
-        time.sleep(0.05)
-        if (now := count()) != last:
-            last, since = now, time.monotonic()
-    return last
-
-
 def _env_alone(tmp_path: Path, broker_port: int, http_port: int) -> dict[str, str]:
     """All `tenhub serve` needs from its environment: registry, database, embedded broker."""
     return {
@@ -172,33 +177,6 @@ def test_serve_with_a_config_file_uses_the_external_broker_it_names(tmp_path, mo
     assert (tmp_path / "data" / "hub.db").exists(), "db_path is relative to the config file"
 
 
-class _Logs:
-    """A process's JSON log lines on stderr, read as they come."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.lines: list[dict] = []
-        self._reader = threading.Thread(target=self._read, args=(proc.stderr,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            if line.startswith("{"):
-                self.lines.append(json.loads(line))
-
-    def wait_for(self, msg: str, timeout: float = 20) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for entry in self.lines:
-                if entry["msg"] == msg:
-                    return entry
-            time.sleep(0.05)
-        raise AssertionError(f"no {msg!r} in {[e['msg'] for e in self.lines]}")
-
-    def messages(self) -> list[str]:
-        self._reader.join(timeout=10)
-        return [entry["msg"] for entry in self.lines]
-
-
 def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_unanswered_sms_and_calls(tmp_path):
     # Twilio took the fire's SMS and calls and never answers: stopping waits for them (each
     # may yet be told sent or not) until the operator presses Ctrl-C again. Then the hub
@@ -221,20 +199,20 @@ def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_unanswered_sms_and_ca
 
     started: list[subprocess.Popen] = []
 
-    def serve() -> tuple[subprocess.Popen, _Logs]:
+    def serve() -> tuple[subprocess.Popen, ProcessLogs]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         started.append(proc)
-        logs = _Logs(proc)
+        logs = ProcessLogs(proc)
         logs.wait_for("hub started")
         return proc, logs
 
     try:
         proc, logs = serve()
         _raise_one_fire(tmp_path, broker_port)
-        hanging = _settled(lambda: len(gateway.messages()) + len(gateway.calls()))
+        hanging = settled(lambda: len(gateway.messages()) + len(gateway.calls()))
         assert hanging >= 3, "a fire's first step texts and calls several people"
 
         proc.send_signal(signal.SIGINT)
