@@ -84,8 +84,8 @@ class Settings(BaseModel):
     def _check_ca_file(cls, v: str | None, info: ValidationInfo) -> str | None:
         if not v:
             return None
-        url = info.data.get("broker_url")
-        if not url or not url.startswith("mqtts://"):
+        url = info.data.get("broker_url")  # absent when it failed its own check
+        if not url or not BrokerAddress.parse(url).tls:
             raise ValueError("only an mqtts:// broker_url uses a CA file")
         try:
             ssl.create_default_context(cafile=v)
