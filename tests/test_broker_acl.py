@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
 from devices import topics
+from devices.panel import ReferencePanel
 from hub.broker_config import (
     BrokerConfigError,
     hub_password,
@@ -521,10 +522,24 @@ def cli_app() -> typer.Typer:
     return app
 
 
-def test_the_commands_provision_and_write_a_broker_mosquitto_accepts(tmp_path, clients):
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The registry written to a file, and the settings by which the commands find it."""
     registry_path = tmp_path / "registry.yaml"
     registry_path.write_text(REGISTRY_YAML)
-    env = {"TENHUB_REGISTRY": str(registry_path), "TENHUB_DB_PATH": str(tmp_path / "t.db")}
+    return {"TENHUB_REGISTRY": str(registry_path), "TENHUB_DB_PATH": str(tmp_path / "t.db")}
+
+
+def tls_panel(tmp_path: Path, port: int, device: dict, ca_file: Path) -> ReferencePanel:
+    """The reference panel p-1a with the settings it was provisioned with, on TLS."""
+    return ReferencePanel(
+        "p-1a", "127.0.0.1", port, state_dir=tmp_path / "panel", username="p-1a",
+        password=device["password"], household_id="h-01", unit_id="u-1",
+        hmac_key=bytes.fromhex(device["hmac_key"]), tls=True, ca_file=ca_file,
+    )
+
+
+def test_the_commands_provision_and_write_a_broker_mosquitto_accepts(tmp_path, clients):
+    env = cli_env(tmp_path)
     run = CliRunner().invoke
     app = cli_app()
 
@@ -581,12 +596,8 @@ def test_panels_across_the_network_connect_with_tls_the_hub_beside_the_broker_wi
 ):
     # The operator's broker serves panels on TLS, with a certificate from the district's
     # own CA, and keeps the plain listener to the hub on the same machine.
-    from devices.panel import ReferencePanel
-
     certs = make_tls_files(tmp_path / "tls", host="127.0.0.1")
-    registry_path = tmp_path / "registry.yaml"
-    registry_path.write_text(REGISTRY_YAML)
-    env = {"TENHUB_REGISTRY": str(registry_path), "TENHUB_DB_PATH": str(tmp_path / "t.db")}
+    env = cli_env(tmp_path)
     run = CliRunner().invoke
     app = cli_app()
     plain_port, tls_port = free_port(), free_port()
@@ -609,11 +620,7 @@ def test_panels_across_the_network_connect_with_tls_the_hub_beside_the_broker_wi
 
     b = MosquittoProcess(out / "mosquitto.conf", plain_port, tmp_path / "mosquitto.log")
     b.start()
-    panel = ReferencePanel(
-        "p-1a", "127.0.0.1", tls_port, state_dir=tmp_path / "panel", username="p-1a",
-        password=device["password"], household_id="h-01", unit_id="u-1",
-        hmac_key=bytes.fromhex(device["hmac_key"]), tls=True, ca_file=certs.ca,
-    )
+    panel = tls_panel(tmp_path, tls_port, device, certs.ca)
     try:
         hub = connected(clients, Client(plain_port, "tenhub-hub", hub_pw))
         hub.subscribe(*(t for t, _ in topics.HUB_SUBSCRIPTIONS))
@@ -658,9 +665,7 @@ def refused_soon_or_dropped(port: int, username: str, password: str) -> bool:
 def test_broker_config_refuses_a_tls_listener_it_could_not_start(tmp_path):
     certs = make_tls_files(tmp_path / "tls")
     other = make_tls_files(tmp_path / "other")
-    registry_path = tmp_path / "registry.yaml"
-    registry_path.write_text(REGISTRY_YAML)
-    env = {"TENHUB_REGISTRY": str(registry_path), "TENHUB_DB_PATH": str(tmp_path / "t.db")}
+    env = cli_env(tmp_path)
     run = CliRunner().invoke
     app = cli_app()
     shown = run(app, ["panel", "provision", "p-1a", "--json", "--broker-host", "mq.example",
@@ -695,12 +700,8 @@ def test_broker_config_refuses_a_tls_listener_it_could_not_start(tmp_path):
 def test_a_hub_on_another_machine_answers_a_panel_with_both_on_tls(tmp_path):
     # Both the hub and the panel reach the broker over the network, on TLS, trusting the
     # district's own CA; without that CA the hub refuses the broker and says why.
-    from devices.panel import ReferencePanel
-
     certs = make_tls_files(tmp_path / "tls", host="127.0.0.1")
-    registry_path = tmp_path / "registry.yaml"
-    registry_path.write_text(REGISTRY_YAML)
-    env = {"TENHUB_REGISTRY": str(registry_path), "TENHUB_DB_PATH": str(tmp_path / "t.db")}
+    env = cli_env(tmp_path)
     run = CliRunner().invoke
     app = cli_app()
     plain_port, tls_port = free_port(), free_port()
@@ -731,11 +732,7 @@ def test_a_hub_on_another_machine_answers_a_panel_with_both_on_tls(tmp_path):
         started.append(proc)
         return proc, ProcessLogs(proc)
 
-    panel = ReferencePanel(
-        "p-1a", "127.0.0.1", tls_port, state_dir=tmp_path / "panel", username="p-1a",
-        password=device["password"], household_id="h-01", unit_id="u-1",
-        hmac_key=bytes.fromhex(device["hmac_key"]), tls=True, ca_file=certs.ca,
-    )
+    panel = tls_panel(tmp_path, tls_port, device, certs.ca)
     b.start()
     try:
         untrusting, logs = serve()
