@@ -381,11 +381,19 @@ def broker_config(
         _note(f"left out, not in the registry: {', '.join(orphans)}")
     if broker_user is None and os.geteuid() == 0:
         _note("Mosquitto will run as root: pass --broker-user mosquitto to drop privileges")
-    url = f"mqtt://{HUB_USERNAME}:{quote(password, safe='')}@{hub_host}:{listener_port}"
+    login = f"{HUB_USERNAME}:{quote(password, safe='')}@{hub_host}"
+    url = f"mqtt://{login}:{listener_port}"
+    # A hub on another machine crosses the network too: over TLS, when there is a listener.
+    remote_tls = tls is not None and not _is_loopback(hub_host)
+    if tls is not None and remote_tls:
+        url = f"mqtts://{login}:{tls.port}"
     kept = "new" if new else "kept"
     output.print(f"hub password ({kept}) in {out / HUB_PASSWORD_FILE}; run the hub with",
               markup=False)
     output.print(f"  TENHUB_BROKER_URL={url}", markup=False)
+    if remote_tls:
+        output.print("  TENHUB_BROKER_CA_FILE=<the CA's PEM file>   (unless a public CA signed it)",
+                     markup=False)
     if tls is not None:
         output.print(
             f"panels connect with TLS on port {tls.port}, trusting the CA that signed"

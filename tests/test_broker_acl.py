@@ -689,9 +689,15 @@ def test_broker_config_refuses_a_tls_listener_it_could_not_start(tmp_path):
     assert same_port.exit_code == 1 and "cannot share port 1883" in same_port.output
     assert not (out / "mosquitto.conf").exists(), "nothing is written"
 
-    on_every = run(app, [*base, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key)],
-                   env=env)
+    on_every = run(app, [*base, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
+                         "--hub-host", "mqtt.example.org"], env=env)
     assert on_every.exit_code == 0, on_every.output
+    hub_pw = (out / "hub-password").read_text().strip()
+    # A hub on another machine is told the TLS listener's URL, and that it needs the CA.
+    assert f"TENHUB_BROKER_URL=mqtts://tenhub-hub:{hub_pw}@mqtt.example.org:8883" in (
+        on_every.stdout
+    )
+    assert "TENHUB_BROKER_CA_FILE=" in on_every.stdout
     conf = (out / "mosquitto.conf").read_text()
     assert f"listener 8883\ncertfile {certs.cert.resolve()}\nkeyfile {certs.key.resolve()}" in conf
     assert "still listens on every interface" in " ".join(on_every.output.split())
