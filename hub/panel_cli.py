@@ -382,11 +382,9 @@ def broker_config(
     if broker_user is None and os.geteuid() == 0:
         _note("Mosquitto will run as root: pass --broker-user mosquitto to drop privileges")
     login = f"{HUB_USERNAME}:{quote(password, safe='')}@{hub_host}"
-    url = f"mqtt://{login}:{listener_port}"
     # A hub on another machine crosses the network too: over TLS, when there is a listener.
     remote_tls = tls is not None and not _is_loopback(hub_host)
-    if tls is not None and remote_tls:
-        url = f"mqtts://{login}:{tls.port}"
+    url = f"mqtts://{login}:{tls.port}" if tls and remote_tls else f"mqtt://{login}:{listener_port}"
     kept = "new" if new else "kept"
     output.print(f"hub password ({kept}) in {out / HUB_PASSWORD_FILE}; run the hub with",
               markup=False)
