@@ -158,6 +158,10 @@ listener {listener_port}{host}
 allow_anonymous false
 password_file {base / PASSWORD_FILE}
 acl_file {base / ACL_FILE}
+# A client's id is its username, whatever it asks for: a stolen panel login could
+# otherwise connect with the hub's id (or a neighbour's) and throw that client off the
+# broker, over and over, wiping the hub's session and silencing the district.
+use_username_as_clientid true
 {tls_listener}
 # Started as root, Mosquitto drops to this user, which must be able to read the files.
 user {broker_user}
