@@ -105,6 +105,19 @@ class AlarmTx:
              event.status, event.error, event.received_at),
         )
 
+    def supersede_panel_event(self, event: StoredEvent, now: int) -> None:
+        """Move a stored event aside, freeing its (panel, seq) for the panel's new event."""
+        self.conn.execute(
+            "INSERT INTO panel_events_superseded (panel_id, seq, type, payload, alarm_id,"
+            " status, error, received_at, superseded_at)"
+            " SELECT panel_id, seq, type, payload, alarm_id, status, error, received_at, ?"
+            " FROM panel_events WHERE panel_id = ? AND seq = ?",
+            (now, event.panel_id, event.seq),
+        )
+        self.conn.execute(
+            "DELETE FROM panel_events WHERE panel_id = ? AND seq = ?", (event.panel_id, event.seq)
+        )
+
     def get_alarm(self, alarm_id: str) -> Alarm | None:
         row = self.conn.execute("SELECT * FROM alarms WHERE id = ?", (alarm_id,)).fetchone()
         return _alarm(row) if row else None

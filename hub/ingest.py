@@ -38,7 +38,12 @@ from hub.clock import Clock
 from hub.db import Database
 from hub.keyring import KeyRing, SignatureRefused
 from hub.metrics import HubMetrics
-from hub.panel_events import EventOutcome, PanelEventHandler, answer_repeat
+from hub.panel_events import (
+    EventOutcome,
+    PanelEventHandler,
+    answer_repeat,
+    counter_was_reset,
+)
 from hub.presence import PresenceTracker
 from hub.rate import TokenBuckets
 from hub.registry import PanelPlace, Registry
@@ -159,7 +164,9 @@ class PanelIngest:
             if checked is None:
                 return
             stored = self._stored.get(parsed.panel_id, checked.event.seq)
-            if stored is not None:
+            if stored is not None and not counter_was_reset(
+                stored, checked.event, checked.payload_text
+            ):
                 outcome = answer_repeat(stored, checked.event.seq, checked.payload_text)
                 self._answer(checked, outcome.receipt, self.clock.now_ms())
                 return

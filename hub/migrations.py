@@ -277,6 +277,45 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE alarm_open = 1;
         """,
     ),
+    (
+        9,
+        "failed logins per client address and per account from it, kept across restarts",
+        """
+        -- Kept in memory, a restart handed a password guesser fresh attempts. One row per
+        -- address (account = '') and per account tried from it (a hash of the name: people
+        -- type passwords into the name field too); the wait each earns is worked out from
+        -- the count and the time of the last failure.
+        CREATE TABLE login_failures (
+            address        TEXT NOT NULL,            -- client address (IPv6: its /64)
+            account        TEXT NOT NULL,
+            failures       INTEGER NOT NULL,
+            last_failed_at INTEGER NOT NULL,
+            PRIMARY KEY (address, account)
+        ) WITHOUT ROWID;
+        -- Stale rows are swept oldest first.
+        CREATE INDEX login_failures_by_age ON login_failures (last_failed_at);
+        """,
+    ),
+    (
+        10,
+        "a panel that lost its counter: its earlier events kept aside",
+        """
+        -- A panel replaced or reset starts again at seq 1. Its new event takes the
+        -- (panel, seq) key that deduplicates; the event stored there before is kept here.
+        CREATE TABLE panel_events_superseded (
+            panel_id      TEXT NOT NULL,
+            seq           INTEGER NOT NULL,
+            type          TEXT NOT NULL,
+            payload       TEXT NOT NULL,
+            alarm_id      TEXT,
+            status        TEXT NOT NULL,
+            error         TEXT,
+            received_at   INTEGER NOT NULL,
+            superseded_at INTEGER NOT NULL
+        );
+        CREATE INDEX panel_events_superseded_by_panel ON panel_events_superseded (panel_id, seq);
+        """,
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ the transaction that stores it; it returns the receipt to send once that commits
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -68,7 +69,7 @@ class PanelEventHandler:
         w = Work.begin(db, self.context, now)
         panel_id = place.household.panel
         stored = w.alarms.find_panel_event(panel_id, event.seq)
-        if stored is not None:
+        if stored is not None and not counter_was_reset(stored, event, payload_text):
             return answer_repeat(stored, event.seq, payload_text)
         new_alarm = False
         try:
@@ -116,6 +117,15 @@ class PanelEventHandler:
                 seq=event.seq, status=ReceiptStatus.REJECTED, alarm_id=refusal.alarm_id,
                 error=refusal.error,
             )
+        if stored is not None:
+            # The panel lost its counter (replaced, reset): its new event takes the seq, the
+            # old one is kept aside, and the operator sees a trouble, once.
+            w.alarms.supersede_panel_event(stored, now)
+            open_trouble(
+                w, place, "seq_reset",
+                {"seq": event.seq, "previous_ts": _ts_of(stored), "ts": event.ts},
+                tell_household=False,
+            )  # fmt: skip
         # Refusals are stored too: a repeat gets the same answer, and a wrong PIN counts once.
         stored = StoredEvent(
             panel_id=panel_id, seq=event.seq, type=event.type.value, payload=payload_text,
@@ -155,6 +165,21 @@ class PanelEventHandler:
         return Responder(
             lifecycle.household_actor(place), "key_households" if is_key else "neighbors"
         )
+
+
+def counter_was_reset(stored: StoredEvent, event: PanelEvent, payload_text: str) -> bool:
+    """Whether an event reusing a stored seq is new: another payload, and a later `ts`.
+
+    A panel that lost its counter starts again at 1; its events are never refused for
+    that. A byte-identical copy is a repeat, and an older `ts` is no sign of a new event.
+    """
+    return stored.payload != payload_text and event.ts > _ts_of(stored)
+
+
+def _ts_of(stored: StoredEvent) -> int:
+    ts = json.loads(stored.payload).get("ts")
+    # Stored events passed validation: ts is an int. Anything else never counts as older.
+    return ts if isinstance(ts, int) else 2**63
 
 
 def answer_repeat(stored: StoredEvent, seq: int, payload_text: str) -> EventOutcome:

@@ -36,12 +36,24 @@ TROUBLE_WORDS = {
 
 
 def open_trouble(
-    w: Work, place: PanelPlace, kind: str, detail: dict | None = None
+    w: Work,
+    place: PanelPlace,
+    kind: str,
+    detail: dict | None = None,
+    *,
+    tell_household: bool = True,
 ) -> int | None:
-    """Open a trouble and tell the household by SMS, once; None if it was open already."""
+    """Open a trouble and tell the household by SMS, once; None if it was open already.
+
+    tell_household False keeps it for the desk and the operator: bookkeeping the household
+    can do nothing about.
+    """
     trouble_id = w.troubles.open(place.household.panel, kind, w.now, detail)
     if trouble_id is None:
         return None
+    logger.warning("panel trouble", extra={"panel_id": place.household.panel, "kind": kind})
+    if not tell_household:
+        return trouble_id
     since = time.strftime("%H:%M", time.localtime(w.now / 1000))
     words = TROUBLE_WORDS.get(kind, f"reports trouble: {kind.replace('_', ' ')}")
     text = (
@@ -55,9 +67,6 @@ def open_trouble(
             idempotency_key=f"trouble:{trouble_id}:{phone}", now=w.now,
         )
         w.queued += 1
-    logger.warning(
-        "panel trouble", extra={"panel_id": place.household.panel, "kind": kind}
-    )
     return trouble_id
 
 
