@@ -22,6 +22,7 @@ from alerts.channel import (
     RetryableError,
 )
 from alerts.rate_limit import RateLimiter
+from alerts.reconcile import DOUBT_SETTLE_MS
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class OutboxQueue(Protocol):
     ) -> None: ...
     async def mark_retry(self, message_id: int, next_attempt_at: int, error: str) -> None: ...
     async def mark_failed(self, message_id: int, error: str) -> None: ...
-    async def mark_unknown(self, message_id: int, error: str) -> None: ...
+    async def mark_unknown(self, message_id: int, error: str, look_at: int) -> None: ...
     async def mark_dropped(self, message_id: int, reason: str) -> None: ...
     async def hold(self, message_id: int, until: int, reason: str, now: int) -> None: ...
 
@@ -213,9 +214,13 @@ class OutboxSender:
             try:
                 provider_id = await channel.send(message)
             except OutcomeUnknown as exc:
-                await self.queue.mark_unknown(message.id, f"outcome unknown: {exc}")
+                # Not sent again blindly: the reconciler asks the provider once the
+                # request's outcome has settled there.
+                await self.queue.mark_unknown(
+                    message.id, f"outcome unknown: {exc}", self.clock.now_ms() + DOUBT_SETTLE_MS
+                )
                 logger.error(
-                    "notification may or may not have gone out; not sent again",
+                    "notification may or may not have gone out; the provider will be asked",
                     extra={"channel": message.channel, "id": message.id, "error": str(exc)},
                 )
                 return "unknown"

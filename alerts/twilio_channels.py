@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 from urllib.parse import urlencode
@@ -169,10 +170,36 @@ class _TwilioChannel:
         return str(resource.sid)
 
 
+# How far before a send's claim the provider's records are read: the provider's clock
+# and the hub's may disagree, and Twilio's dates have whole seconds.
+CLOCK_MARGIN_S = 300
+# At most this many of a phone's records are read when looking for one send.
+LOOK_BACK = 200
+
+
 class SmsChannel(_TwilioChannel):
     """Sends the payload's `text` as an SMS to the recipient's phone; returns the message SID."""
 
     name = "sms"
+
+    async def sent_since(self, message: OutboxMessage, since_ms: int) -> list[str]:
+        """SIDs of the messages Twilio holds that could be this one: to its phone, from
+        the hub's number, with its text, created since `since_ms`; newest first."""
+        text = _payload(message).get("text")
+        since = _since(since_ms)
+        found = []
+        try:
+            async for record in await self.client.messages.stream_async(
+                to=message.recipient, from_=self.settings.from_number, limit=LOOK_BACK,
+                page_size=50,
+            ):  # fmt: skip
+                if record.date_created is not None and record.date_created < since:
+                    break  # newest first: the rest are older still
+                if record.body == text:
+                    found.append(str(record.sid))
+        except Exception as exc:
+            raise RetryableError(f"cannot list Twilio's messages: {exc}") from exc
+        return found
 
     async def send(self, message: OutboxMessage) -> str | None:
         text = _payload(message).get("text")
@@ -194,6 +221,24 @@ class VoiceChannel(_TwilioChannel):
 
     name = "voice"
 
+    async def sent_since(self, message: OutboxMessage, since_ms: int) -> list[str]:
+        """SIDs of the calls Twilio holds that could be this one: to its phone, from the
+        hub's number, created since `since_ms`; newest first. (A call's TwiML is not in
+        the list: calls are told apart only by whom and when.)"""
+        since = _since(since_ms)
+        found = []
+        try:
+            async for record in await self.client.calls.stream_async(
+                to=message.recipient, from_=self.settings.from_number, limit=LOOK_BACK,
+                page_size=50,
+            ):  # fmt: skip
+                if record.date_created is not None and record.date_created < since:
+                    break
+                found.append(str(record.sid))
+        except Exception as exc:
+            raise RetryableError(f"cannot list Twilio's calls: {exc}") from exc
+        return found
+
     async def send(self, message: OutboxMessage) -> str | None:
         twiml = call_twiml(_payload(message))
         return await self._call(
@@ -204,6 +249,10 @@ class VoiceChannel(_TwilioChannel):
                 status_callback=self.settings.status_callback_url,
             )
         )
+
+
+def _since(since_ms: int) -> datetime:
+    return datetime.fromtimestamp(since_ms / 1000 - CLOCK_MARGIN_S, UTC)
 
 
 def call_twiml(payload: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import uvicorn
 from alerts.channel import OutboxMessage
 from alerts.panel_channel import PanelChannel
 from alerts.rate_limit import RateLimiter, Tier
+from alerts.reconcile import DOUBT_SETTLE_MS, SendReconciler
 from alerts.sender import OutboxSender
 from hub.account_store import AccountStore
 from hub.alarm_service import AlarmService
@@ -139,9 +140,13 @@ class Hub:
             on_commit=self._after_commit,
         )
         self.key_refresher = KeyRefresher(self.credentials, self.keys)
+        self.reconciler = SendReconciler(
+            self.outbox, self.sender.channels, self.clock, on_resend=self.sender_runner.wake
+        )
         self.job_runners = [
             self.engine_runner, self.sender_runner, JobRunner(self.supervisor, speed=speed),
             JobRunner(self.key_refresher, tick_s=10.0),
+            JobRunner(self.reconciler, tick_s=5.0, speed=speed),
         ]
         self.actions = AlarmService(self.db, self.context, self.clock, self._after_commit)
         self.web = create_web_app(self)
@@ -268,7 +273,9 @@ class Hub:
             await self.key_refresher.run_once()  # before the first event is checked
             for panel_id, presence in await self.panels.load_presence():
                 self.presence.restore(panel_id, presence)
-            interrupted = await self.outbox.recover_interrupted()
+            interrupted = await self.outbox.recover_interrupted(
+                self.clock.now_ms() + DOUBT_SETTLE_MS
+            )
             if interrupted:
                 logger.warning(
                     "messages caught mid-send by the last stop are marked unknown",

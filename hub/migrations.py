@@ -316,6 +316,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX panel_events_superseded_by_panel ON panel_events_superseded (panel_id, seq);
         """,
     ),
+    (
+        11,
+        "sends whose outcome is unknown are found without reading the whole outbox",
+        """
+        -- The reconciler asks the provider about each unknown send, every few seconds.
+        CREATE INDEX outbox_in_doubt ON outbox (channel, next_attempt_at)
+            WHERE status = 'unknown';
+        """,
+    ),
 ]
 
 

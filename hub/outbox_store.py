@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
@@ -80,10 +81,20 @@ _OLDER_IN_LINE = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class InDoubt:
+    """A send whose outcome is unknown: the message, and when it was claimed for sending."""
+
+    message: OutboxMessage
+    claimed_at: int
+
+
 class OutboxStore:
     """The sender's view of the outbox: queued → sending → sent, or failed / unknown / dropped.
 
-    No update ever moves a message backwards: each names the statuses it may leave.
+    No update ever moves a message backwards: each names the statuses it may leave. The
+    one way back is from unknown, once the provider has been asked: to sent when it has
+    the message, to queued when it never got it.
     """
 
     def __init__(self, db: Database) -> None:
@@ -197,11 +208,12 @@ class OutboxStore:
             error[:500], message_id, lazy=True,
         )
 
-    async def mark_unknown(self, message_id: int, error: str) -> None:
+    async def mark_unknown(self, message_id: int, error: str, look_at: int) -> None:
+        """The send may or may not have gone out: the provider is asked from `look_at` on."""
         await self._update(
-            "UPDATE outbox SET status = 'unknown', attempts = attempts + 1, last_error = ?"
-            " WHERE id = ? AND status IN ('queued', 'sending')",
-            error[:500], message_id, lazy=True,
+            "UPDATE outbox SET status = 'unknown', attempts = attempts + 1, last_error = ?,"
+            " next_attempt_at = ? WHERE id = ? AND status IN ('queued', 'sending')",
+            error[:500], look_at, message_id, lazy=True,
         )
 
     async def mark_dropped(self, message_id: int, reason: str) -> None:
@@ -239,15 +251,112 @@ class OutboxStore:
 
         await self.db.write(w)
 
-    async def recover_interrupted(self) -> int:
-        """After a crash: messages caught `sending` may have gone out; mark them unknown."""
+    async def recover_interrupted(self, look_at: int) -> int:
+        """After a crash: messages caught `sending` may have gone out; mark them unknown,
+        for the provider to be asked about from `look_at` on."""
 
         def w(d: sqlite_utils.Database) -> int:
             return d.conn.execute(
-                "UPDATE outbox SET status = 'unknown',"
-                " last_error = 'the hub stopped while sending; not sent again'"
-                " WHERE status = 'sending'"
+                "UPDATE outbox SET status = 'unknown', next_attempt_at = ?,"
+                " last_error = 'the hub stopped while sending; the provider will be asked'"
+                " WHERE status = 'sending'",
+                (look_at,),
             ).rowcount
+
+        return await self.db.write(w)
+
+    async def in_doubt(
+        self, channels: Collection[str], now: int, limit: int = 100
+    ) -> list[InDoubt]:
+        """Unknown sends of these channels due for a look at the provider, oldest first."""
+        if not channels:
+            return []
+        marks = ", ".join("?" * len(channels))
+
+        def q(d: sqlite_utils.Database) -> list[InDoubt]:
+            rows = d.conn.execute(
+                "SELECT o.*, a.state AS alarm_state, coalesce(o.sent_at, o.created_at) AS claimed"
+                " FROM outbox o LEFT JOIN alarms a ON a.id = o.alarm_id"
+                f" WHERE o.status = 'unknown' AND o.channel IN ({marks})"
+                " AND o.next_attempt_at <= ? ORDER BY o.id LIMIT ?",
+                (*channels, now, limit),
+            ).fetchall()
+            return [InDoubt(_message(r), r["claimed"]) for r in rows]
+
+        return await self.db.read(q)
+
+    async def next_doubt_at(self, channels: Collection[str]) -> int | None:
+        """When the next unknown send of these channels is due for a look; None if none."""
+        if not channels:
+            return None
+        marks = ", ".join("?" * len(channels))
+        return await self.db.read(
+            lambda d: d.conn.execute(
+                "SELECT min(next_attempt_at) FROM outbox"
+                f" WHERE status = 'unknown' AND channel IN ({marks})",
+                tuple(channels),
+            ).fetchone()[0]
+        )
+
+    async def known_provider_ids(self, provider_ids: Collection[str]) -> set[str]:
+        """Which of these provider ids the outbox already records for a message."""
+        if not provider_ids:
+            return set()
+        marks = ", ".join("?" * len(provider_ids))
+        return await self.db.read(
+            lambda d: {
+                r[0]
+                for r in d.conn.execute(
+                    f"SELECT provider_id FROM outbox WHERE provider_id IN ({marks})",
+                    tuple(provider_ids),
+                )
+            }
+        )
+
+    async def confirm_sent(self, message_id: int, provider_id: str, now: int) -> bool:
+        """The provider has an unknown send: it went out. Noted on the alarm's timeline."""
+        return await self._settle_doubt(
+            message_id, now, "UPDATE outbox SET status = 'sent', provider_id = ?,"
+            " last_error = NULL WHERE id = ? AND status = 'unknown'", (provider_id,),
+            "notification_confirmed", {"provider_id": provider_id},
+        )  # fmt: skip
+
+    async def resend(self, message_id: int, now: int) -> bool:
+        """The provider never got an unknown send: queue it again, due now. Noted on the
+        alarm's timeline."""
+        return await self._settle_doubt(
+            message_id, now, "UPDATE outbox SET status = 'queued', sent_at = NULL,"
+            " next_attempt_at = ?, last_error = 'the provider never received it; sent again'"
+            " WHERE id = ? AND status = 'unknown'", (now,),
+            "notification_resent", {"reason": "the provider never received it"},
+        )  # fmt: skip
+
+    async def recheck_later(self, message_id: int, at: int, error: str) -> None:
+        """The provider could not be asked about an unknown send: ask again at `at`."""
+        await self._update(
+            "UPDATE outbox SET next_attempt_at = ?, last_error = ?"
+            " WHERE id = ? AND status = 'unknown'",
+            at, error[:500], message_id,
+        )
+
+    async def _settle_doubt(
+        self, message_id: int, now: int, sql: str, params: tuple, entry: str, detail: dict
+    ) -> bool:
+        def w(d: sqlite_utils.Database) -> bool:
+            if d.conn.execute(sql, (*params, message_id)).rowcount != 1:
+                return False
+            row = d.conn.execute(
+                "SELECT alarm_id, channel, recipient FROM outbox WHERE id = ?", (message_id,)
+            ).fetchone()
+            if row["alarm_id"]:
+                alarms = AlarmTx(d)
+                alarm = alarms.get_alarm(row["alarm_id"])
+                alarms.append_timeline(
+                    row["alarm_id"], now, entry, alarm.state if alarm else "",
+                    actor="system:provider", channel=row["channel"],
+                    detail={"recipient": row["recipient"], **detail},
+                )  # fmt: skip
+            return True
 
         return await self.db.write(w)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -97,7 +97,10 @@ class _MessagesRoute:
         self,
         app: Any,
         authorize: Callable[[str, str, str], None],
-        create: Callable[[str, dict[str, str], float], Awaitable[dict[str, Any]]],
+        create: Callable[
+            [str, dict[str, str], float, Callable[[], Awaitable[bool]]],
+            Awaitable[dict[str, Any]],
+        ],
     ) -> None:
         self.app = app
         self.authorize = authorize
@@ -116,7 +119,8 @@ class _MessagesRoute:
             self.authorize(request.headers.get("authorization", ""), match[1], scope["path"])
             body = await request.body()
             form = dict(parse_qsl(body.decode(), keep_blank_values=True))
-            response: Any = JSONResponse(await self.create(match[1], form, arrived), 201)
+            created = await self.create(match[1], form, arrived, request.is_disconnected)
+            response: Any = JSONResponse(created, 201)
         except ClientDisconnect:
             return  # the client hung up mid-request: as at Twilio, nothing is created
         except TwilioError as exc:
@@ -171,10 +175,12 @@ def create_gateway_app(
 
         return run
 
-    async def accept(record: Record) -> None:
+    async def accept(record: Record, gone: Callable[[], Awaitable[bool]]) -> None:
         fault = store.take_fault()
         if fault is not None and fault.fail_status is not None:
             raise TwilioError(fault.fail_status, ERROR_TEXTS.get(fault.fail_status, "Error"))
+        if fault is not None and fault.stall_s:
+            await stall(fault.stall_s, gone)
         store.add(record)
         if isinstance(record, SentMessage):
             progress(record, _message_steps(record, store, config.account_sid))
@@ -184,7 +190,17 @@ def create_gateway_app(
             # Stored, so the send happened; the client just never hears about it.
             await hang(fault.hang_s)
 
-    async def create_message(account_sid: str, form: dict[str, str], arrived: float) -> dict:
+    async def stall(seconds: float, gone: Callable[[], Awaitable[bool]]) -> None:
+        """Wait `seconds` before taking a request; ClientDisconnect if its client hangs up."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if await gone():
+                raise ClientDisconnect()
+            await hang(min(0.05, deadline - time.monotonic()))
+
+    async def create_message(
+        account_sid: str, form: dict[str, str], arrived: float, gone: Callable[[], Awaitable[bool]]
+    ) -> dict:
         to, from_, body = form.get("To", ""), form.get("From", ""), form.get("Body", "")
         if not to:
             raise TwilioError(400, "A 'To' phone number is required.", 21604)
@@ -199,8 +215,20 @@ def create_gateway_app(
             arrived=arrived,
         )
         answer = message_json(message, account_sid)  # "queued", however fast the steps run
-        await accept(message)
+        await accept(message, gone)
         return answer
+
+    @api.get("/Messages.json")
+    async def list_messages(request: Request, account_sid: str) -> dict:
+        query = request.query_params
+        found = [
+            m for m in store.messages(query.get("To"))
+            if query.get("From") in (None, m.from_)
+            and _in_range(_date_sent(m), query.get("DateSent"), query.get("DateSent<"),
+                          query.get("DateSent>"))
+        ]  # fmt: skip
+        return _page(request, account_sid, "Messages", "messages",
+                     [message_json(m, account_sid) for m in found])  # fmt: skip
 
     @api.get("/Messages/{sid}.json")
     async def fetch_message(request: Request, account_sid: str, sid: str) -> dict:
@@ -231,8 +259,21 @@ def create_gateway_app(
             ),
         )
         answer = call_json(call, account_sid)
-        await accept(call)
+        await accept(call, request.is_disconnected)
         return answer
+
+    @api.get("/Calls.json")
+    async def list_calls(request: Request, account_sid: str) -> dict:
+        query = request.query_params
+        found = [
+            c for c in store.calls(query.get("To"))
+            if query.get("From") in (None, c.from_)
+            and query.get("Status") in (None, c.status)
+            and _in_range(c.created_at, query.get("StartTime"), query.get("StartTime<"),
+                          query.get("StartTime>"))
+        ]  # fmt: skip
+        return _page(request, account_sid, "Calls", "calls",
+                     [call_json(c, account_sid) for c in found])  # fmt: skip
 
     @api.get("/Calls/{sid}.json")
     async def fetch_call(request: Request, account_sid: str, sid: str) -> dict:
@@ -243,6 +284,71 @@ def create_gateway_app(
 
     app.include_router(api)
     return _MessagesRoute(app, check_account, create_message)
+
+
+def _date_sent(m: SentMessage) -> float | None:
+    """When Twilio would say the message was sent: none while it is queued."""
+    return None if m.status == "queued" else m.created_at
+
+
+def _in_range(ts: float | None, on: str | None, before: str | None, after: str | None) -> bool:
+    """Twilio's date filters (`DateSent`, `DateSent<`, `DateSent>` …): a date (YYYY-MM-DD)
+    compares days, a date and time compares instants; a record without the date matches
+    only when no filter is given."""
+    if on is None and before is None and after is None:
+        return True
+    if ts is None:
+        return False
+    at = datetime.fromtimestamp(ts, UTC)
+    for value, keep in ((on, "eq"), (before, "le"), (after, "ge")):
+        if value is None:
+            continue
+        day_only = len(value) == 10
+        try:
+            bound = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise TwilioError(400, f"Invalid date filter: {value!r}", 20001) from None
+        mine: Any = at.date() if day_only else at
+        theirs: Any = bound.date() if day_only else bound.replace(tzinfo=bound.tzinfo or UTC)
+        if (
+            (keep == "eq" and mine != theirs)
+            or (keep == "le" and mine > theirs)
+            or (keep == "ge" and mine < theirs)
+        ):
+            return False
+    return True
+
+
+def _page(
+    request: Request, account_sid: str, resource: str, key: str, records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One page of a list, newest first, in Twilio's shape (`Page`, `PageSize`, and the
+    `next_page_uri` the twilio client follows)."""
+    try:
+        size = min(1000, max(1, int(request.query_params.get("PageSize", "50"))))
+        page = max(0, int(request.query_params.get("Page", "0")))
+    except ValueError:
+        raise TwilioError(400, "PageSize and Page must be numbers", 20001) from None
+    records = records[::-1]
+    chosen = records[page * size : (page + 1) * size]
+    path = f"/2010-04-01/Accounts/{account_sid}/{resource}.json"
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k not in ("Page", "PageSize")]
+
+    def uri(n: int) -> str:
+        return f"{path}?{urlencode([*kept, ('PageSize', size), ('Page', n)])}"
+
+    more = (page + 1) * size < len(records)
+    return {
+        key: chosen,
+        "end": page * size + max(0, len(chosen) - 1),
+        "first_page_uri": uri(0),
+        "next_page_uri": uri(page + 1) if more else None,
+        "page": page,
+        "page_size": size,
+        "previous_page_uri": uri(page - 1) if page > 0 else None,
+        "start": page * size,
+        "uri": uri(page),
+    }
 
 
 def _basic_credentials(header: str) -> tuple[str, str, str]:

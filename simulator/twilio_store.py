@@ -68,6 +68,9 @@ class Fault:
 
     fail_status: int | None = None  # answer with this HTTP status, store nothing
     hang_s: float | None = None  # store, then keep the client waiting this long
+    # Keep the client waiting this long before taking the request: one that hangs up
+    # meanwhile created nothing (its request never reached the provider's books).
+    stall_s: float | None = None
 
 
 class GatewayStore:
@@ -163,6 +166,12 @@ class GatewayStore:
         """Accept and keep the next `n` valid create requests, but answer after `seconds`."""
         with self._cond:
             self._faults.extend(Fault(hang_s=seconds) for _ in range(n))
+
+    def stall_next(self, n: int, seconds: float) -> None:
+        """Hold the next `n` valid create requests `seconds` before taking them; a client
+        that hangs up meanwhile created nothing."""
+        with self._cond:
+            self._faults.extend(Fault(stall_s=seconds) for _ in range(n))
 
     def take_fault(self) -> Fault | None:
         """The fault for this create request, if one is queued."""

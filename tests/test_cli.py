@@ -180,7 +180,8 @@ def test_serve_with_a_config_file_uses_the_external_broker_it_names(tmp_path, mo
 def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_unanswered_sms_and_calls(tmp_path):
     # Twilio took the fire's SMS and calls and never answers: stopping waits for them (each
     # may yet be told sent or not) until the operator presses Ctrl-C again. Then the hub
-    # stops at once, and they, which may have gone out, are marked unknown: never sent twice.
+    # stops at once, and they, which may have gone out, are marked unknown; the restarted
+    # hub asks Twilio, which has them all: each is confirmed, none sent twice.
     from simulator.twilio_gateway import TwilioGateway
 
     gateway = TwilioGateway(phone_number="+15550001000", callback_delay_s=0.01).start()
@@ -233,7 +234,12 @@ def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_unanswered_sms_and_ca
         proc, logs = serve()
         marked = logs.wait_for("messages caught mid-send by the last stop are marked unknown")
         assert marked["count"] == hanging
-        time.sleep(1)
+        # The provider is asked about each: it has them all, so each is confirmed.
+        confirmed = "send in doubt confirmed: the provider has it"
+        deadline = time.monotonic() + 20
+        while sum(entry["msg"] == confirmed for entry in logs.lines) < hanging:
+            assert time.monotonic() < deadline, "not every send in doubt confirmed"
+            time.sleep(0.05)
         sent = len(gateway.messages()) + len(gateway.calls())
         assert sent == hanging, "nothing unanswered is sent again"
         proc.send_signal(signal.SIGTERM)

@@ -18,6 +18,8 @@ const DESCRIBE = {
   cancelled: (d) => (d.by ? `by ${d.by}` : ""),
   notification_held: (d) => `${d.recipient}: held (${d.reason}) until ${clock(d.until)}`,
   notification_failed: (d) => `${d.recipient}: ${d.status}${d.error_code ? ` (error ${d.error_code})` : ""}`,
+  notification_confirmed: (d) => `${d.recipient}: in doubt after a stop, but the provider has it (${d.provider_id})`,
+  notification_resent: (d) => `${d.recipient}: in doubt after a stop; ${d.reason}, so sent again`,
 };
 
 /** The details column of one entry. */
