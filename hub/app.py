@@ -29,6 +29,7 @@ from hub.events import EventBus
 from hub.ingest import PanelIngest
 from hub.jobs import JobRunner
 from hub.keyring import KeyRefresher, KeyRing
+from hub.login_throttle_store import LoginThrottleStore
 from hub.metrics import HubMetrics
 from hub.mqtt_transport import MqttTransport
 from hub.outbox_store import OutboxStore
@@ -91,6 +92,7 @@ class Hub:
         self.outbox = OutboxStore(self.db)
         self.contacts = ContactStore(self.db)
         self.accounts = AccountStore(self.db)
+        self.login_failures = LoginThrottleStore(self.db)
         self.panels = PanelStore(self.db)
         self.credentials = CredentialStore(self.db)
         self.keys = KeyRing()
@@ -264,6 +266,12 @@ class Hub:
                 access_log=False,
                 # A request still open then (a stuck client) does not hold the stop up.
                 timeout_graceful_shutdown=_WEB_GRACE_S,
+                # X-Forwarded-For names the client only when a proxy the operator named
+                # sent it: uvicorn's own default trusts 127.0.0.1, so any local process
+                # (or a proxy that passes the header on) could choose its address, and
+                # with it the login throttle's key.
+                proxy_headers=bool(self.settings.forwarded_allow_ips),
+                forwarded_allow_ips=list(self.settings.forwarded_allow_ips),
             )
         )
         try:

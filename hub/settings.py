@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -49,6 +50,9 @@ class Settings(BaseModel):
     policy: str | None = None
     http_addr: str = "127.0.0.1:8080"
     public_url: str | None = None
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client; none: the
+    # client is the peer of the connection, and no client can choose its own address.
+    forwarded_allow_ips: tuple[str, ...] = ()
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = None
     twilio_from: str | None = None
@@ -101,6 +105,28 @@ class Settings(BaseModel):
     @classmethod
     def _check_addr(cls, v: str) -> str:
         parse_host_port(v)
+        return v
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _check_proxies(cls, v: Any) -> Any:
+        if isinstance(v, str):  # the environment's form: comma-separated
+            v = v.split(",")
+        if not isinstance(v, list | tuple) or not all(isinstance(i, str) for i in v):
+            return v  # pydantic says what is wrong with it
+        v = [item.strip() for item in v if item.strip()]
+        for item in v:
+            # Read as uvicorn reads them: anything but an address or a network would be
+            # compared as plain text and silently never match a client.
+            try:
+                if "/" in item:
+                    ipaddress.ip_network(item)
+                else:
+                    ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (like 10.0.0.5 or 10.0.0.0/24)"
+                ) from None
         return v
 
     @field_validator("log_level")

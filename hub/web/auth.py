@@ -8,12 +8,13 @@ Routes get the user with `Depends(current_user)` (JSON: 401 when not logged in) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import ipaddress
 import logging
 import math
 import secrets
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from html import escape
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -23,6 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from hub.account_store import ROLES, AccountStore, User
 from hub.clock import Clock
+from hub.login_throttle_store import Failures, LoginThrottleStore
 from hub.passwords import hash_password, verify_password
 
 logger = logging.getLogger(__name__)
@@ -33,7 +35,13 @@ SESSION_TTL_MS = 12 * 3600 * 1000
 LOGIN_FORM_TTL_S = 15 * 60
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-_SWEEP_ABOVE = 10_000  # keys in the login throttle before expired ones are swept
+# Failed logins: the first few are free (a mistyped password), then each one doubles the
+# wait before the next try, up to a cap; a key is forgotten a day after its last failure.
+ACCOUNT_FREE_FAILURES = 3  # of one account from one address
+ADDRESS_FREE_FAILURES = 20  # from one address, on any accounts (an office behind one NAT)
+FIRST_WAIT_MS = 1000
+MAX_WAIT_MS = 15 * 60 * 1000
+FORGET_AFTER_MS = 24 * 3600 * 1000
 
 router = APIRouter(tags=["login"])
 
@@ -47,74 +55,99 @@ class LoginRequired(Exception):
 
 
 class LoginThrottle:
-    """Failed logins per username and per client address, in a sliding window.
+    """Growing waits after failed logins, per (account, client address) and per address.
 
-    A success forgets only the failures of that username from that address, so a user
-    logging in elsewhere does not hand an attacker fresh attempts.
+    Failures elsewhere never hold up the right password from another address: the
+    guesser's address is slowed, not the owner. A success clears the count of that
+    account from that address only, and the address's own count stays, so one address
+    cannot spray many accounts. Logins from one address are tried one at a time
+    (`turn`): a burst of parallel guesses cannot all pass the check before any is counted.
     """
 
-    def __init__(self, clock: Clock, limit: int = 5, window_ms: int = 15 * 60 * 1000) -> None:
+    def __init__(self, clock: Clock, store: LoginThrottleStore) -> None:
         self.clock = clock
-        self.limit = limit
-        self.window_ms = window_ms
-        self._by_user: dict[str, deque[tuple[int, str]]] = {}
-        self._by_ip: dict[str, deque[tuple[int, str]]] = {}
-        self._swept_at = 0
+        self.store = store
+        self._turns: dict[str, _Turn] = {}  # only addresses with a login under way
 
-    def retry_after_ms(self, username: str, ip: str) -> int:
+    @contextlib.asynccontextmanager
+    async def turn(self, address: str) -> AsyncIterator[None]:
+        """Hold this address's turn: its logins are checked and counted one at a time."""
+        turn = self._turns.get(address)
+        if turn is None:
+            turn = self._turns[address] = _Turn()
+        turn.holders += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.holders -= 1
+            if not turn.holders:
+                del self._turns[address]
+
+    async def retry_after_ms(self, username: str, address: str) -> int:
         """0 if a login may be tried now, else how long until it may."""
         now = self.clock.now_ms()
-        waits = [
-            self._wait(self._by_user, username.casefold(), now),
-            self._wait(self._by_ip, ip, now),
-        ]
-        return max(waits)
+        since = now - FORGET_AFTER_MS
+        by_address, by_account = await self.store.failures(address, username, since)
+        return max(
+            _wait_left_ms(by_address, ADDRESS_FREE_FAILURES, now),
+            _wait_left_ms(by_account, ACCOUNT_FREE_FAILURES, now),
+        )
 
-    def failed(self, username: str, ip: str) -> None:
-        """Count a failed login of this username from this address."""
-        now, user = self.clock.now_ms(), username.casefold()
-        # At most once a minute, so a flood of failures does not make every one a full scan.
-        if len(self._by_user) + len(self._by_ip) > _SWEEP_ABOVE and now - self._swept_at > 60_000:
-            self._swept_at = now
-            self._sweep(now)
-        self._by_user.setdefault(user, deque()).append((now, ip))
-        self._by_ip.setdefault(ip, deque()).append((now, user))
+    async def failed(self, username: str, address: str) -> None:
+        """Count a failed login of this account from this address."""
+        now = self.clock.now_ms()
+        await self.store.add_failure(address, username, now, now - FORGET_AFTER_MS)
 
-    def succeeded(self, username: str, ip: str) -> None:
-        """Forget the failures of this username from this address, and only those."""
-        user = username.casefold()
-        self._forget(self._by_user, user, ip)
-        self._forget(self._by_ip, ip, user)
+    async def succeeded(self, username: str, address: str) -> None:
+        """Forget the failures of this account from this address, and only those."""
+        await self.store.clear_account(address, username)
 
-    def _wait(self, table: dict[str, deque[tuple[int, str]]], key: str, now: int) -> int:
-        times = table.get(key)
-        if not times:
-            return 0
-        while times and times[0][0] <= now - self.window_ms:
-            times.popleft()
-        if not times:
-            del table[key]  # keeps memory bounded by the failures of one window
-            return 0
-        if len(times) < self.limit:
-            return 0
-        # Allowed again once enough failures have left the window to fall below the limit.
-        return times[len(times) - self.limit][0] + self.window_ms - now
 
-    def _sweep(self, now: int) -> None:
-        """Drop keys whose failures all left the window: names tried once are never read again."""
-        for table in (self._by_user, self._by_ip):
-            for key in list(table):
-                self._wait(table, key, now)
+class _Turn:
+    """The logins under way from one address, taking turns."""
 
-    @staticmethod
-    def _forget(table: dict[str, deque[tuple[int, str]]], key: str, other: str) -> None:
-        times = table.get(key)
-        if times:
-            kept = deque(entry for entry in times if entry[1] != other)
-            if kept:
-                table[key] = kept
-            else:
-                del table[key]
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.holders = 0
+
+
+def wait_after_ms(failures: int, free: int) -> int:
+    """The wait in ms after the last of `failures` failures in a row, `free` of them free."""
+    if failures <= free:
+        return 0
+    doublings = min(failures - free - 1, 30)  # enough to reach the cap; keeps ints small
+    return min(FIRST_WAIT_MS << doublings, MAX_WAIT_MS)
+
+
+def _wait_left_ms(failures: Failures | None, free: int, now: int) -> int:
+    if failures is None:
+        return 0
+    wait = wait_after_ms(failures.count, free)
+    # Never longer than the wait itself, should the clock have been set back.
+    return max(0, min(wait, failures.last_at + wait - now))
+
+
+def throttle_address(host: str) -> str:
+    """The address a client is throttled by: an IPv6 client by its /64, held by one site."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:100]  # not an address (a test client, a socket): taken as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        # One subscriber gets a /64 or more, and may use any address in it.
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+def _wait_words(wait_ms: int) -> str:
+    seconds = max(1, math.ceil(wait_ms / 1000))
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds > 1 else ''}"
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} minute{'s' if minutes > 1 else ''}"
 
 
 # --- who is asking ---------------------------------------------------------------------
@@ -289,7 +322,7 @@ def safe_next(next_path: str | None) -> str:
 def _throttle(request: Request) -> LoginThrottle:
     state = request.app.state
     if getattr(state, "login_throttle", None) is None:
-        state.login_throttle = LoginThrottle(state.hub.clock)
+        state.login_throttle = LoginThrottle(state.hub.clock, state.hub.login_failures)
     return state.login_throttle
 
 
@@ -328,22 +361,22 @@ async def login(
         error = "the login form expired; please try again"
         return _login_form(request, next_path, 403, error, username)
     ip = request.client.host if request.client else "unknown"
-    throttle = _throttle(request)
-    wait_ms = throttle.retry_after_ms(username, ip)
-    if wait_ms:
-        minutes = max(1, math.ceil(wait_ms / 60_000))
-        error = f"too many attempts; try again in {minutes} minute{'s' if minutes > 1 else ''}"
-        logger.warning("login throttled", extra={"username": username, "ip": ip})
-        response = _login_form(request, next_path, 429, error, username)
-        response.headers["Retry-After"] = str(math.ceil(wait_ms / 1000))
-        return response
+    address, throttle = throttle_address(ip), _throttle(request)
     accounts = _accounts(request)
-    user = await _check_password(password, await accounts.find_user(username))
-    if user is None:
-        throttle.failed(username, ip)
-        logger.info("login failed", extra={"username": username, "ip": ip})
-        return _login_form(request, next_path, 401, "wrong username or password", username)
-    throttle.succeeded(username, ip)
+    async with throttle.turn(address):
+        wait_ms = await throttle.retry_after_ms(username, address)
+        if wait_ms:
+            error = f"too many attempts; try again in {_wait_words(wait_ms)}"
+            logger.warning("login throttled", extra={"username": username, "ip": ip})
+            response = _login_form(request, next_path, 429, error, username)
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait_ms / 1000)))
+            return response
+        user = await _check_password(password, await accounts.find_user(username))
+        if user is None:
+            await throttle.failed(username, address)
+            logger.info("login failed", extra={"username": username, "ip": ip})
+            return _login_form(request, next_path, 401, "wrong username or password", username)
+        await throttle.succeeded(username, address)
     if old := request.cookies.get(SESSION_COOKIE):
         await accounts.end_session(old)  # a new login never keeps a session it was handed
     token, _ = await accounts.new_session(user.id, _now(request), SESSION_TTL_MS)
