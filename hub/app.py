@@ -35,6 +35,7 @@ from hub.mqtt_transport import MqttTransport
 from hub.outbox_store import OutboxStore
 from hub.panel_events import EventOutcome, PanelEventHandler
 from hub.panel_store import PanelStore
+from hub.pins import seal_pins
 from hub.policy import DEFAULT_POLICIES, PolicySet
 from hub.presence import PresenceTracker
 from hub.registry import Registry
@@ -65,6 +66,7 @@ class Hub:
         clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        registry = _sealed(registry)
         self.registry = registry
         self.clock = clock or settings.clock()
         # Bound now, so port 0 works and the public URL (in SMS links, calls) is known.
@@ -229,6 +231,7 @@ class Hub:
 
     def replace_registry(self, registry: Registry) -> None:
         """Serve a new registry from now on (an import); alarms already open keep going."""
+        registry = _sealed(registry)
         self.registry = registry
         self.context.registry = registry
         self.ingest.registry = registry
@@ -368,6 +371,15 @@ def _local_url(addr: str, port: int) -> str:
     host = parse_host_port(addr)[0]
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _sealed(registry: Registry) -> Registry:
+    """The registry with its PINs hashed: the hub holds no PIN in clear."""
+    sealed, problems = seal_pins(registry)
+    for problem in problems:
+        logger.warning("%s", problem.format())
+    assert sealed is not None, "without a previous registry, sealing finds no error"
+    return sealed
 
 
 def _bind(addr: str) -> socket.socket:

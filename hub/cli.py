@@ -94,7 +94,9 @@ def serve(
     policies = _policies_or_exit(settings.policy)
     setup_logging(settings.log_level, settings.log_format)
     try:
-        event_loop.run(_serve(Hub(settings, reg, policies=policies)))
+        hub = Hub(settings, reg, policies=policies)
+        del reg  # the hub holds the PINs as hashes: the registry read with them goes now
+        event_loop.run(_serve(hub))
     except OSError as exc:
         err.print(f"tenhub: {exc.strerror or exc}", style="red")
         raise typer.Exit(1) from None

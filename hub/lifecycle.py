@@ -11,6 +11,7 @@ from devices.protocol import AlarmState, Reason, UnitAlert, encode
 from hub.alarm_store import Alarm
 from hub.escalation import advance_ladder, close_ladder, go_to_police
 from hub.ids import new_alarm_id
+from hub.pins import PinMatch, match_pin
 from hub.policy import LIFECYCLE
 from hub.registry import PanelPlace
 from hub.work import Refused, Responder, Work
@@ -42,27 +43,52 @@ def raise_alarm(
     if open_alarm is not None:
         repeats = w.alarms.count_timeline(open_alarm.id, "repeated") + 1
         w.alarms.append_timeline(
-            open_alarm.id, w.now, "repeated", open_alarm.state, actor=household_actor(place),
-            channel="panel", detail={"seq": seq, "panel_ts": panel_ts, "repeats": repeats},
+            open_alarm.id,
+            w.now,
+            "repeated",
+            open_alarm.state,
+            actor=household_actor(place),
+            channel="panel",
+            detail={"seq": seq, "panel_ts": panel_ts, "repeats": repeats},
         )
         w.changed(open_alarm, "note")
         return open_alarm
     policy = w.context.policies.for_kind(kind)
     alarm = Alarm(
-        id=new_alarm_id(w.now), unit_id=place.unit.id, household_id=place.household.id,
-        panel_id=place.household.panel, kind=kind, state=AlarmState.RAISED.value,
-        raised_at=w.now, panel_ts=panel_ts, seq=seq, updated_at=w.now,
-        policy=policy.name, ladder=policy.to_json(),
-        next_step=0, next_step_at=w.now + policy.steps[0].after_ms,
+        id=new_alarm_id(w.now),
+        unit_id=place.unit.id,
+        household_id=place.household.id,
+        panel_id=place.household.panel,
+        kind=kind,
+        state=AlarmState.RAISED.value,
+        raised_at=w.now,
+        panel_ts=panel_ts,
+        seq=seq,
+        updated_at=w.now,
+        policy=policy.name,
+        ladder=policy.to_json(),
+        next_step=0,
+        next_step_at=w.now + policy.steps[0].after_ms,
     )
     w.alarms.insert_alarm(alarm)
     neighbours = [p for p in w.registry.unit_panels(place.unit.id) if p != alarm.panel_id]
     # Whose buzzer the unit alert may not reach: the desk must not count on them.
     offline = w.troubles.offline_panels(neighbours) if neighbours else []
     entry = w.alarms.append_timeline(
-        alarm.id, w.now, "raised", alarm.state, actor=household_actor(place), channel="panel",
-        detail={"kind": kind, "panel": alarm.panel_id, "seq": seq, "panel_ts": panel_ts,
-                "policy": policy.name, "offline_neighbours": offline},
+        alarm.id,
+        w.now,
+        "raised",
+        alarm.state,
+        actor=household_actor(place),
+        channel="panel",
+        detail={
+            "kind": kind,
+            "panel": alarm.panel_id,
+            "seq": seq,
+            "panel_ts": panel_ts,
+            "policy": policy.name,
+            "offline_neighbours": offline,
+        },
     )
     queue_unit_alert(w, alarm, AlarmState.RAISED, entry)
     w.changed(alarm, "raised")
@@ -79,7 +105,12 @@ def get_alarm(w: Work, alarm_id: str) -> Alarm:
 
 
 def _change_state(
-    w: Work, alarm: Alarm, to: AlarmState, entry: str, responder: Responder, channel: str,
+    w: Work,
+    alarm: Alarm,
+    to: AlarmState,
+    entry: str,
+    responder: Responder,
+    channel: str,
     detail: dict | None = None,
 ) -> Alarm:
     """Move the alarm to `to`, or record the entry alone when it is already there."""
@@ -92,7 +123,12 @@ def _change_state(
     if moves:
         w.alarms.set_state(alarm.id, new_state.value, w.now)
     entry_id = w.alarms.append_timeline(
-        alarm.id, w.now, entry, new_state.value, actor=responder.actor, channel=channel,
+        alarm.id,
+        w.now,
+        entry,
+        new_state.value,
+        actor=responder.actor,
+        channel=channel,
         detail={"role": responder.role, **(detail or {})},
     )
     alarm = w.reload(alarm)
@@ -115,7 +151,11 @@ def mark_on_scene(w: Work, alarm: Alarm, responder: Responder, channel: str) -> 
 
 
 def resolve(
-    w: Work, alarm: Alarm, responder: Responder, channel: str, note: str,
+    w: Work,
+    alarm: Alarm,
+    responder: Responder,
+    channel: str,
+    note: str,
     outcome: str = "handled",
 ) -> Alarm:
     """The alarm is over; the note says how (outcome `handled` or `false_alarm`).
@@ -123,51 +163,67 @@ def resolve(
     Pending steps are skipped.
     """
     return _change_state(
-        w, alarm, AlarmState.RESOLVED, "resolved", responder, channel,
+        w,
+        alarm,
+        AlarmState.RESOLVED,
+        "resolved",
+        responder,
+        channel,
         {"note": note, "outcome": outcome},
     )
 
 
-def cancel_with_pin(w: Work, alarm: Alarm, place: PanelPlace, pin: str) -> Alarm:
+def cancel_with_pin(w: Work, alarm: Alarm, place: PanelPlace, pin: str | PinMatch) -> Alarm:
     """The household stands its own alarm down with its PIN, within the cancel window.
 
-    The duress PIN gets exactly what the real PIN would get (receipt, unit alert, even a
+    `pin` is the PIN entered, or what it was already found to be (`match_pin`). The
+    duress PIN gets exactly what the real PIN would get (receipt, unit alert, even a
     refusal), so an intruder watching the panel learns nothing; behind that, the alarm
     goes straight to its police step.
     """
     rules = w.context.rules
-    household = place.household
-    duress = household.duress_pin is not None and pin == household.duress_pin
+    # The household's PINs are hashes: checking one costs a fraction of a millisecond.
+    entered = pin if isinstance(pin, PinMatch) else match_pin(place.household, pin)
+    duress = entered == PinMatch.DURESS
     state = AlarmState(alarm.state)
     try:
         if state == AlarmState.CANCELLED:
             return alarm
         if state not in CANCELLABLE_STATES:
             raise Refused(
-                Reason.INVALID_STATE, f"alarm is {state.value} and can no longer be cancelled",
+                Reason.INVALID_STATE,
+                f"alarm is {state.value} and can no longer be cancelled",
                 alarm.id,
             )
         wrong = w.alarms.count_timeline(alarm.id, "cancel_refused")
         if wrong >= rules.max_wrong_pins:
             raise Refused(
                 Reason.CANCEL_LOCKED,
-                f"cancelling is locked after {wrong} wrong PINs; the alarm goes on", alarm.id,
+                f"cancelling is locked after {wrong} wrong PINs; the alarm goes on",
+                alarm.id,
             )
         if w.now - alarm.raised_at > rules.cancel_window_ms:
             raise Refused(
                 Reason.CANCEL_WINDOW_CLOSED,
                 f"the cancel window of {rules.cancel_window_ms // 1000} s has passed;"
-                " ask the patrol or the police desk to stand the alarm down", alarm.id,
+                " ask the patrol or the police desk to stand the alarm down",
+                alarm.id,
             )
-        if not duress and (household.pin is None or pin != household.pin):
+        if entered in (PinMatch.WRONG, PinMatch.NONE_SET):
             wrong += 1
             w.alarms.append_timeline(
-                alarm.id, w.now, "cancel_refused", state.value, actor=household_actor(place),
-                channel="panel", detail={"wrong_pins": wrong},
+                alarm.id,
+                w.now,
+                "cancel_refused",
+                state.value,
+                actor=household_actor(place),
+                channel="panel",
+                detail={"wrong_pins": wrong},
             )
             w.changed(alarm, "note")
             left = rules.max_wrong_pins - wrong
-            detail = "no PIN is set for this household" if household.pin is None else "wrong PIN"
+            none_set = entered == PinMatch.NONE_SET
+            detail = "no PIN is set for this household" if none_set else "wrong PIN"
             detail += f"; {left} tries left" if left else "; cancelling is now locked"
             raise Refused(Reason.WRONG_PIN, detail, alarm.id)
     except Refused:
@@ -179,8 +235,13 @@ def cancel_with_pin(w: Work, alarm: Alarm, place: PanelPlace, pin: str) -> Alarm
             _duress(w, alarm, place, shown="cancelled")
         return w.reload(alarm)
     entry_id = w.alarms.append_timeline(
-        alarm.id, w.now, "cancelled", AlarmState.CANCELLED.value,
-        actor=household_actor(place), channel="panel", detail={"by": "pin"},
+        alarm.id,
+        w.now,
+        "cancelled",
+        AlarmState.CANCELLED.value,
+        actor=household_actor(place),
+        channel="panel",
+        detail={"by": "pin"},
     )
     w.alarms.set_state(alarm.id, AlarmState.CANCELLED.value, w.now)
     alarm = w.reload(alarm)
@@ -193,7 +254,12 @@ def cancel_with_pin(w: Work, alarm: Alarm, place: PanelPlace, pin: str) -> Alarm
 def _duress(w: Work, alarm: Alarm, place: PanelPlace, shown: str) -> None:
     w.alarms.set_duress(alarm.id)
     entry_id = w.alarms.append_timeline(
-        alarm.id, w.now, "duress", alarm.state, actor=household_actor(place), channel="panel",
+        alarm.id,
+        w.now,
+        "duress",
+        alarm.state,
+        actor=household_actor(place),
+        channel="panel",
         detail={"shown_to_panel": shown},
     )
     if shown == "cancelled":
@@ -214,10 +280,17 @@ def queue_unit_alert(
     if alarm.duress and not force:
         return
     alert = UnitAlert(
-        alarm_id=alarm.id, household_id=alarm.household_id, kind=alarm.kind, state=state,
+        alarm_id=alarm.id,
+        household_id=alarm.household_id,
+        kind=alarm.kind,
+        state=state,
         ts=w.now,
     )
     w.queue_message(
-        alarm_id=alarm.id, alarm_state=state.value, channel="panel", recipient=alarm.unit_id,
-        payload=encode(alert).decode(), key=f"panel:{alarm.id}:{entry_id}",
+        alarm_id=alarm.id,
+        alarm_state=state.value,
+        channel="panel",
+        recipient=alarm.unit_id,
+        payload=encode(alert).decode(),
+        key=f"panel:{alarm.id}:{entry_id}",
     )

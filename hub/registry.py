@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from devices.topics import ID_RE
+from hub.passwords import hash_cost, verify_password
 from hub.problems import (
     ConfigError,
     Problem,
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 PIN_RE = re.compile(r"^[0-9]{4,8}$")
+# A PIN hash is checked on every cancel: one that costs more (a password's hash pasted
+# in) would hold the database writer for tens of milliseconds each time.
+MAX_PIN_HASH_COST = 2**10 * 8  # n·r·p; the hub writes 2**6 · 8
 
 
 # --- field types ---------------------------------------------------------------------------
@@ -73,13 +77,16 @@ def _check_household_ref(value: str) -> str:
     return value
 
 
-def _refuse_number(example: str, loss: str) -> Callable[[Any], Any]:
-    """A before-validator refusing numbers: YAML turns unquoted digits into ints."""
+def _refuse_number(example: str, loss: str, secret: str | None = None) -> Callable[[Any], Any]:
+    """A before-validator refusing numbers: YAML turns unquoted digits into ints.
+
+    With `secret` (what the value is, e.g. "a PIN") the message does not repeat the value.
+    """
 
     def check(value: Any) -> Any:
         if isinstance(value, int | float) and not isinstance(value, bool):
             raise _invalid(
-                f'{value} must be quoted, like "{example}": '
+                f'{secret or value} must be quoted, like "{example}": '
                 f"without quotes YAML reads it as a number and {loss}"
             )
         return value
@@ -94,8 +101,25 @@ def _check_phone(value: str) -> str:
 
 
 def _check_pin(value: str) -> str:
+    # The value is not repeated: problems are printed, logged and sent back to browsers.
     if not PIN_RE.fullmatch(value):
-        raise _invalid(f"{value!r} is not a PIN: use 4 to 8 digits")
+        raise _invalid("not a PIN: use 4 to 8 digits")
+    return value
+
+
+def _check_pin_hash(value: str) -> str:
+    cost = hash_cost(value)
+    if cost is None:
+        raise _invalid(
+            "not a PIN hash as the hub writes them (scrypt$n$r$p$salt$hash): "
+            'to set a PIN, give it as pin or duress_pin, quoted, like "0123"'
+        )
+    n, r, p = cost
+    if n * r * p > MAX_PIN_HASH_COST:
+        raise _invalid(
+            f"this hash costs too much to check on every cancel (n={n}, r={r}, p={p};"
+            f" n·r·p may be at most {MAX_PIN_HASH_COST}): give the PIN itself as pin"
+        )
     return value
 
 
@@ -109,9 +133,10 @@ Phone = Annotated[
 ]
 Pin = Annotated[
     str,
-    BeforeValidator(_refuse_number("0123", "a leading zero would be lost")),
+    BeforeValidator(_refuse_number("0123", "a leading zero would be lost", "a PIN")),
     AfterValidator(_check_pin),
 ]
+PinHash = Annotated[str, AfterValidator(_check_pin_hash)]
 
 
 # --- models --------------------------------------------------------------------------------
@@ -129,7 +154,12 @@ class Location(_Model):
 
 
 class Household(_Model):
-    """One home of a unit and the alarm panel installed there."""
+    """One home of a unit and the alarm panel installed there.
+
+    Each of its two PINs is given as the PIN itself (`pin`, as operators write it), as a
+    salted hash (`pin_hash`, as the hub writes and holds it), or as `pin_set: true` (as
+    an export says it: an import keeps the PIN the hub holds); the same for `duress_pin`.
+    """
 
     id: HouseholdId
     address: str
@@ -137,6 +167,20 @@ class Household(_Model):
     phones: list[Phone] = []
     pin: Pin | None = None
     duress_pin: Pin | None = None
+    pin_hash: PinHash | None = None
+    duress_pin_hash: PinHash | None = None
+    pin_set: bool | None = None
+    duress_pin_set: bool | None = None
+
+    @property
+    def has_pin(self) -> bool:
+        """Whether a PIN is set (given, hashed or marked as set)."""
+        return bool(self.pin or self.pin_hash or self.pin_set)
+
+    @property
+    def has_duress_pin(self) -> bool:
+        """Whether a duress PIN is set (given, hashed or marked as set)."""
+        return bool(self.duress_pin or self.duress_pin_hash or self.duress_pin_set)
 
 
 class Unit(_Model):
@@ -330,12 +374,23 @@ def _text(mapping: dict, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _hashes_pin(encoded: str | None, pin: str | None) -> bool:
+    """Whether a PIN hash (of a cost the model accepts) is the hash of this PIN."""
+    if encoded is None or pin is None:
+        return False
+    cost = hash_cost(encoded)
+    if cost is None or cost[0] * cost[1] * cost[2] > MAX_PIN_HASH_COST:
+        return False  # the model says what is wrong with it
+    return verify_password(pin, encoded)
+
+
 class _Checker:
     """Checks that span several entries: uniqueness, references, coverage."""
 
     def __init__(self, doc: YamlDocument) -> None:
         self.doc = doc
         self.problems: list[Problem] = []
+        self._marked_only: list[tuple[DataPath, str]] = []  # `pin_set` with no PIN given
 
     def run(self) -> list[Problem]:
         data = self.doc.data
@@ -350,6 +405,7 @@ class _Checker:
         ):
             self._unique_ids([((key, i), item) for i, item in _mappings(data, key)], f"{what} id")
         self._check_coverage(units)
+        self._check_pin_markers()
         return self.problems
 
     def _add(self, path: DataPath, message: str, severity: Severity = "error") -> None:
@@ -403,7 +459,7 @@ class _Checker:
                         "are local to their unit, like h-01 (the full name is unit/household)",
                     )
                 self._check_panel(panels, path, household, full_name)
-                self._check_pins(path, household)
+                self._check_pins(path, household, full_name)
                 if not household.get("phones"):
                     self._add(
                         (*path, "phones"),
@@ -438,13 +494,52 @@ class _Checker:
             f"({self._line(first_path)}): {rule}",
         )
 
-    def _check_pins(self, path: DataPath, household: dict) -> None:
+    def _check_pins(self, path: DataPath, household: dict, full_name: str) -> None:
+        for key in ("pin", "duress_pin"):
+            given = [k for k in (key, f"{key}_hash") if household.get(k) is not None]
+            if household.get(f"{key}_set") is True:
+                given.append(f"{key}_set")
+            if len(given) > 1:
+                self._add(
+                    (*path, given[1]),
+                    f"{' and '.join(given)} both given: give the {key} once, as {key}"
+                    f" (the PIN), {key}_hash (as the hub writes it) or {key}_set: true (keep"
+                    " the one the hub holds)",
+                )
+            elif given == [f"{key}_set"]:
+                self._marked_only.append(((*path, f"{key}_set"), full_name))
         pin, duress_pin = _text(household, "pin"), _text(household, "duress_pin")
-        if pin is not None and pin == duress_pin:
+        pin_hash, duress_hash = _text(household, "pin_hash"), _text(household, "duress_pin_hash")
+        same = (
+            (pin is not None and pin == duress_pin)
+            or (pin_hash is not None and pin_hash == duress_hash)
+            or _hashes_pin(duress_hash, pin)
+            or _hashes_pin(pin_hash, duress_pin)
+        )
+        if same:
             self._add(
-                (*path, "duress_pin"),
+                (*path, "duress_pin_hash" if duress_pin is None else "duress_pin"),
                 "duress_pin is the same as pin: a disarm under duress would look like a normal one",
             )
+
+    def _check_pin_markers(self) -> None:
+        """One warning for every household whose PIN is only marked as set."""
+        if not self._marked_only:
+            return
+        path, first = self._marked_only[0]
+        more = len({name for _, name in self._marked_only}) - 1
+        who = (
+            f"households {first} and {more} more only say"
+            if more
+            else (f"household {first} only says")
+        )
+        self._add(
+            path,
+            f"{who} a PIN is set (pin_set or duress_pin_set, as an export says it):"
+            " imported through /admin or the API they keep the PINs the hub holds, but a"
+            " hub started from this file has no such PIN for them",
+            "warning",
+        )
 
     def _check_key_households(
         self,

@@ -1,6 +1,10 @@
 """The registry out and back in: YAML as operators write it, households as CSV for spreadsheets.
 
 Whatever comes in goes through the same checks and messages as `tenhub check-config`.
+No PIN goes out, nor a PIN's hash (a 4-digit PIN falls to 10,000 guesses): an export
+says only that a PIN is set (`pin_set: true`; `set` in the CSV), and importing it back
+keeps the PINs the hub holds. Only the registry file the hub writes for itself holds
+the hashes (`pin_hash`, `duress_pin_hash`).
 """
 
 from __future__ import annotations
@@ -18,24 +22,54 @@ from hub.problems import Problem
 from hub.registry import Registry, parse_registry
 
 CSV_COLUMNS = ("unit_id", "household_id", "address", "panel", "phones", "pin", "duress_pin")
+# A CSV cell saying a PIN is set: imported, the household keeps the PIN the hub holds.
+PIN_SET = "set"
+_PIN_KEYS = ("pin", "duress_pin")
 
 
 def registry_yaml(registry: Registry) -> str:
-    """The registry in its YAML format (defaults left out)."""
+    """The registry to export (defaults left out): PINs only marked as set, no PIN or hash."""
     data = registry.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    for unit in data["units"]:
+        for household in unit["households"]:
+            for key in _PIN_KEYS:
+                given = [household.pop(k, None) for k in (key, f"{key}_hash", f"{key}_set")]
+                if any(given):
+                    household[f"{key}_set"] = True
+    return _dump(data)
+
+
+def registry_file_yaml(registry: Registry) -> str:
+    """The registry as the hub stores it for itself: PINs as their hashes, never in clear."""
+    data = registry.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    for unit in data["units"]:
+        for household in unit["households"]:
+            if any(household.get(k) for k in _PIN_KEYS):
+                raise ValueError("the registry holds a PIN in clear: seal its PINs first")
+    return _dump(data)
+
+
+def _dump(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
 def households_csv(registry: Registry) -> str:
-    """One row per household; phones separated by spaces."""
+    """One row per household; phones separated by spaces; `set` where a PIN is set."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for unit in registry.units:
         for h in unit.households:
             writer.writerow(
-                [unit.id, h.id, h.address, h.panel, " ".join(h.phones), h.pin or "",
-                 h.duress_pin or ""]
+                [
+                    unit.id,
+                    h.id,
+                    h.address,
+                    h.panel,
+                    " ".join(h.phones),
+                    PIN_SET if h.has_pin else "",
+                    PIN_SET if h.has_duress_pin else "",
+                ]
             )
     return out.getvalue()
 
@@ -45,14 +79,26 @@ def merge_households_csv(
 ) -> tuple[Registry | None, list[Problem]]:
     """The registry with the households of every unit named in the CSV replaced by its rows.
 
-    Units the CSV does not name keep their households. Problems name the CSV line.
+    Units the CSV does not name keep their households. A PIN cell holds the new PIN, or
+    `set` to keep the PIN the hub holds (see `hub.pins.seal_pins`), or nothing for no
+    PIN. Problems name the CSV line.
     """
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in ("unit_id", "household_id", "address", "panel")
-               if c not in (reader.fieldnames or [])]
+    missing = [
+        c
+        for c in ("unit_id", "household_id", "address", "panel")
+        if c not in (reader.fieldnames or [])
+    ]
     if missing:
-        return None, [Problem(file, 1, 1, "", f"missing columns: {', '.join(missing)}"
-                              f" (expected {', '.join(CSV_COLUMNS)})")]
+        return None, [
+            Problem(
+                file,
+                1,
+                1,
+                "",
+                f"missing columns: {', '.join(missing)} (expected {', '.join(CSV_COLUMNS)})",
+            )
+        ]
     data = registry.model_dump(mode="json", exclude_none=True)
     units = {u["id"]: u for u in data["units"]}
     rows_by_unit: dict[str, list[dict[str, Any]]] = {}
@@ -70,9 +116,12 @@ def merge_households_csv(
             "panel": (row.get("panel") or "").strip(),
             "phones": (row.get("phones") or "").split(),
         }
-        for key in ("pin", "duress_pin"):
-            if (row.get(key) or "").strip():
-                household[key] = row[key].strip()
+        for key in _PIN_KEYS:
+            cell = (row.get(key) or "").strip()
+            if cell.lower() == PIN_SET:
+                household[f"{key}_set"] = True
+            elif cell:
+                household[key] = cell
         rows_by_unit.setdefault(unit_id, []).append({"line": line, "household": household})
     for unit_id, rows in rows_by_unit.items():
         units[unit_id]["households"] = [r["household"] for r in rows]

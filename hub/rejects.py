@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -11,6 +12,10 @@ from typing import Any
 from hub.rate import TokenBuckets
 
 logger = logging.getLogger(__name__)
+
+# A refused cancel may carry the household's real PIN (the window had closed) or its
+# duress PIN: the excerpt admins read keeps the key, never the value.
+_PIN_VALUE = re.compile(r'("pin"\s*:\s*)("(?:[^"\\]|\\.)*"?|\[[^\]]*\]?|\{[^}]*\}?|[^,}\s]*)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class RejectLog:
         self, *, at: int, topic: str, panel_id: str | None, reason: str, error: str, payload: bytes
     ) -> None:
         excerpt = payload[:200].decode("utf-8", errors="backslashreplace")
+        excerpt = _PIN_VALUE.sub(r'\1"(hidden)"', excerpt)
         entry = RejectedMessage(at, topic[:300], panel_id, reason, error, excerpt)
         self._entries.append(entry)
         key = panel_id or "?"
@@ -47,8 +53,13 @@ class RejectLog:
             return
         logger.warning(
             "message refused",
-            extra={"topic": entry.topic, "panel_id": panel_id, "reason": reason, "error": error,
-                   "not_logged_before": self._unlogged.pop(key, None)},
+            extra={
+                "topic": entry.topic,
+                "panel_id": panel_id,
+                "reason": reason,
+                "error": error,
+                "not_logged_before": self._unlogged.pop(key, None),
+            },
         )
 
     def recent(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from hub.passwords import hash_password, hash_pin
 from hub.problems import ConfigError, Problem
 from hub.registry import PanelPlace, Registry, load_registry, parse_registry
 
@@ -254,6 +256,57 @@ def test_duress_pin_must_differ_from_pin() -> None:
     assert "duress_pin is the same as pin" in text
 
 
+def _household_with(pins: str) -> str:
+    """A one-household unit whose household line ends with `pins` (flow-mapping keys)."""
+    return f"""\
+units:
+  - id: u-0001
+    name: "Block 3, Building 2"
+    zone: z-qiaokou
+    households:
+      - {{id: h-01, address: "2-101", panel: p-0001-01, phones: ["+15550000101"], {pins}}}
+"""
+
+
+def test_pins_as_the_hub_writes_them_load_as_hashes() -> None:
+    registry, text = check(
+        _household_with(f'pin_hash: "{hash_pin("4821")}", duress_pin_hash: "{hash_pin("1357")}"')
+    )
+    assert text == "" and registry is not None
+    household = registry.household("u-0001", "h-01")
+    assert household is not None and household.pin is None and household.has_pin
+
+
+def test_a_pin_given_twice_or_equal_to_the_duress_hash_is_refused() -> None:
+    _, twice = check(_household_with(f'pin: "4821", pin_hash: "{hash_pin("4821")}"'))
+    assert "error: units[0].households[0].pin_hash: pin and pin_hash both given" in twice
+    _, same = check(_household_with(f'pin: "4821", duress_pin_hash: "{hash_pin("4821")}"'))
+    assert "households[0].duress_pin_hash: duress_pin is the same as pin" in same
+
+
+def test_a_bad_pin_or_hash_is_refused_without_showing_it() -> None:
+    password_hash = hash_password("a password, not a PIN")
+    for pins in (
+        'pin: "48 21"',
+        "pin: 98765",
+        'pin_hash: "scrypt$4821"',
+        f'pin_hash: "{password_hash}"',
+    ):
+        registry, text = check(_household_with(pins))
+        assert registry is None and "error: units[0].households[0].pin" in text, text
+        assert not re.search(r"4821|48 21|98765", text) and password_hash not in text, text
+    assert "costs too much to check on every cancel" in text
+
+
+def test_an_export_marks_pins_as_set_and_warns_it_holds_none() -> None:
+    registry, text = check(_household_with("pin_set: true, duress_pin_set: true"))
+    assert registry is not None
+    assert text.startswith(
+        "registry.yaml:6:91: warning: units[0].households[0].pin_set: household u-0001/h-01"
+        " only says a PIN is set"
+    )
+
+
 def test_duplicate_patrol_desk_and_command_ids() -> None:
     _, text = check(
         """\
@@ -305,7 +358,8 @@ def test_unknown_key_is_an_error_listing_the_allowed_keys() -> None:
     assert registry is None
     assert line_of(text, "unknown key") == [
         "registry.yaml:9:9: error: units[0].households[0].phone: unknown key 'phone' "
-        "(allowed: id, address, panel, phones, pin, duress_pin)"
+        "(allowed: id, address, panel, phones, pin, duress_pin, pin_hash, duress_pin_hash,"
+        " pin_set, duress_pin_set)"
     ]
 
 
@@ -339,7 +393,7 @@ def test_field_values_are_explained() -> None:
         "'5550000101' is not an E.164 phone number like +15550000101",
         "registry.yaml:7:65: error: units[0].households[1].phones[0]: 15550000102 must be quoted, "
         "like \"+15550000101\": without quotes YAML reads it as a number and the '+' is lost",
-        "registry.yaml:8:87: error: units[0].households[2].pin: 123 must be quoted, "
+        "registry.yaml:8:87: error: units[0].households[2].pin: a PIN must be quoted, "
         'like "0123": without quotes YAML reads it as a number and a leading zero would be lost',
     ]
 

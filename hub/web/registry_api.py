@@ -11,8 +11,15 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from hub.account_store import User
+from hub.pins import seal_pins
 from hub.registry import Registry, parse_registry
-from hub.registry_io import households_csv, merge_households_csv, registry_yaml, write_atomically
+from hub.registry_io import (
+    households_csv,
+    merge_households_csv,
+    registry_file_yaml,
+    registry_yaml,
+    write_atomically,
+)
 from hub.web.auth import csrf_protect, current_user, require_role
 
 if TYPE_CHECKING:
@@ -109,19 +116,27 @@ async def panels(
     return found
 
 
-@router.get("/registry", summary="The whole registry as YAML", response_class=PlainTextResponse)
+@router.get(
+    "/registry",
+    summary="The whole registry as YAML (PINs only marked as set)",
+    response_class=PlainTextResponse,
+)
 async def export_registry(request: Request, user: Admin) -> PlainTextResponse:
     return PlainTextResponse(
         registry_yaml(_hub(request).registry), media_type="application/yaml"
     )
 
 
-@router.get("/registry/households.csv", summary="Every household as CSV")
+@router.get("/registry/households.csv", summary="Every household as CSV (PINs only marked)")
 async def export_households(request: Request, user: Admin) -> PlainTextResponse:
     return PlainTextResponse(households_csv(_hub(request).registry), media_type="text/csv")
 
 
 async def _install(hub: Hub, registry: Registry | None, problems: list) -> JSONResponse:
+    if registry is not None and not any(p.is_error for p in problems):
+        # PINs marked as set keep the hub's; new ones are hashed (off the event loop).
+        registry, sealing = await asyncio.to_thread(seal_pins, registry, hub.registry)
+        problems = [*problems, *sealing]
     errors = [p for p in problems if p.is_error]
     if registry is None or errors:
         return JSONResponse(
@@ -131,7 +146,8 @@ async def _install(hub: Hub, registry: Registry | None, problems: list) -> JSONR
     saved_to = None
     if hub.settings.registry:
         saved_to = hub.settings.registry
-        await asyncio.to_thread(write_atomically, Path(saved_to), registry_yaml(registry))
+        text = registry_file_yaml(registry)  # the hashes, so the PINs outlive a restart
+        await asyncio.to_thread(write_atomically, Path(saved_to), text)
     hub.replace_registry(registry)
     return JSONResponse({
         "detail": "registry replaced", "counts": registry.counts(), "saved_to": saved_to,
