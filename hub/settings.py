@@ -53,6 +53,9 @@ class Settings(BaseModel):
     # Proxies (addresses or networks) whose X-Forwarded-For names the client; none: the
     # client is the peer of the connection, and no client can choose its own address.
     forwarded_allow_ips: tuple[str, ...] = ()
+    # The bearer token a scraper of /metrics presents from anywhere but this machine;
+    # unset, only loopback clients may read /metrics.
+    metrics_token: Annotated[str, Field(min_length=16)] | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = None
     twilio_from: str | None = None

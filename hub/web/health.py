@@ -1,11 +1,18 @@
-"""/healthz for load balancers and people, /metrics for Prometheus."""
+"""/healthz for load balancers and people, /metrics for Prometheus.
+
+/metrics says how busy the hub is, how many panels are online and how alarms flow: it
+is answered only to this machine (a loopback client) or to a scraper presenting the
+`metrics_token` as a bearer token.
+"""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from hub.metrics import CONTENT_TYPE_LATEST
 
@@ -36,6 +43,54 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (loopback clients, or with the metrics token)",
+    response_class=PlainTextResponse,
+)
 async def metrics(request: Request) -> Response:
+    """The metrics for a loopback client or one with the token; 401 or 403 for others."""
+    token = request.app.state.hub.settings.metrics_token
+    if not _may_read_metrics(request, token):
+        if token is None:
+            return PlainTextResponse(
+                "/metrics is answered only on this machine: set metrics_token to scrape it"
+                " from elsewhere",
+                status_code=403,
+            )
+        return PlainTextResponse(
+            "/metrics needs the metrics token: Authorization: Bearer <token>",
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="tenhub metrics"'},
+        )
     return Response(request.app.state.hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _may_read_metrics(request: Request, token: str | None) -> bool:
+    """Whether the client is on this machine, or presents the configured token."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    presented = given.strip() if scheme.lower() == "bearer" else ""
+    # In constant time: how long a wrong guess takes must not tell how close it came.
+    if token is not None and presented and hmac.compare_digest(presented.encode(), token.encode()):
+        return True
+    return _from_this_machine(request)
+
+
+def _from_this_machine(request: Request) -> bool:
+    """Whether the client, as the server saw it, is a loopback address of this machine.
+
+    The address is the connection's peer, or the client a configured proxy names; a
+    loopback peer that says it forwards someone else's request (a proxy on this machine
+    not configured as one) is not a local client.
+    """
+    if request.client is None:
+        return False
+    try:
+        address = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not address.is_loopback:
+        return False
+    return "x-forwarded-for" not in request.headers and "forwarded" not in request.headers
