@@ -7,7 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from devices.protocol import ACTIVE_STATES, UnitAlert
+from devices.protocol import ACTIVE_STATES, AlarmState, UnitAlert
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class UnitAlarms:
         self.household_id = household_id
         self.sounding: dict[str, UnitAlert] = {}
         self._last_ts: OrderedDict[str, int] = OrderedDict()
+        self._applied: OrderedDict[str, frozenset[AlarmState]] = OrderedDict()
         self._own: OrderedDict[str, None] = OrderedDict()
 
     def mark_own(self, alarm_id: str) -> UnitAlert | None:
@@ -46,7 +47,7 @@ class UnitAlarms:
         return self.sounding.pop(alarm_id, None)
 
     def update(self, alert: UnitAlert) -> AlertChange | None:
-        """Apply an alert; None when it is this household's own or older than one already seen."""
+        """Apply an alert; None for our own alarm's, a stale one, or a repeat (alarm_id, state)."""
         if alert.alarm_id in self._own or alert.household_id == self.household_id:
             return None
         last_ts = self._last_ts.get(alert.alarm_id)
@@ -54,6 +55,14 @@ class UnitAlarms:
             # A late copy of an older state must not restart a buzzer that was stopped.
             logger.debug("stale unit alert ignored", extra={"alarm_id": alert.alarm_id})
             return None
+        applied = self._applied.get(alert.alarm_id, frozenset())
+        if alert.state in applied:
+            # Alerts come at least once: a hub killed between publishing one and recording
+            # it sends it again. An alarm reaches each state once, so this is that repeat,
+            # and it may carry the same ts as a later state (a raise cancelled within 1 ms).
+            logger.debug("repeated unit alert ignored", extra={"alarm_id": alert.alarm_id})
+            return None
+        _remember(self._applied, alert.alarm_id, applied | {alert.state})
         _remember(self._last_ts, alert.alarm_id, alert.ts)
         was_active = alert.alarm_id in self.sounding
         active = alert.state in ACTIVE_STATES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import queue
 import socket
 import threading
@@ -475,3 +476,42 @@ def test_start_fails_clearly_when_no_broker_listens(tmp_path: Path) -> None:
     with pytest.raises(ConnectionError):
         panel.start(timeout=TIMEOUT)
     panel.stop()
+
+
+def test_a_repeated_unit_alert_is_applied_once(
+    mosquitto: Any, hub_factory: Any, panel_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Alerts come at least once: a hub killed between publishing an alert and recording it
+    # sends it again, byte for byte, after anything. Here a raise cancelled within the
+    # same millisecond, each alert delivered twice, and the raise once more after all.
+    caplog.set_level(logging.INFO, logger="devices.panel")
+    hub = hub_factory(mosquitto)
+    changes: queue.Queue[AlertChange] = queue.Queue()
+    panel = panel_factory(mosquitto, household_id="h-01", unit_id=UNIT, on_alert=changes.put)
+    panel.start()
+
+    def alert(state: AlarmState) -> bytes:
+        return encode(
+            UnitAlert(
+                alarm_id="a-9", household_id="h-02", kind=AlarmKind.BURGLARY, state=state, ts=5000
+            )
+        )
+
+    raised, cancelled = alert(AlarmState.RAISED), alert(AlarmState.CANCELLED)
+    for payload in (raised, raised, cancelled, cancelled, raised):
+        hub.send_raw_alert(payload)
+    hub.alert("a-10", "h-03", AlarmState.RAISED, ts=6000)  # in order: all before it are in
+
+    seen = [changes.get(timeout=TIMEOUT) for _ in range(3)]
+    assert [(c.alert.alarm_id, c.alert.state, c.started, c.stopped) for c in seen] == [
+        ("a-9", AlarmState.RAISED, True, False),
+        ("a-9", AlarmState.CANCELLED, False, True),
+        ("a-10", AlarmState.RAISED, True, False),
+    ]
+    assert changes.empty() and set(panel.sounding) == {"a-10"}
+    buzzer = [
+        (r.alarm_id, r.buzzer_on)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "panel buzzer"
+    ]
+    assert buzzer == [("a-9", True), ("a-9", False), ("a-10", True)], "one start, one stop"
