@@ -18,7 +18,19 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 # libyaml's loader when PyYAML was built with it: ten times faster on a registry of
 # thousands of units, and its nodes carry the same positions.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_FastLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_FastLoader):  # type: ignore[misc,valid-type]
+    """The safe loader; a value it cannot make (`2001-02-30`) is a YAML error at its node."""
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:  # from int(), float(), date(): a YAMLError has no place
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {exc}", node.start_mark
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -132,7 +144,7 @@ def _syntax_problem(exc: yaml.YAMLError, text: str, file: str) -> Problem:
         if exc.context and exc.problem and exc.context_mark is not None:
             message += f" ({exc.context} at line {exc.context_mark.line + 1})"
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
-        if mark is not None and text[mark.index: mark.index + 1] == "\t":
+        if mark is not None and text[mark.index : mark.index + 1] == "\t":
             message = "found character '\\t' (a tab): YAML indents with spaces only"
         return Problem(file, line, col, "", f"invalid YAML: {message}")
     if isinstance(exc, yaml.reader.ReaderError):
