@@ -83,12 +83,13 @@ def merge_households_csv(
     `set` to keep the PIN the hub holds (see `hub.pins.seal_pins`), or nothing for no
     PIN. Problems name the CSV line.
     """
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [
-        c
-        for c in ("unit_id", "household_id", "address", "panel")
-        if c not in (reader.fieldnames or [])
-    ]
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # csv reads \r, \n, \r\n itself
+    try:
+        fieldnames, rows = reader.fieldnames or [], list(reader)
+    except csv.Error as exc:  # a cell past the csv module's size limit, say
+        line = reader.line_num + 1  # where the record after the last one read starts
+        return None, [Problem(file, line, None, "", f"not readable as CSV: {exc}")]
+    missing = [c for c in ("unit_id", "household_id", "address", "panel") if c not in fieldnames]
     if missing:
         return None, [
             Problem(
@@ -103,7 +104,7 @@ def merge_households_csv(
     units = {u["id"]: u for u in data["units"]}
     rows_by_unit: dict[str, list[dict[str, Any]]] = {}
     problems: list[Problem] = []
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows, start=2):
         unit_id = (row.get("unit_id") or "").strip()
         if unit_id not in units:
             problems.append(
