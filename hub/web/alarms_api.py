@@ -16,6 +16,7 @@ from hub.alarm_service import ActionResult
 from hub.alarm_store import Alarm
 from hub.web.alarm_views import OPEN_STATES, detail, summaries, urgency_key
 from hub.web.auth import csrf_protect, current_user
+from hub.web.contract import EpochMs, Limit
 from hub.work import Responder
 
 if TYPE_CHECKING:
@@ -62,9 +63,9 @@ async def list_alarms(
     zone: str | None = None,
     unit: str | None = None,
     kind: str | None = None,
-    since: Annotated[int | None, Query(description="raised at or after (epoch ms)")] = None,
-    until: Annotated[int | None, Query(description="raised before (epoch ms)")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    since: Annotated[EpochMs | None, Query(description="raised at or after (epoch ms)")] = None,
+    until: Annotated[EpochMs | None, Query(description="raised before (epoch ms)")] = None,
+    limit: Annotated[Limit, Query(description="at most this many")] = 200,
 ) -> list[dict[str, Any]]:
     """`state=open` lists what still needs someone, most urgent first; else newest first."""
     hub = _hub(request)

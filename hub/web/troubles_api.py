@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from hub.account_store import User
 from hub.web.auth import csrf_protect, current_user, require_role
+from hub.web.contract import RowId
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -42,7 +43,7 @@ async def troubles(
 @router.post("/{trouble_id}/close", dependencies=[Depends(csrf_protect)],
              summary="Close a trouble someone has dealt with (tamper, a fault)")
 async def close(
-    request: Request, trouble_id: int,
+    request: Request, trouble_id: RowId,
     user: Annotated[User, Depends(require_role("admin", "police", "patrol"))],
 ) -> dict[str, str]:
     hub: Hub = request.app.state.hub
