@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 
 from hub.work import Responder
 
@@ -15,13 +16,30 @@ if TYPE_CHECKING:
 
 router = APIRouter(tags=["acknowledge links"])
 
+
+class AckAnswer(BaseModel):
+    """The answer to `Accept: application/json`: whether the alarm is taken now."""
+
+    ok: bool
+    alarm_id: str | None = None
+    error: str | None = None
+
+
+# A page, or with `Accept: application/json` an AckAnswer.
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+
 _PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>tenhub alarm</title>
 <style>body{{font:18px system-ui;margin:2em}}button{{font-size:1.4em;padding:.6em 1.4em}}</style>
 </head><body><h1>{title}</h1><p>{text}</p>{form}</body></html>"""
 
 
-@router.get("/ack/{token}", summary="The page an acknowledge link opens")
+@router.get(
+    "/ack/{token}",
+    summary="The page an acknowledge link opens",
+    response_class=HTMLResponse,
+    responses={404: {"description": "No such link", "content": _HTML}},
+)
 async def ack_page(request: Request, token: str) -> Response:
     hub: Hub = request.app.state.hub
     target = await hub.contacts.by_token(token)
@@ -35,7 +53,16 @@ async def ack_page(request: Request, token: str) -> Response:
     return HTMLResponse(_PAGE.format(title="Alarm", text=f"Alarm at {where}.", form=form))
 
 
-@router.post("/ack/{token}", summary="Acknowledge the alarm this link was sent about")
+@router.post(
+    "/ack/{token}",
+    summary="Acknowledge the alarm this link was sent about",
+    response_class=Response,  # so that the AckAnswers are declared as JSON
+    responses={
+        200: {"model": AckAnswer, "content": _HTML},
+        404: {"model": AckAnswer, "content": _HTML, "description": "No such link"},
+        409: {"model": AckAnswer, "description": "The alarm is over (JSON only; a page says so)"},
+    },
+)
 async def ack(request: Request, token: str) -> Response:
     hub: Hub = request.app.state.hub
     target = await hub.contacts.by_token(token)

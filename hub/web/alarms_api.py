@@ -16,13 +16,13 @@ from hub.alarm_service import ActionResult
 from hub.alarm_store import Alarm
 from hub.web.alarm_views import OPEN_STATES, detail, summaries, urgency_key
 from hub.web.auth import csrf_protect, current_user
-from hub.web.contract import EpochMs, Limit
+from hub.web.contract import EpochMs, Limit, refusals
 from hub.work import Responder
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-router = APIRouter(prefix="/api", tags=["alarms"])
+router = APIRouter(prefix="/api", tags=["alarms"], responses=refusals(401))
 CurrentUser = Annotated[User, Depends(current_user)]
 StateFilter = Literal["open", "raised", "acknowledged", "on_scene", "resolved", "cancelled"]
 
@@ -37,7 +37,8 @@ def _hub(request: Request) -> Hub:
 def visible_units(hub: Hub, user: User, zone: str | None = None) -> list[str]:
     """Ids of the units the user may see (in `zone`, when given)."""
     return [
-        u.id for u in hub.registry.units
+        u.id
+        for u in hub.registry.units
         if user.sees_zone(u.zone) and (zone is None or u.zone == zone)
     ]
 
@@ -84,7 +85,11 @@ async def list_alarms(
     return found
 
 
-@router.get("/alarms/{alarm_id}", summary="One alarm: timeline, ladder steps, notifications")
+@router.get(
+    "/alarms/{alarm_id}",
+    summary="One alarm: timeline, ladder steps, notifications",
+    responses=refusals(404),
+)
 async def get_alarm(request: Request, user: CurrentUser, alarm_id: str) -> dict[str, Any]:
     hub = _hub(request)
     return await detail(hub, await visible_alarm(hub, user, alarm_id))
@@ -98,33 +103,49 @@ class OptionalNote(BaseModel):
     note: Annotated[str, Field(max_length=2000)] = ""
 
 
+# An action: 403 for a session's missing CSRF token, 404 outside the user's zones, 409
+# when the alarm's state does not allow it; with a note, 400 for a body that is not JSON.
+_ACTION_REFUSALS = refusals(403, 404, 409)
+_NOTED_ACTION_REFUSALS = refusals(400, 403, 404, 409)
+
+
 async def _answer(hub: Hub, result: ActionResult) -> dict[str, Any]:
     if not result.ok or result.alarm is None:
         raise HTTPException(409, (result.error or "refused").split(": ", 1)[-1])
     return await detail(hub, result.alarm)
 
 
-@router.post("/alarms/{alarm_id}/acknowledge", dependencies=[Depends(csrf_protect)],
-             summary="Take the alarm: someone is coming")
+@router.post(
+    "/alarms/{alarm_id}/acknowledge",
+    dependencies=[Depends(csrf_protect)],
+    responses=_ACTION_REFUSALS,
+    summary="Take the alarm: someone is coming",
+)
 async def acknowledge(request: Request, user: CurrentUser, alarm_id: str) -> dict[str, Any]:
     hub = _hub(request)
     await visible_alarm(hub, user, alarm_id)
     return await _answer(hub, await hub.actions.acknowledge(alarm_id, responder(user), "web"))
 
 
-@router.post("/alarms/{alarm_id}/on_scene", dependencies=[Depends(csrf_protect)],
-             summary="A responder is there")
+@router.post(
+    "/alarms/{alarm_id}/on_scene",
+    dependencies=[Depends(csrf_protect)],
+    responses=_ACTION_REFUSALS,
+    summary="A responder is there",
+)
 async def on_scene(request: Request, user: CurrentUser, alarm_id: str) -> dict[str, Any]:
     hub = _hub(request)
     await visible_alarm(hub, user, alarm_id)
     return await _answer(hub, await hub.actions.on_scene(alarm_id, responder(user), "web"))
 
 
-@router.post("/alarms/{alarm_id}/resolve", dependencies=[Depends(csrf_protect)],
-             summary="The alarm is over; say how")
-async def resolve(
-    request: Request, user: CurrentUser, alarm_id: str, body: Note
-) -> dict[str, Any]:
+@router.post(
+    "/alarms/{alarm_id}/resolve",
+    dependencies=[Depends(csrf_protect)],
+    responses=_NOTED_ACTION_REFUSALS,
+    summary="The alarm is over; say how",
+)
+async def resolve(request: Request, user: CurrentUser, alarm_id: str, body: Note) -> dict[str, Any]:
     hub = _hub(request)
     await visible_alarm(hub, user, alarm_id)
     return await _answer(
@@ -132,8 +153,12 @@ async def resolve(
     )
 
 
-@router.post("/alarms/{alarm_id}/false_alarm", dependencies=[Depends(csrf_protect)],
-             summary="The alarm was false: resolve it as such")
+@router.post(
+    "/alarms/{alarm_id}/false_alarm",
+    dependencies=[Depends(csrf_protect)],
+    responses=_NOTED_ACTION_REFUSALS,
+    summary="The alarm was false: resolve it as such",
+)
 async def false_alarm(
     request: Request, user: CurrentUser, alarm_id: str, body: OptionalNote | None = None
 ) -> dict[str, Any]:
@@ -146,15 +171,21 @@ async def false_alarm(
     )
 
 
-@router.post("/alarms/{alarm_id}/escalate", dependencies=[Depends(csrf_protect)],
-             summary="Fire the next escalation step now")
+@router.post(
+    "/alarms/{alarm_id}/escalate",
+    dependencies=[Depends(csrf_protect)],
+    responses=_ACTION_REFUSALS,
+    summary="Fire the next escalation step now",
+)
 async def escalate(request: Request, user: CurrentUser, alarm_id: str) -> dict[str, Any]:
     hub = _hub(request)
     await visible_alarm(hub, user, alarm_id)
     return await _answer(hub, await hub.actions.escalate_now(alarm_id, responder(user), "web"))
 
 
-@router.get("/rejected", summary="The latest refused panel messages, newest first")
+@router.get(
+    "/rejected", summary="The latest refused panel messages, newest first", responses=refusals(403)
+)
 async def rejected(
     request: Request, user: CurrentUser, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from hub.account_store import ROLES, AccountStore, User
 from hub.clock import Clock
 from hub.login_throttle_store import Failures, LoginThrottleStore
 from hub.passwords import hash_password, verify_password
+from hub.web.contract import pages, refusals
 
 logger = logging.getLogger(__name__)
 
@@ -300,8 +301,13 @@ def _login_form(
     }
     response = HTMLResponse(body, status, headers=headers)
     response.set_cookie(
-        LOGIN_CSRF_COOKIE, csrf, max_age=LOGIN_FORM_TTL_S, path="/login",
-        secure=_secure(request), httponly=True, samesite="lax",
+        LOGIN_CSRF_COOKIE,
+        csrf,
+        max_age=LOGIN_FORM_TTL_S,
+        path="/login",
+        secure=_secure(request),
+        httponly=True,
+        samesite="lax",
     )
     return response
 
@@ -344,7 +350,13 @@ async def login_page(request: Request, next: str = "/") -> Response:
     return _login_form(request, safe_next(next))
 
 
-@router.post("/login", summary="Log in with username and password; sets the session cookie")
+@router.post(
+    "/login",
+    summary="Log in with username and password; sets the session cookie",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses=pages(303, 401, 403, 429),
+)
 async def login(
     request: Request,
     username: Annotated[str, Form(max_length=200)] = "",
@@ -355,7 +367,9 @@ async def login(
     next_path = safe_next(next)
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if (
-        not _same_origin(request) or not cookie or not csrf_token
+        not _same_origin(request)
+        or not cookie
+        or not csrf_token
         or not hmac.compare_digest(cookie.encode(), csrf_token.encode())
     ):
         error = "the login form expired; please try again"
@@ -383,14 +397,26 @@ async def login(
     logger.info("login", extra={"username": user.username, "ip": ip})
     response = RedirectResponse(next_path, 303)
     response.set_cookie(
-        SESSION_COOKIE, token, max_age=SESSION_TTL_MS // 1000, path="/",
-        secure=_secure(request), httponly=True, samesite="lax",
+        SESSION_COOKIE,
+        token,
+        max_age=SESSION_TTL_MS // 1000,
+        path="/",
+        secure=_secure(request),
+        httponly=True,
+        samesite="lax",
     )
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 
 
-@router.post("/logout", summary="End the session", dependencies=[Depends(csrf_protect)])
+@router.post(
+    "/logout",
+    summary="End the session",
+    dependencies=[Depends(csrf_protect)],
+    status_code=303,
+    response_class=RedirectResponse,
+    responses={**pages(303), **refusals(401, 403)},
+)
 async def logout(request: Request) -> Response:
     await _accounts(request).end_session(request.cookies.get(SESSION_COOKIE, ""))
     response = RedirectResponse("/login", 303)
@@ -400,10 +426,16 @@ async def logout(request: Request) -> Response:
     return response
 
 
-@router.get("/api/me", summary="The logged-in user; the CSRF token for its requests")
+@router.get(
+    "/api/me",
+    summary="The logged-in user; the CSRF token for its requests",
+    responses=refusals(401),
+)
 async def me(request: Request, user: Annotated[User, Depends(current_user)]) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "username": user.username, "role": user.role, "zones": list(user.zones),
+        "username": user.username,
+        "role": user.role,
+        "zones": list(user.zones),
         "phone": user.phone,
     }
     if request.state.via == "session":

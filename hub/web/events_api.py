@@ -9,19 +9,25 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from hub.account_store import User
 from hub.web.auth import current_user
+from hub.web.contract import document, refusals
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-router = APIRouter(prefix="/api", tags=["live events"])
+router = APIRouter(prefix="/api", tags=["live events"], responses=refusals(401))
 KEEPALIVE_S = 15.0
 
 
-@router.get("/events", summary="Server-Sent Events: `alarm` and `panel` changes of your zones")
+@router.get(
+    "/events",
+    response_class=Response,
+    responses=document("text/event-stream", {"type": "string"}),
+    summary="Server-Sent Events: `alarm` and `panel` changes of your zones",
+)
 async def events(request: Request, user: Annotated[User, Depends(current_user)]):
     hub: Hub = request.app.state.hub
     return StreamingResponse(

@@ -15,11 +15,21 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from hub.metrics import CONTENT_TYPE_LATEST
+from hub.web.contract import PLAIN_TEXT
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="Is the hub connected and able to store alarms?")
+@router.get(
+    "/healthz",
+    summary="Is the hub connected and able to store alarms?",
+    responses={
+        503: {
+            "description": "Degraded: the body says what is down",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
 async def healthz(request: Request) -> JSONResponse:
     """200 when the broker is connected and the database answers; 503 otherwise, saying which."""
     hub = request.app.state.hub
@@ -47,6 +57,10 @@ async def healthz(request: Request) -> JSONResponse:
     "/metrics",
     summary="Prometheus metrics (loopback clients, or with the metrics token)",
     response_class=PlainTextResponse,
+    responses={
+        401: {"description": "A client elsewhere without the metrics token", "content": PLAIN_TEXT},
+        403: {"description": "A client elsewhere, and no token is set", "content": PLAIN_TEXT},
+    },
 )
 async def metrics(request: Request) -> Response:
     """The metrics for a loopback client or one with the token; 401 or 403 for others."""

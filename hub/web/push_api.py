@@ -10,11 +10,12 @@ from pydantic import BaseModel, Field
 
 from hub.account_store import User
 from hub.web.auth import csrf_protect, current_user
+from hub.web.contract import refusals
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-router = APIRouter(prefix="/api/push", tags=["push"])
+router = APIRouter(prefix="/api/push", tags=["push"], responses=refusals(401))
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
@@ -34,7 +35,9 @@ class Endpoint(BaseModel):
     endpoint: str
 
 
-@router.get("/key", summary="The hub's VAPID public key, for pushManager.subscribe")
+@router.get(
+    "/key", summary="The hub's VAPID public key, for pushManager.subscribe", responses=refusals(503)
+)
 async def key(request: Request, user: CurrentUser) -> dict[str, str]:
     hub: Hub = request.app.state.hub
     channel = hub.sender.channels.get("push")
@@ -43,8 +46,14 @@ async def key(request: Request, user: CurrentUser) -> dict[str, str]:
     return {"public_key": channel.public_key}  # type: ignore[attr-defined]
 
 
-@router.post("/subscriptions", status_code=201, dependencies=[Depends(csrf_protect)],
-             summary="Receive alarms as pushes in this browser")
+# 422 also for an account with no phone number to send the pushes of.
+@router.post(
+    "/subscriptions",
+    status_code=201,
+    dependencies=[Depends(csrf_protect)],
+    responses=refusals(400, 403, 422),
+    summary="Receive alarms as pushes in this browser",
+)
 async def subscribe(request: Request, user: CurrentUser, body: Subscription) -> dict[str, str]:
     hub: Hub = request.app.state.hub
     if not user.phone:
@@ -57,8 +66,13 @@ async def subscribe(request: Request, user: CurrentUser, body: Subscription) -> 
     return {"id": sub_id}
 
 
-@router.delete("/subscriptions", status_code=204, dependencies=[Depends(csrf_protect)],
-               summary="Stop pushes to this browser")
+@router.delete(
+    "/subscriptions",
+    status_code=204,
+    dependencies=[Depends(csrf_protect)],
+    responses=refusals(400, 403),
+    summary="Stop pushes to this browser",
+)
 async def unsubscribe(request: Request, user: CurrentUser, body: Endpoint) -> Response:
     hub: Hub = request.app.state.hub
     await hub.contacts.forget_endpoint(user.phone or "", body.endpoint)

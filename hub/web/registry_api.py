@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from hub.account_store import User
 from hub.pins import seal_pins
@@ -21,11 +21,12 @@ from hub.registry_io import (
     write_atomically,
 )
 from hub.web.auth import csrf_protect, current_user, require_role
+from hub.web.contract import ImportRefusal, document, raw_body, refusals
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-router = APIRouter(prefix="/api", tags=["registry"])
+router = APIRouter(prefix="/api", tags=["registry"], responses=refusals(401))
 CurrentUser = Annotated[User, Depends(current_user)]
 Admin = Annotated[User, Depends(require_role("admin"))]
 
@@ -38,17 +39,24 @@ def _hub(request: Request) -> Hub:
 async def units(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
     hub = _hub(request)
     mine = [u for u in hub.registry.units if user.sees_zone(u.zone)]
-    open_alarms = await hub.alarms.search(
-        states=("raised", "acknowledged", "on_scene"), unit_ids=[u.id for u in mine], limit=1000
-    ) if mine else []
+    open_alarms = (
+        await hub.alarms.search(
+            states=("raised", "acknowledged", "on_scene"), unit_ids=[u.id for u in mine], limit=1000
+        )
+        if mine
+        else []
+    )
     per_unit: dict[str, int] = {}
     for alarm in open_alarms:
         per_unit[alarm.unit_id] = per_unit.get(alarm.unit_id, 0) + 1
     return [
         {
-            "id": u.id, "name": u.name, "zone": u.zone,
+            "id": u.id,
+            "name": u.name,
+            "zone": u.zone,
             "location": {"lat": u.location.lat, "lon": u.location.lon} if u.location else None,
-            "households": len(u.households), "open_alarms": per_unit.get(u.id, 0),
+            "households": len(u.households),
+            "open_alarms": per_unit.get(u.id, 0),
         }
         for u in mine
     ]
@@ -62,10 +70,17 @@ async def households(request: Request, user: CurrentUser) -> list[dict[str, Any]
         for owner, household in registry.key_households_of(unit.id):
             key_of.setdefault((owner.id, household.id), []).append(unit.id)
     return [
-        {"unit_id": u.id, "household_id": h.id, "address": h.address, "panel": h.panel,
-         "phones": list(h.phones), "zone": u.zone,
-         "key_household_of": key_of.get((u.id, h.id), [])}
-        for u in registry.units if user.sees_zone(u.zone)
+        {
+            "unit_id": u.id,
+            "household_id": h.id,
+            "address": h.address,
+            "panel": h.panel,
+            "phones": list(h.phones),
+            "zone": u.zone,
+            "key_household_of": key_of.get((u.id, h.id), []),
+        }
+        for u in registry.units
+        if user.sees_zone(u.zone)
         for h in u.households
     ]
 
@@ -73,8 +88,7 @@ async def households(request: Request, user: CurrentUser) -> list[dict[str, Any]
 @router.get("/patrols", summary="Patrols of your zones")
 async def patrols(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
     return [
-        p.model_dump(mode="json") for p in _hub(request).registry.patrols
-        if user.sees_zone(p.zone)
+        p.model_dump(mode="json") for p in _hub(request).registry.patrols if user.sees_zone(p.zone)
     ]
 
 
@@ -83,7 +97,8 @@ async def desks(request: Request, user: CurrentUser) -> dict[str, list[dict[str,
     registry = _hub(request).registry
     return {
         "police_desks": [
-            d.model_dump(mode="json") for d in registry.police_desks
+            d.model_dump(mode="json")
+            for d in registry.police_desks
             if any(user.sees_zone(z) for z in d.zones)
         ],
         "command": [c.model_dump(mode="json") for c in registry.command],
@@ -107,29 +122,45 @@ async def panels(
                 continue
             if state == "offline" and panel_state == "online":
                 continue
-            found.append({
-                "panel_id": h.panel, "unit_id": unit.id, "household_id": h.id,
-                "address": h.address, "zone": unit.zone, "state": panel_state,
-                "last_seen": seen.last_seen if seen and seen.last_seen else None,
-                "battery": seen.battery if seen else None,
-            })
+            found.append(
+                {
+                    "panel_id": h.panel,
+                    "unit_id": unit.id,
+                    "household_id": h.id,
+                    "address": h.address,
+                    "zone": unit.zone,
+                    "state": panel_state,
+                    "last_seen": seen.last_seen if seen and seen.last_seen else None,
+                    "battery": seen.battery if seen else None,
+                }
+            )
     return found
 
 
 @router.get(
     "/registry",
     summary="The whole registry as YAML (PINs only marked as set)",
-    response_class=PlainTextResponse,
+    response_class=Response,
+    responses={**refusals(403), **document("application/yaml", {"type": "object"})},
 )
 async def export_registry(request: Request, user: Admin) -> PlainTextResponse:
-    return PlainTextResponse(
-        registry_yaml(_hub(request).registry), media_type="application/yaml"
-    )
+    return PlainTextResponse(registry_yaml(_hub(request).registry), media_type="application/yaml")
 
 
-@router.get("/registry/households.csv", summary="Every household as CSV (PINs only marked)")
+@router.get(
+    "/registry/households.csv",
+    summary="Every household as CSV (PINs only marked)",
+    response_class=Response,
+    responses={**refusals(403), **document("text/csv", {"type": "string"})},
+)
 async def export_households(request: Request, user: Admin) -> PlainTextResponse:
     return PlainTextResponse(households_csv(_hub(request).registry), media_type="text/csv")
+
+
+_IMPORT_REFUSALS = {
+    **refusals(403),
+    422: {"model": ImportRefusal, "description": "Refused: the registry was not changed"},
+}
 
 
 async def _install(hub: Hub, registry: Registry | None, problems: list) -> JSONResponse:
@@ -149,22 +180,40 @@ async def _install(hub: Hub, registry: Registry | None, problems: list) -> JSONR
         text = registry_file_yaml(registry)  # the hashes, so the PINs outlive a restart
         await asyncio.to_thread(write_atomically, Path(saved_to), text)
     hub.replace_registry(registry)
-    return JSONResponse({
-        "detail": "registry replaced", "counts": registry.counts(), "saved_to": saved_to,
-        "problems": [p.format() for p in problems],  # warnings
-    })
+    return JSONResponse(
+        {
+            "detail": "registry replaced",
+            "counts": registry.counts(),
+            "saved_to": saved_to,
+            "problems": [p.format() for p in problems],  # warnings
+        }
+    )
 
 
-@router.put("/registry", summary="Replace the registry with a YAML document",
-            dependencies=[Depends(csrf_protect)])
+@router.put(
+    "/registry",
+    summary="Replace the registry with a YAML document",
+    dependencies=[Depends(csrf_protect)],
+    responses=_IMPORT_REFUSALS,
+    openapi_extra=raw_body(
+        "application/yaml", {"type": "object"}, "The registry, as `tenhub check-config` reads it"
+    ),
+)
 async def import_registry(request: Request, user: Admin) -> JSONResponse:
     text = (await request.body()).decode("utf-8", errors="replace")
     registry, problems = parse_registry(text, "registry.yaml")
     return await _install(_hub(request), registry, problems)
 
 
-@router.put("/registry/households.csv", summary="Replace the households of the units in a CSV",
-            dependencies=[Depends(csrf_protect)])
+@router.put(
+    "/registry/households.csv",
+    summary="Replace the households of the units in a CSV",
+    dependencies=[Depends(csrf_protect)],
+    responses=_IMPORT_REFUSALS,
+    openapi_extra=raw_body(
+        "text/csv", {"type": "string"}, "Households with the columns of the export"
+    ),
+)
 async def import_households(request: Request, user: Admin) -> JSONResponse:
     hub = _hub(request)
     text = (await request.body()).decode("utf-8-sig", errors="replace")

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 
 from hub.account_store import User
 from hub.web.auth import csrf_protect, current_user, require_role
-from hub.web.contract import RowId
+from hub.web.contract import RowId, refusals
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-router = APIRouter(prefix="/api/troubles", tags=["troubles"])
+router = APIRouter(prefix="/api/troubles", tags=["troubles"], responses=refusals(401))
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
@@ -31,19 +31,26 @@ async def troubles(
     answer = []
     for t in found:
         place = hub.registry.panel_place(t.panel_id)
-        answer.append({
-            **asdict(t),
-            "unit_id": place.unit.id if place else None,
-            "household_id": place.household.id if place else None,
-            "address": place.household.address if place else None,
-        })
+        answer.append(
+            {
+                **asdict(t),
+                "unit_id": place.unit.id if place else None,
+                "household_id": place.household.id if place else None,
+                "address": place.household.address if place else None,
+            }
+        )
     return answer
 
 
-@router.post("/{trouble_id}/close", dependencies=[Depends(csrf_protect)],
-             summary="Close a trouble someone has dealt with (tamper, a fault)")
+@router.post(
+    "/{trouble_id}/close",
+    dependencies=[Depends(csrf_protect)],
+    responses=refusals(403, 404, 409),
+    summary="Close a trouble someone has dealt with (tamper, a fault)",
+)
 async def close(
-    request: Request, trouble_id: RowId,
+    request: Request,
+    trouble_id: RowId,
     user: Annotated[User, Depends(require_role("admin", "police", "patrol"))],
 ) -> dict[str, str]:
     hub: Hub = request.app.state.hub

@@ -19,17 +19,27 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
+from hub.web.contract import PLAIN_TEXT, document
 from hub.work import Responder
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/twilio", tags=["twilio webhooks"], include_in_schema=True)
+_UNSIGNED = {
+    403: {
+        "description": "No valid `X-Twilio-Signature`: nothing was changed",
+        "content": PLAIN_TEXT,
+    }
+}
+router = APIRouter(
+    prefix="/twilio", tags=["twilio webhooks"], include_in_schema=True, responses=_UNSIGNED
+)
 
 _CODE = re.compile(r"^\s*(?:ack\s*)?#?(\d{1,4})\s*$", re.IGNORECASE)
 _BARE_ACK = re.compile(r"^\s*(ack|ok|yes|coming)\s*[.!]*\s*$", re.IGNORECASE)
 TWIML = "application/xml"
+_TWIML_ANSWER = document(TWIML, {"type": "string"})
 
 
 def parse_reply(body: str) -> int | str | None:
@@ -59,9 +69,7 @@ def parse_form(body: bytes) -> dict[str, str]:
     return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
-def is_from_twilio(
-    hub: Hub, path: str, query: bytes, signature: str, form: dict[str, str]
-) -> bool:
+def is_from_twilio(hub: Hub, path: str, query: bytes, signature: str, form: dict[str, str]) -> bool:
     """Whether `X-Twilio-Signature` signs this request for the URL Twilio was given."""
     token = hub.settings.twilio_auth_token
     if not token or not signature:
@@ -100,7 +108,12 @@ def _sms(text: str) -> Response:
     return Response(str(reply), media_type=TWIML)
 
 
-@router.post("/sms", summary="Inbound SMS: a responder's reply acknowledges an alarm")
+@router.post(
+    "/sms",
+    summary="Inbound SMS: a responder's reply acknowledges an alarm",
+    response_class=Response,
+    responses=_TWIML_ANSWER,
+)
 async def inbound_sms(request: Request) -> Response:
     form = await _signed_form(request)
     if form is None:
@@ -133,7 +146,12 @@ async def inbound_sms(request: Request) -> Response:
     return _sms(f"Thank you: you acknowledged the alarm at {where}.")
 
 
-@router.post("/voice", summary="A keypress in an alarm call: 1 acknowledges")
+@router.post(
+    "/voice",
+    summary="A keypress in an alarm call: 1 acknowledges",
+    response_class=Response,
+    responses=_TWIML_ANSWER,
+)
 async def voice_keypress(request: Request) -> Response:
     form = await _signed_form(request)
     if form is None:
@@ -156,7 +174,13 @@ async def voice_keypress(request: Request) -> Response:
 STATUS_PATH = "/twilio/status"
 
 
-@router.post("/status", summary="Delivery status of an SMS or a call")
+@router.post(
+    "/status",
+    summary="Delivery status of an SMS or a call",
+    status_code=204,
+    response_class=Response,
+    responses={413: {"description": "A body past 64 KiB", "content": PLAIN_TEXT}},
+)
 async def status_callback(request: Request) -> Response:
     # Served by `StatusFastPath` when the hub runs; this route answers the same way.
     form = await _signed_form(request)
@@ -170,6 +194,4 @@ async def record_status(hub: Hub, form: dict[str, str]) -> None:
     """Record the delivery word of a signed status callback (never moving backwards)."""
     sid = form.get("MessageSid") or form.get("CallSid") or ""
     status = form.get("MessageStatus") or form.get("CallStatus") or ""
-    await hub.outbox.record_delivery(
-        sid, status, hub.clock.now_ms(), form.get("ErrorCode") or None
-    )
+    await hub.outbox.record_delivery(sid, status, hub.clock.now_ms(), form.get("ErrorCode") or None)

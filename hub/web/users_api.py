@@ -12,12 +12,13 @@ from pydantic import BaseModel, Field
 from hub.account_store import AccountError, User
 from hub.passwords import hash_password
 from hub.web.auth import csrf_protect, require_role
+from hub.web.contract import refusals
 from hub.web.registry_api import check_zone
 
 if TYPE_CHECKING:
     from hub.app import Hub
 
-router = APIRouter(prefix="/api/users", tags=["users"])
+router = APIRouter(prefix="/api/users", tags=["users"], responses=refusals(401, 403))
 Admin = Annotated[User, Depends(require_role("admin"))]
 
 
@@ -39,7 +40,13 @@ async def list_users(request: Request, admin: Admin) -> list[dict[str, Any]]:
     return [_public(u) for u in await hub.accounts.list_users()]
 
 
-@router.post("", status_code=201, dependencies=[Depends(csrf_protect)], summary="Add an account")
+@router.post(
+    "",
+    status_code=201,
+    dependencies=[Depends(csrf_protect)],
+    summary="Add an account",
+    responses=refusals(400),
+)
 async def add_user(request: Request, admin: Admin, body: NewUser) -> dict[str, Any]:
     hub: Hub = request.app.state.hub
     for zone in body.zones:
@@ -47,7 +54,11 @@ async def add_user(request: Request, admin: Admin, body: NewUser) -> dict[str, A
     try:
         password_hash = await asyncio.to_thread(hash_password, body.password)
         user = await hub.accounts.add_user(
-            body.username, password_hash, body.role, tuple(body.zones), body.phone or None,
+            body.username,
+            password_hash,
+            body.role,
+            tuple(body.zones),
+            body.phone or None,
             hub.clock.now_ms(),
         )
     except (AccountError, ValueError) as exc:
@@ -55,8 +66,12 @@ async def add_user(request: Request, admin: Admin, body: NewUser) -> dict[str, A
     return _public(user)
 
 
-@router.post("/{username}/disable", dependencies=[Depends(csrf_protect)],
-             summary="Lock an account out; its sessions and tokens stop working")
+@router.post(
+    "/{username}/disable",
+    dependencies=[Depends(csrf_protect)],
+    responses=refusals(400, 404),
+    summary="Lock an account out; its sessions and tokens stop working",
+)
 async def disable_user(request: Request, admin: Admin, username: str) -> dict[str, str]:
     hub: Hub = request.app.state.hub
     if username.lower() == admin.username.lower():
