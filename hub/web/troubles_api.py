@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
 from hub.account_store import User
 from hub.web.auth import csrf_protect, current_user, require_role
@@ -50,7 +50,7 @@ async def troubles(
 )
 async def close(
     request: Request,
-    trouble_id: RowId,
+    trouble_id: Annotated[RowId, Path(description="the trouble's number, as listed")],
     user: Annotated[User, Depends(require_role("admin", "police", "patrol"))],
 ) -> dict[str, str]:
     hub: Hub = request.app.state.hub
