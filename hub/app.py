@@ -35,7 +35,7 @@ from hub.mqtt_transport import MqttTransport
 from hub.outbox_store import OutboxStore
 from hub.panel_events import EventOutcome, PanelEventHandler
 from hub.panel_store import PanelStore
-from hub.pins import seal_pins
+from hub.pins import PinDigest, pin_key_path, seal_pins
 from hub.policy import DEFAULT_POLICIES, PolicySet
 from hub.presence import PresenceTracker
 from hub.registry import Registry
@@ -284,6 +284,10 @@ class Hub:
             await self.key_refresher.run_once()  # before the first event is checked
             for panel_id, presence in await self.panels.load_presence():
                 self.presence.restore(panel_id, presence)
+            digest = await asyncio.to_thread(
+                PinDigest.load_or_create, pin_key_path(self.settings.db_path)
+            )
+            self.ingest.stored_form = digest.stored_form
             interrupted = await self.outbox.recover_interrupted(
                 self.clock.now_ms() + DOUBT_SETTLE_MS
             )

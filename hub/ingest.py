@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from devices import topics
 from devices.protocol import (
@@ -100,8 +100,11 @@ class PanelIngest:
         keys: KeyRing | None = None,
         event_rate: float = 20.0,
         queue_size: int = 10_000,
+        stored_form: Callable[[dict[str, Any]], dict[str, Any]] = lambda event: event,
     ) -> None:
         self.registry = registry  # also indexes its panels (see the setter)
+        # What an event looks like where the hub keeps it (a PIN replaced by its digest).
+        self.stored_form = stored_form
         self.db = db
         self.handler = handler
         self.clock = clock
@@ -204,7 +207,8 @@ class PanelIngest:
         except SignatureRefused as exc:
             self._reject(item, exc.reason, f"{exc.reason.value}: {exc.detail}", event.seq)
             return None
-        return _Checked(item, place, event, canonical_json(obj), signed)
+        # Checked as the panel signed it, kept without the PIN it may carry.
+        return _Checked(item, place, event, canonical_json(self.stored_form(obj)), signed)
 
     def _take(self, panel_id: str, checked: _Checked) -> None:
         """Store the event now, or after the events of its panel taken before it."""

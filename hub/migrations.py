@@ -325,6 +325,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE status = 'unknown';
         """,
     ),
+    (
+        12,
+        "PINs typed on panels are no longer kept in the stored events",
+        """
+        -- Cancels are now stored with a keyed digest in place of the PIN. The PINs of the
+        -- cancels stored before cannot be turned into digests here (the key is not in the
+        -- database): they are removed. A late repeat of one of those old cancels is then
+        -- refused as a reused seq rather than answered as a duplicate; its alarm is long over.
+        UPDATE panel_events SET payload = json_set(payload, '$.pin', 'removed')
+            WHERE type = 'cancel' AND json_extract(payload, '$.pin') IS NOT NULL;
+        UPDATE panel_events_superseded SET payload = json_set(payload, '$.pin', 'removed')
+            WHERE type = 'cancel' AND json_extract(payload, '$.pin') IS NOT NULL;
+        """,
+    ),
 ]
 
 

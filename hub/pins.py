@@ -7,11 +7,14 @@ only marks as set. `match_pin` says which of its PINs a household's cancel carri
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
+import secrets
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from hub.passwords import hash_pin, verify_password
@@ -158,3 +161,47 @@ def _hash_all(pins: list[str]) -> Iterable[str]:
     for n, chunk in enumerate(hashed):
         ordered[n::workers] = chunk
     return ordered
+
+
+class PinDigest:
+    """Stands in for a PIN typed on a panel wherever the hub keeps the event: a keyed digest.
+
+    A cancel is stored as its panel sent it, to tell a repeat from a new event under the
+    same seq; with the PIN in it, a copy of the database would give away every PIN and
+    duress PIN a household ever typed. The same PIN gives the same digest (a repeat is
+    still a repeat), and without the key, kept in a file of its own beside the database,
+    trying all 10,000 four-digit PINs finds nothing.
+    """
+
+    PREFIX = "hmac-sha256:"
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> PinDigest:
+        """The key kept at `path` (hex, mode 0600), made on the first call (blocking)."""
+        if path.exists():
+            return cls(bytes.fromhex(path.read_text(encoding="ascii").strip()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(key.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return cls(key)
+
+    def stored_form(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The event as the hub keeps it: a `pin` replaced by its digest."""
+        pin = event.get("pin")
+        if not isinstance(pin, str):
+            return event
+        digest = hmac.new(self._key, pin.encode("utf-8"), hashlib.sha256).hexdigest()
+        return {**event, "pin": self.PREFIX + digest[:32]}
+
+
+def pin_key_path(db_path: str) -> Path:
+    """Where the key of the PIN digests lives: beside the database, not in it."""
+    path = Path(db_path)
+    return path.with_name(path.stem + "-pin.key")

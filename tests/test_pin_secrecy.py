@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import logging
 import re
 import shutil
+import sqlite3
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,13 @@ import pytest
 import yaml
 
 from devices.panel import ReferencePanel
-from devices.protocol import ReceiptStatus
+from devices.protocol import ReceiptStatus, canonical_json
+from devices.topics import event_topic, receipt_topic
+from hub.db import Database
+from hub.migrations import MIGRATIONS, apply_migrations
 from hub.passwords import hash_password
 from tests.conftest import EXAMPLE_REGISTRY, HubRunner
+from tests.mqtt_probe import MqttProbe
 from tests.test_api import PASSWORD, login
 
 pytestmark = pytest.mark.asyncio
@@ -203,3 +209,64 @@ async def test_a_new_pin_in_a_csv_replaces_the_old_one(hub, panel, example_pins)
     text, saved = saved_registry(Path(hub.settings.registry))
     assert not [h for h in saved if "pin" in h or "duress_pin" in h]
     assert pins_in(text, {NEW_PIN}) == set()
+
+
+async def test_the_pins_a_household_types_are_not_kept_in_the_database(hub, panel, mosquitto):
+    # The cancel and the duress cancel go through as always, and a repeat of a cancel is
+    # still a repeat; the stored events hold a digest, which the database alone cannot undo.
+    cancelled = await raise_alarm(panel)
+    assert (await receipt_of(panel.cancel(cancelled, PIN))).status == ReceiptStatus.ACCEPTED
+    forced = await raise_alarm(panel)
+    assert (await receipt_of(panel.cancel(forced, DURESS))).status == ReceiptStatus.ACCEPTED
+    assert (await hub.alarms.get(forced)).duress
+
+    stored = await hub.db.read(
+        lambda d: [
+            row[0]
+            for row in d.conn.execute("SELECT payload FROM panel_events WHERE type = 'cancel'")
+        ]
+    )
+    assert len(stored) == 2
+    assert pins_in("\n".join(stored), {PIN, DURESS}) == set()
+    digests = [json.loads(text)["pin"] for text in stored]
+    assert all(d.startswith("hmac-sha256:") for d in digests) and digests[0] != digests[1]
+    key_file = Path(hub.settings.db_path).with_name("hub-pin.key")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+
+    # The panel's own copy of its duress cancel (the latest), sent again as it sent it:
+    # a duplicate of the stored one, not a refusal.
+    again = max((json.loads(text) for text in stored), key=lambda event: event["seq"])
+    repeat = {**again, "pin": DURESS}
+    probe = MqttProbe(mosquitto.host, mosquitto.port, "test-cancel-repeat", [receipt_topic(PANEL)])
+    try:
+        await asyncio.to_thread(probe.publish, event_topic(PANEL), canonical_json(repeat))
+        (answer,) = await asyncio.to_thread(probe.wait_for, receipt_topic(PANEL), 1, 10)
+    finally:
+        probe.close()
+    assert answer["status"] == "duplicate" and answer["alarm_id"] == forced
+
+
+async def test_a_database_from_before_loses_the_pins_its_cancels_held(tmp_path):
+    # A hub of the version before kept each cancel as the panel sent it, PIN and all.
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 11])
+    cancel = canonical_json({"alarm_id": "a-1", "pin": DURESS, "seq": 9, "ts": 1, "type": "cancel"})
+    conn.execute(
+        "INSERT INTO panel_events (panel_id, seq, type, payload, status, received_at)"
+        " VALUES (?, 9, 'cancel', ?, 'accepted', 1)",
+        (PANEL, cancel),
+    )
+    conn.commit()
+    conn.close()
+
+    db = Database(path)
+    await db.open()
+    try:
+        (payload,) = await db.read(
+            lambda d: d.conn.execute("SELECT payload FROM panel_events").fetchone()
+        )
+    finally:
+        await db.close()
+    assert json.loads(payload) == {**json.loads(cancel), "pin": "removed"}
+    assert pins_in(payload, {DURESS}) == set()
