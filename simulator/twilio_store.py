@@ -28,6 +28,10 @@ def is_e164(number: str) -> bool:
     return E164.fullmatch(number) is not None
 
 
+def _to(to: str | None) -> str:
+    return f" to {to}" if to is not None else ""
+
+
 @dataclass
 class SentMessage:
     """One SMS the gateway accepted."""
@@ -128,20 +132,35 @@ class GatewayStore:
             return [replace(c) for c in self._calls.values() if to in (None, c.to)]
 
     def wait_for_messages(
-        self, count: int, to: str | None = None, timeout: float = 5.0
+        self, count: int, to: str | None = None, timeout: float = 5.0, *, strict: bool = False
     ) -> list[SentMessage]:
-        """Block until at least `count` messages (to `to`) are held or the timeout; return them."""
+        """Block until at least `count` messages (to `to`) are held or the timeout; return them.
+
+        On the timeout, return what is held; with `strict`, raise TimeoutError instead.
+        """
         with self._cond:
-            self._cond.wait_for(lambda: len(self.messages(to)) >= count, timeout)
-            return self.messages(to)
+            came = self._cond.wait_for(lambda: len(self.messages(to)) >= count, timeout)
+            held = self.messages(to)
+        if strict and not came:
+            bodies = [m.body for m in held]
+            raise TimeoutError(
+                f"{len(held)} of {count} messages{_to(to)} after {timeout} s: {bodies}"
+            )
+        return held
 
     def wait_for_calls(
-        self, count: int, to: str | None = None, timeout: float = 5.0
+        self, count: int, to: str | None = None, timeout: float = 5.0, *, strict: bool = False
     ) -> list[PlacedCall]:
-        """Block until at least `count` calls (to `to`) are held or the timeout; return them."""
+        """Block until at least `count` calls (to `to`) are held or the timeout; return them.
+
+        On the timeout, return what is held; with `strict`, raise TimeoutError instead.
+        """
         with self._cond:
-            self._cond.wait_for(lambda: len(self.calls(to)) >= count, timeout)
-            return self.calls(to)
+            came = self._cond.wait_for(lambda: len(self.calls(to)) >= count, timeout)
+            held = self.calls(to)
+        if strict and not came:
+            raise TimeoutError(f"{len(held)} of {count} calls{_to(to)} after {timeout} s")
+        return held
 
     def wait_for_status(self, sid: str, status: str, timeout: float = 5.0) -> bool:
         """Block until the message or call `sid` has reached `status`; False on timeout."""
