@@ -16,6 +16,7 @@ import pytest
 from devices.topics import event_topic
 from hub.passwords import hash_password
 from tests.conftest import first_step_recorded
+from tests.waiting import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -76,7 +77,7 @@ async def raise_alarm(hub, panel_id: str, kind: str = "burglary") -> str:
     event = {"type": "alarm", "seq": seq, "ts": hub.clock.now_ms(), "kind": kind}
     hub.ingest.on_message(event_topic(panel_id), json.dumps(event).encode())
     place = hub.registry.panel_place(panel_id)
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(20):
         while True:
             for alarm in await hub.alarms.search(unit_ids=[place.unit.id]):
                 if alarm.panel_id == panel_id and alarm.seq == seq:
@@ -292,21 +293,33 @@ async def test_admins_add_and_disable_accounts(hub):
 async def test_live_events_carry_only_the_users_zones(hub):
     desk, _ = await login(hub, "desk-q", over_http=True)
     got: list[dict] = []
+    opened = asyncio.Event()
 
     async def listen():
         async with desk.stream("GET", "/api/events") as stream:
             async for line in stream.aiter_lines():
-                if line.startswith("data: "):
+                if line.startswith("retry:"):
+                    opened.set()  # the stream's first line: the hub has subscribed it
+                elif line.startswith("data: "):
                     got.append(json.loads(line[6:]))
 
     async with aclosing(desk):
         task = asyncio.create_task(listen())
-        await asyncio.sleep(0.3)
+        await until(
+            lambda: opened.is_set() or task.done(),
+            timeout=20,
+            message="the live stream's first line",
+        )
+        if task.done():
+            task.result()  # its error, if it failed
+            pytest.fail("the live stream ended before it was open")
         theirs = await raise_alarm(hub, "p-0003-05")
         mine = await raise_alarm(hub, "p-0001-05")
-        async with asyncio.timeout(5):
-            while not any(e["id"] == mine for e in got):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+        await until(
+            lambda: any(e["id"] == mine for e in got),
+            timeout=20,
+            message="the desk's own zone's alarm on its live stream",
+        )
         task.cancel()
     assert all(e["id"] != theirs for e in got)
     assert {"id": mine, "state": "raised", "zone": "z-qiaokou"}.items() <= got[0].items()
@@ -319,9 +332,9 @@ async def test_live_streams_end_when_the_hub_stops_and_new_ones_end_at_once(hub)
             lines = open_stream.aiter_lines()
             assert (await anext(lines)).startswith("retry:")
             hub.events.close()  # as the hub does when it stops
-            async with asyncio.timeout(5):  # not at the next keepalive, 15 s on
+            async with asyncio.timeout(10):  # not at the next keepalive, 15 s on
                 assert [line async for line in lines if line.strip()] == []
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(10):
             late = await desk.get("/api/events")  # a browser reconnecting meanwhile
         assert late.status_code == 200 and late.text.startswith("retry:")
         assert "event:" not in late.text
