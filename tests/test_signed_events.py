@@ -12,6 +12,7 @@ from devices.panel import ReferencePanel
 from devices.protocol import ReceiptStatus
 from devices.signing import sign_event
 from devices.topics import event_topic, receipt_topic
+from hub.clock import ManualClock
 from tests.conftest import HubRunner
 from tests.mqtt_probe import MqttProbe
 
@@ -25,6 +26,23 @@ async def hub(mosquitto, tmp_path, registry):
     runner = HubRunner(
         mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry
     )
+    hub = await runner.start()
+    yield hub
+    await runner.stop()
+
+
+@pytest.fixture
+def clock():
+    """The hub's clock, held still: an event is exactly as far from it as the test says."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def hub_on_a_held_clock(mosquitto, tmp_path, registry, clock):
+    runner = HubRunner(
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry
+    )
+    runner.clock = clock
     hub = await runner.start()
     yield hub
     await runner.stop()
@@ -101,6 +119,56 @@ async def test_a_replayed_event_outside_the_window_is_refused_with_the_hubs_time
     assert answer["status"] == "rejected"
     assert answer["error"].startswith("ts_out_of_window: ts is 60 s behind the hub's clock")
     assert "hub time " in answer["error"]
+    assert await hub.alarms.count() == 0
+
+
+async def send_signed(mosquitto, key: bytes, events: list[dict]) -> dict[int, dict]:
+    """Publish the events, signed, as the panel; its receipts by seq, once all came."""
+    probe = MqttProbe(mosquitto.host, mosquitto.port, "test-signer", [receipt_topic(PANEL)])
+    try:
+        for event in events:
+            signed = json.dumps(sign_event(event, key))
+            await asyncio.to_thread(probe.publish, event_topic(PANEL), signed)
+        answers = await asyncio.to_thread(probe.wait_for, receipt_topic(PANEL), len(events), 15)
+    finally:
+        probe.close()
+    assert len(answers) == len(events), f"only {answers} after 15 s"
+    return {answer["seq"]: answer for answer in answers}
+
+
+async def test_events_just_inside_both_edges_of_the_window_are_accepted(
+    hub_on_a_held_clock, clock, mosquitto
+):
+    hub = hub_on_a_held_clock
+    key = await provision(hub)
+    now = clock.now_ms()
+    answers = await send_signed(mosquitto, key, [
+        {"type": "alarm", "seq": 21, "ts": now - 39_000, "kind": "fire"},  # 39 s behind
+        {"type": "test", "seq": 22, "ts": now + 19_000},  # 19 s ahead
+    ])  # fmt: skip
+    assert [(answers[seq]["status"], answers[seq].get("error")) for seq in (21, 22)] == [
+        ("accepted", None),
+        ("accepted", None),
+    ]
+    assert (await hub.alarms.get(answers[21]["alarm_id"])).kind == "fire"
+
+
+async def test_an_event_too_far_ahead_of_the_hubs_clock_is_refused_with_the_hubs_time(
+    hub_on_a_held_clock, clock, mosquitto
+):
+    hub = hub_on_a_held_clock
+    key = await provision(hub)
+    now = clock.now_ms()
+    answers = await send_signed(mosquitto, key, [
+        {"type": "alarm", "seq": 31, "ts": now + 25_000, "kind": "fire"},  # 25 s ahead
+        {"type": "alarm", "seq": 32, "ts": now + 21_000, "kind": "fire"},  # just past the edge
+    ])  # fmt: skip
+    for seq, ahead in ((31, 25), (32, 21)):
+        assert answers[seq]["status"] == "rejected"
+        assert answers[seq]["error"].startswith(
+            f"ts_out_of_window: ts is {ahead} s ahead of the hub's clock"
+        ), answers[seq]
+        assert f"hub time {now}" in answers[seq]["error"]
     assert await hub.alarms.count() == 0
 
 
