@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import pytest
 
@@ -23,6 +22,7 @@ from hub.outbox_store import OutboxStore
 from hub.policy import DEFAULT_POLICIES
 from hub.work import FAST_PATH_GRACE_MS, AlarmContext, Work
 from tests.conftest import first_step_recorded
+from tests.waiting import until, within
 
 pytestmark = pytest.mark.asyncio
 
@@ -70,8 +70,7 @@ async def raise_alarm(db, context, clock, place):
 async def fast_send(sender: OutboxSender, messages) -> None:
     done = asyncio.Event()
     sender.send_now(messages, then=lambda _all_sent: done.set())
-    async with asyncio.timeout(5):
-        await done.wait()
+    await within(done.wait(), "the fast sends done")
 
 
 async def test_an_alert_goes_out_as_its_change_commits(setting, registry):
@@ -137,12 +136,20 @@ async def test_an_alert_still_going_out_when_its_grace_ends_is_not_sent_again(se
     sender.send_now(w.fast_sends, then=lambda _all_sent: done.set())
     # Past the fast path's grace the row reads as due; its send is still on its way.
     clock.advance(FAST_PATH_GRACE_MS / 1000 + 1)
+    looked = asyncio.Event()
+    due = outbox.due
+
+    async def due_then_tell(*args, **kwargs):
+        messages = await due(*args, **kwargs)
+        looked.set()  # the look goes on at once: sends, or waits for those under way
+        return messages
+
+    outbox.due = due_then_tell
     second_look = asyncio.create_task(sender.run_once())
-    await asyncio.sleep(0.1)
+    await within(looked.wait(), "the second look at the outbox")
     gate.set()
-    async with asyncio.timeout(5):
-        await done.wait()
-        await second_look
+    await within(done.wait(), "the first send done")
+    await within(second_look, "the second look done")
 
     assert broker.heard == [("tenhub/v1/unit/u-0001/alert", "raised")]
     assert (await outbox.counts()).get("sent") == 1
@@ -174,12 +181,13 @@ async def test_a_cancel_right_after_the_alert_went_out_goes_out_at_once_too(sett
 
 async def test_a_unit_alert_never_waits_behind_sms_in_flight(setting, registry):
     db, clock, broker, outbox, _, context = setting
-    gateway_answers = asyncio.Event()
+    gateway_answers, sms_out = asyncio.Event(), asyncio.Event()
 
     class SlowSms:
         name, idempotent, remote = "sms", False, True
 
         async def send(self, message: OutboxMessage) -> str | None:
+            sms_out.set()
             await gateway_answers.wait()  # a provider slow to answer
             return "SM-1"
 
@@ -198,17 +206,17 @@ async def test_a_unit_alert_never_waits_behind_sms_in_flight(setting, registry):
 
     sms = await db.write(queue_sms)
     sender.send_now(sms.fast_sends)
-    await asyncio.sleep(0.05)
+    await within(sms_out.wait(), "the SMS at the provider")
 
     _, raised = await raise_alarm(db, context, clock, registry.panel_place("p-0001-01"))
     done = asyncio.Event()
     sender.send_now(raised.fast_sends, then=lambda _all_sent: done.set())
-    async with asyncio.timeout(2):
-        await done.wait()
+    # The provider never answers until told to: an alert waiting behind it never goes.
+    await within(done.wait(), "the unit alert sent, the SMS still unanswered")
     assert broker.heard == [("tenhub/v1/unit/u-0001/alert", "raised")]
 
     gateway_answers.set()
-    assert await sender.drain(5) == 0
+    assert await sender.drain(20) == 0
     assert (await outbox.counts()).get("sent") == 2
 
 
@@ -225,63 +233,102 @@ class HeldUnitAlerts:
 
     def __init__(self, inner) -> None:
         self.inner = inner
+        self.sent: list[str] = []  # the state of each alert handed to it, in order
         self.out = asyncio.Event()  # a send is on its way
         self.released = asyncio.Event()
 
     async def send(self, message: OutboxMessage) -> str | None:
+        self.sent.append(json.loads(message.payload)["state"])
         self.out.set()
         await self.released.wait()
         return await self.inner.send(message)
 
 
-def sender_looks_only_when_woken(hub) -> None:
-    """No safety tick: the sender looks at the outbox when woken, or when a row falls due."""
+class SenderLooks:
+    """The hub's outbox sender's looks at the outbox, counted as they start and end."""
+
+    def __init__(self, hub) -> None:
+        self.started = self.ended = 0
+        look = hub.sender.run_once
+
+        async def counted() -> float | None:
+            self.started += 1
+            try:
+                return await look()
+            finally:
+                self.ended += 1
+
+        hub.sender.run_once = counted
+
+    def idle_after(self, started: int) -> bool:
+        """Whether a look began after `started` had, and none is under way now."""
+        return self.started > started and self.started == self.ended
+
+
+async def sender_looks_only_when_woken(hub) -> SenderLooks:
+    """No safety tick: the sender looks at the outbox when woken, or when a row falls due.
+    Returns once the look this wake asks for is over."""
+    looks = SenderLooks(hub)
     hub.sender_runner.tick_s = 3600.0
     hub.sender_runner.wake()  # its current wait ends; the next one has no tick
+    await until(lambda: looks.idle_after(0), timeout=20, message="the woken sender's look")
+    return looks
 
 
-async def test_a_cancel_queued_behind_an_alert_still_going_out_follows_it_at_once(hub, panels):
+async def test_a_cancel_queued_behind_an_alert_still_going_out_follows_it_at_once(
+    hub, panels, monkeypatch
+):
+    # The fast path's grace would bring the sender's next look at "raised"'s row (and
+    # so "cancelled" behind it); an hour long here, only the end of the send ahead of
+    # "cancelled" can bring it within the test.
+    monkeypatch.setattr("hub.work.FAST_PATH_GRACE_MS", 3_600_000)
     heard: list[tuple[str, str]] = []
     raiser = panels(UNIT1[0])[0]
     panels(UNIT1[1], on_alert=lambda c: heard.append((c.alert.alarm_id, c.alert.state.value)))
     held = HeldUnitAlerts(hub.sender.channels["panel"])
     hub.sender.channels["panel"] = held
-    sender_looks_only_when_woken(hub)
+    looks = await sender_looks_only_when_woken(hub)
 
-    receipt = await asyncio.to_thread(raiser.raise_alarm("burglary").wait, 5)
-    async with asyncio.timeout(5):
-        await held.out.wait()  # "raised" is on its way to the unit, not yet out
-    cancel = await asyncio.to_thread(raiser.cancel(receipt.alarm_id, "6305").wait, 5)
+    receipt = await asyncio.to_thread(raiser.raise_alarm("burglary").wait, 20)
+    assert receipt is not None and receipt.status.value == "accepted"
+    await within(held.out.wait(), '"raised" on its way to the unit')  # not yet out
+    before = looks.started
+    cancel = await asyncio.to_thread(raiser.cancel(receipt.alarm_id, "6305").wait, 20)
     assert cancel is not None and cancel.status.value == "accepted"
     # "cancelled" went the slow way, behind "raised": its commit woke the sender, which
-    # found it waiting in line.
-    await asyncio.sleep(0.2)
+    # found it waiting in line and sent nothing.
+    await until(
+        lambda: looks.idle_after(before),
+        timeout=20,
+        message="the sender's look after the cancel's commit",
+    )
+    assert held.sent == ["raised"]
     assert heard == []
 
     held.released.set()
-    started = time.monotonic()
-    async with asyncio.timeout(3):  # the fast path's grace (5 s) would be the next look
-        while len(heard) < 2:  # noqa: ASYNC110 - the panel's thread appends
-            await asyncio.sleep(0.01)
+    await until(lambda: len(heard) >= 2, timeout=20, message='"raised" then "cancelled" heard')
     assert heard == [(receipt.alarm_id, "raised"), (receipt.alarm_id, "cancelled")]
-    assert time.monotonic() - started < 1.0
 
 
 async def test_alerts_that_all_went_the_fast_way_cost_the_sender_no_look(hub, panels):
     raiser, *neighbours = panels(*UNIT1)
-    sender_looks_only_when_woken(hub)
-    await asyncio.sleep(0.2)  # the run that wake started is over
-    runs = hub.sender_runner.runs
+    looks = await sender_looks_only_when_woken(hub)
+    runs = looks.started
 
-    receipt = await asyncio.to_thread(raiser.raise_alarm("burglary").wait, 5)
-    await first_step_recorded(hub, receipt.alarm_id)
-    async with asyncio.timeout(5):
-        while not all(receipt.alarm_id in p.sounding for p in neighbours):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)  # a wake after the last send would have run by now
+    receipt = await asyncio.to_thread(raiser.raise_alarm("burglary").wait, 20)
+    assert receipt is not None and receipt.status.value == "accepted"
+    await first_step_recorded(hub, receipt.alarm_id, timeout=20)
+    await until(
+        lambda: all(receipt.alarm_id in p.sounding for p in neighbours),
+        timeout=20,
+        message="the nine neighbours sounding",
+    )
+    # A quiet period, for a look that must not come: a wake after the last send would
+    # have started one by now.
+    await asyncio.sleep(0.3)
 
     # The unit alert and the first step's messages went out the moment they committed;
     # nothing queued behind them, so there was nothing for the sender to look for.
-    assert hub.sender_runner.runs == runs
+    assert looks.started == runs
     counts = await hub.outbox.counts()
     assert counts.get("sent", 0) >= 1
