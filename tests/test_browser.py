@@ -45,7 +45,10 @@ PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
 # The README's picture; refreshed when TENHUB_UPDATE_SCREENSHOT=1, else kept in tmp.
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
-WAIT_MS = 5000
+# How long the browser waits for what a story expects before it fails: generous, for a
+# busy machine; what should never come still fails, only later.
+WAIT_MS = 15_000
+expect.set_options(timeout=WAIT_MS)
 
 if CHROMIUM is None:  # fail loudly: a browser story that silently skips proves nothing
     raise RuntimeError("Chromium is needed (apt-get install chromium) or TENHUB_TEST_CHROMIUM")
@@ -147,7 +150,7 @@ def open_as(browser, running) -> Iterator[Callable]:
 
 
 def raise_alarm(panel, kind: str) -> str:
-    receipt = panel.raise_alarm(kind).wait(5)
+    receipt = panel.raise_alarm(kind).wait(20)
     assert receipt is not None and receipt.status == "accepted", receipt
     return receipt.alarm_id
 
@@ -169,9 +172,10 @@ def test_the_desk_sees_a_new_alarm_at_once_and_the_patrol_sees_it_taken(open_as,
 
     alarm_id = raise_alarm(fleet["p-0001-01"], "burglary")
 
+    # Live: the desk's safety-net refresh (every 30 s) would bring it only after WAIT_MS.
     row = desk.locator(f'tr[data-alarm-id="{alarm_id}"]')
-    expect(row).to_be_visible(timeout=2000)
-    expect(row).to_have_class(re.compile(r"\bflash\b"), timeout=2000)
+    expect(row).to_be_visible()
+    expect(row).to_have_class(re.compile(r"\bflash\b"))  # for 10 s from its arrival
     expect(row).to_contain_text("Block 3, Building 2")
     expect(row).to_contain_text("2-101")
     row.click()
@@ -209,7 +213,7 @@ def test_the_countdown_to_the_next_step_ticks(open_as, fleet):
     countdown = desk.locator(f'tr[data-alarm-id="{alarm_id}"] [data-testid="countdown"]')
     expect(countdown).to_have_text(re.compile(r"^\d+:\d\d$"))
     first = countdown.text_content()
-    expect(countdown).not_to_have_text(first, timeout=2500)
+    expect(countdown).not_to_have_text(first)  # a tick a second
     second = countdown.text_content()
     assert _seconds(second) < _seconds(first) <= 60, (first, second)
 
@@ -252,7 +256,7 @@ def test_a_screenshot_of_the_desk_with_two_open_alarms(open_as, fleet, running, 
     first = raise_alarm(fleet["p-0002-05"], "fire")
     running.call(hub.actions.acknowledge(first, Responder("user:patrol-qiaokou", "patrol"), "web"))
     second = raise_alarm(fleet["p-0003-04"], "burglary")
-    receipt = fleet["p-0003-04"].cancel(second, "8628").wait(5)  # the duress PIN
+    receipt = fleet["p-0003-04"].cancel(second, "8628").wait(20)  # the duress PIN
     assert receipt is not None and receipt.status == "accepted"
 
     desk = open_as("desk-city", "/desk")
