@@ -128,8 +128,14 @@ def test_the_report_records_the_machine_the_hub_and_the_targets(report: dict[str
     (phase,) = report["phases"]
     assert phase["hub_peak_rss_mb"] > 0
     assert set(phase["cpu_pct_of_one_core"]) >= {"hub", "bench", "gateway", "broker"}
-    assert report["targets"]
-    assert all(t["met"] in (True, False, None) and t["measured"] for t in report["targets"])
+    # The targets are judged on the phases recorded beside them, and a quick run measures
+    # each one; whether a timing target is met is this machine's business, not the test's.
+    targets = report["targets"]
+    assert targets == [t.__dict__ for t in judge(report["phases"])]
+    unmeasured = [t["target"] for t in targets if t["met"] is None]
+    assert unmeasured == [], unmeasured
+    nothing_lost = next(t for t in targets if t["target"].startswith("0 alarms lost"))
+    assert nothing_lost["met"] is True, nothing_lost
 
 
 def test_the_markdown_has_a_table_for_every_measure_and_the_targets(
