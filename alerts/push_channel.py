@@ -87,8 +87,10 @@ class PushChannel:
         """Blocking: encrypt and POST one push; the push service's answer, whatever its status."""
         try:
             return webpush(
-                {"endpoint": subscription.endpoint,
-                 "keys": {"p256dh": subscription.p256dh, "auth": subscription.auth}},
+                {
+                    "endpoint": subscription.endpoint,
+                    "keys": {"p256dh": subscription.p256dh, "auth": subscription.auth},
+                },
                 data=payload,
                 vapid_private_key=self._keys.vapid,
                 vapid_claims=self._claims(subscription.endpoint),
@@ -121,8 +123,9 @@ class PushChannel:
             await self._forget(subscription_id)
         except Exception:
             # The send has failed for good either way; the next push to it will try again.
-            logger.exception("could not forget a dropped subscription",
-                             extra={"subscription": subscription_id})
+            logger.exception(
+                "could not forget a dropped subscription", extra={"subscription": subscription_id}
+            )
         else:
             logger.info("forgot a dropped subscription", extra={"subscription": subscription_id})
 

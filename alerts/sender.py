@@ -237,8 +237,12 @@ class OutboxSender:
                 await self.queue.mark_retry(message.id, self.clock.now_ms() + delay, str(exc))
                 logger.warning(
                     "notification not sent; will retry",
-                    extra={"channel": message.channel, "id": message.id, "error": str(exc),
-                           "retry_in_ms": delay},
+                    extra={
+                        "channel": message.channel,
+                        "id": message.id,
+                        "error": str(exc),
+                        "retry_in_ms": delay,
+                    },
                 )
                 return "retry"
         # A claimed message left its line at the claim; one sent unclaimed (a unit alert)

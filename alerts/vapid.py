@@ -43,8 +43,9 @@ class VapidKeys:
             _create_once(path)
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
-            logger.warning("VAPID key file is readable by others", extra={"path": str(path),
-                                                                         "mode": oct(mode)})
+            logger.warning(
+                "VAPID key file is readable by others", extra={"path": str(path), "mode": oct(mode)}
+            )
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ValueError(f"{path} does not hold an EC private key")

@@ -51,8 +51,6 @@ KEEPALIVE_S = 60
 STOP_PUBLISH_TIMEOUT_S = 2.0
 
 
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -221,8 +219,12 @@ class ReferencePanel:
 
     def _builder(self, type_name: str, fields: dict[str, Any]) -> Any:
         def build(seq: int) -> dict[str, Any]:
-            payload = {"type": type_name, "seq": seq, "ts": _now_ms() + self.clock_offset_ms,
-                       **fields}
+            payload = {
+                "type": type_name,
+                "seq": seq,
+                "ts": _now_ms() + self.clock_offset_ms,
+                **fields,
+            }
             return sign_event(payload, self.hmac_key) if self.hmac_key else payload
 
         return build
@@ -243,8 +245,12 @@ class ReferencePanel:
         event.resent += 1
         with self._lock:
             self._pending[event.seq] = event
-        self._log(logging.WARNING, "clock corrected from the hub; event sent again",
-                  seq=event.seq, offset_ms=self.clock_offset_ms)
+        self._log(
+            logging.WARNING,
+            "clock corrected from the hub; event sent again",
+            seq=event.seq,
+            offset_ms=self.clock_offset_ms,
+        )
         self._send(event)
         return True
 

@@ -88,8 +88,12 @@ def check_new_user(username: str, role: str, zones: tuple[str, ...], phone: str 
 
 def _user(row: Any) -> User:
     return User(
-        id=row[0], username=row[1], role=row[2], zones=tuple(json.loads(row[3])),
-        phone=row[4], disabled=bool(row[5]),
+        id=row[0],
+        username=row[1],
+        role=row[2],
+        zones=tuple(json.loads(row[3])),
+        phone=row[4],
+        disabled=bool(row[5]),
     )
 
 
@@ -102,8 +106,13 @@ class AccountStore:
     # --- users ---------------------------------------------------------------------------
 
     async def add_user(
-        self, username: str, password_hash: str, role: str, zones: tuple[str, ...] | list[str],
-        phone: str | None, now: int,
+        self,
+        username: str,
+        password_hash: str,
+        role: str,
+        zones: tuple[str, ...] | list[str],
+        phone: str | None,
+        now: int,
     ) -> User:
         """Create a user; AccountError if the username is taken or the fields are invalid."""
         zones = tuple(dict.fromkeys(zones))
@@ -265,8 +274,9 @@ class AccountStore:
     async def revoke_api_token(self, token_id: int) -> bool:
         """Delete an API token; False if there was none with this id."""
         return await self.db.write(
-            lambda d: d.conn.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,)).rowcount
-            == 1
+            lambda d: (
+                d.conn.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,)).rowcount == 1
+            )
         )
 
 

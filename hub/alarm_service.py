@@ -60,7 +60,11 @@ class AlarmService:
         )
 
     async def resolve(
-        self, alarm_id: str, responder: Responder, channel: str, note: str,
+        self,
+        alarm_id: str,
+        responder: Responder,
+        channel: str,
+        note: str,
         outcome: str = "handled",
     ) -> ActionResult:
         """The alarm is over; `note` says how, `outcome` is handled or false_alarm."""
@@ -68,9 +72,7 @@ class AlarmService:
             alarm_id, lambda w, a: lifecycle.resolve(w, a, responder, channel, note, outcome)
         )
 
-    async def escalate_now(
-        self, alarm_id: str, responder: Responder, channel: str
-    ) -> ActionResult:
+    async def escalate_now(self, alarm_id: str, responder: Responder, channel: str) -> ActionResult:
         """Fire the alarm's next escalation step now."""
         return await self._act(
             alarm_id, lambda w, a: escalation.escalate_now(w, a, responder, channel)

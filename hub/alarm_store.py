@@ -80,8 +80,14 @@ def _alarm(row: Any) -> Alarm:
 def _timeline(row: Any) -> TimelineEntry:
     detail = json.loads(row["detail"]) if row["detail"] else None
     return TimelineEntry(
-        row["id"], row["alarm_id"], row["at"], row["entry"], row["state"],
-        row["actor"], row["channel"], detail,
+        row["id"],
+        row["alarm_id"],
+        row["at"],
+        row["entry"],
+        row["state"],
+        row["actor"],
+        row["channel"],
+        detail,
     )
 
 
@@ -101,8 +107,16 @@ class AlarmTx:
         self.conn.execute(
             "INSERT INTO panel_events (panel_id, seq, type, payload, alarm_id, status, error,"
             " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (event.panel_id, event.seq, event.type, event.payload, event.alarm_id,
-             event.status, event.error, event.received_at),
+            (
+                event.panel_id,
+                event.seq,
+                event.type,
+                event.payload,
+                event.alarm_id,
+                event.status,
+                event.error,
+                event.received_at,
+            ),
         )
 
     def supersede_panel_event(self, event: StoredEvent, now: int) -> None:
@@ -158,8 +172,15 @@ class AlarmTx:
         cur = self.conn.execute(
             "INSERT INTO alarm_timeline (alarm_id, at, entry, state, actor, channel, detail)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (alarm_id, at, entry, state, actor, channel,
-             json.dumps(detail, sort_keys=True) if detail else None),
+            (
+                alarm_id,
+                at,
+                entry,
+                state,
+                actor,
+                channel,
+                json.dumps(detail, sort_keys=True) if detail else None,
+            ),
         )
         return int(cur.lastrowid or 0)
 
@@ -193,8 +214,7 @@ class AlarmTx:
         self.conn.execute(
             "INSERT INTO alarm_steps (alarm_id, step, outcome, due_at, at, reason)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (record.alarm_id, record.step, record.outcome, record.due_at, record.at,
-             record.reason),
+            (record.alarm_id, record.step, record.outcome, record.due_at, record.at, record.reason),
         )
 
     def ack_roles(self, alarm_id: str) -> set[str]:

@@ -72,7 +72,7 @@ class Hub:
         # Bound now, so port 0 works and the public URL (in SMS links, calls) is known.
         self._http_socket = _bind(settings.http_addr)
         self.http_port: int = self._http_socket.getsockname()[1]
-        self.public_url = (settings.public_url or _local_url(settings.http_addr, self.http_port))
+        self.public_url = settings.public_url or _local_url(settings.http_addr, self.http_port)
         self.public_url = self.public_url.rstrip("/")
         self.context = AlarmContext(
             registry,
@@ -120,7 +120,10 @@ class Hub:
             keys=self.keys,
         )
         self.transport = MqttTransport(
-            self.broker_address, settings.hub_client_id, self.ingest.on_message, self.metrics,
+            self.broker_address,
+            settings.hub_client_id,
+            self.ingest.on_message,
+            self.metrics,
             clock=self.clock,
         )
         self.sender = OutboxSender(
@@ -138,7 +141,11 @@ class Hub:
         )
         self.engine_runner = JobRunner(self.engine, speed=speed)
         self.supervisor = PanelSupervisor(
-            self.db, self.panels, self.presence, self.context, self.clock,
+            self.db,
+            self.panels,
+            self.presence,
+            self.context,
+            self.clock,
             offline_after_ms=settings.offline_after_ms,
             connected_since=lambda: self.transport.connected_at,
             on_commit=self._after_commit,
@@ -148,7 +155,9 @@ class Hub:
             self.outbox, self.sender.channels, self.clock, on_resend=self.sender_runner.wake
         )
         self.job_runners = [
-            self.engine_runner, self.sender_runner, JobRunner(self.supervisor, speed=speed),
+            self.engine_runner,
+            self.sender_runner,
+            JobRunner(self.supervisor, speed=speed),
             JobRunner(self.key_refresher, tick_s=10.0),
             JobRunner(self.reconciler, tick_s=5.0, speed=speed),
         ]
@@ -170,7 +179,9 @@ class Hub:
         self._after_commit(outcome.notifications_queued, outcome.changes, outcome.fast_sends)
 
     def _after_step(
-        self, queued: int, changes: tuple[AlarmChange, ...],
+        self,
+        queued: int,
+        changes: tuple[AlarmChange, ...],
         fast_sends: tuple[OutboxMessage, ...],
     ) -> None:
         """The escalation engine committed its steps: as any commit, but the engine is not
@@ -179,8 +190,11 @@ class Hub:
         self._after_commit(queued, changes, fast_sends, wake_engine=False)
 
     def _after_commit(
-        self, queued: int, changes: tuple[AlarmChange, ...],
-        fast_sends: tuple[OutboxMessage, ...], wake_engine: bool = True,
+        self,
+        queued: int,
+        changes: tuple[AlarmChange, ...],
+        fast_sends: tuple[OutboxMessage, ...],
+        wake_engine: bool = True,
     ) -> None:
         """Something was committed: sound the unit, wake who has work, tell who watches."""
         if queued > len(fast_sends):
@@ -206,11 +220,17 @@ class Hub:
                 )
         for change in latest.values():
             unit = self.registry.unit(change.unit_id)
-            self.events.publish({
-                "type": "alarm", "id": change.alarm_id, "state": change.state,
-                "kind": change.kind, "unit_id": change.unit_id,
-                "zone": unit.zone if unit else None, "change": change.change,
-            })
+            self.events.publish(
+                {
+                    "type": "alarm",
+                    "id": change.alarm_id,
+                    "state": change.state,
+                    "kind": change.kind,
+                    "unit_id": change.unit_id,
+                    "zone": unit.zone if unit else None,
+                    "change": change.change,
+                }
+            )
 
     def _fast_sent(self, slow_queued_before: int, all_sent: bool) -> None:
         """Fast sends are done: wake the sender only if a message may wait on it.
@@ -224,10 +244,14 @@ class Hub:
 
     def _on_panel_change(self, panel_id: str, state: str) -> None:
         place = self.registry.panel_place(panel_id)
-        self.events.publish({
-            "type": "panel", "panel_id": panel_id, "state": state,
-            "zone": place.unit.zone if place else None,
-        })
+        self.events.publish(
+            {
+                "type": "panel",
+                "panel_id": panel_id,
+                "state": state,
+                "zone": place.unit.zone if place else None,
+            }
+        )
 
     def replace_registry(self, registry: Registry) -> None:
         """Serve a new registry from now on (an import); alarms already open keep going."""
@@ -265,7 +289,9 @@ class Hub:
         http_socket = self._http_socket
         server = EmbeddedServer(
             uvicorn.Config(
-                StatusFastPath(self.web, self), log_level="warning", lifespan="off",
+                StatusFastPath(self.web, self),
+                log_level="warning",
+                lifespan="off",
                 access_log=False,
                 # A request still open then (a stuck client) does not hold the stop up.
                 timeout_graceful_shutdown=_WEB_GRACE_S,
@@ -305,17 +331,17 @@ class Hub:
                 tasks = [
                     tg.create_task(self.transport.run(), name="mqtt"),
                     tg.create_task(self.ingest.run(), name="ingest"),
-                    *(
-                        tg.create_task(r.run(), name=r.job.name)
-                        for r in self.job_runners
-                    ),
+                    *(tg.create_task(r.run(), name=r.job.name) for r in self.job_runners),
                 ]
                 web_task = tg.create_task(server.serve(sockets=[http_socket]), name="web")
                 logger.info(
                     "hub started",
-                    extra={"broker": self.broker_address.display(), "db": self.settings.db_path,
-                           "http": f"{self.settings.http_addr.rpartition(':')[0]}:{self.http_port}",
-                           "schema_version": self.db.schema_version},
+                    extra={
+                        "broker": self.broker_address.display(),
+                        "db": self.settings.db_path,
+                        "http": f"{self.settings.http_addr.rpartition(':')[0]}:{self.http_port}",
+                        "schema_version": self.db.schema_version,
+                    },
                 )
                 self.started.set()
                 await self._stop.wait()
@@ -366,8 +392,11 @@ class Hub:
 
 def _rate_tiers(settings: Settings) -> dict[str, tuple[Tier, ...]]:
     window = 15 * 60_000
-    limits = {"sms": settings.sms_per_15min, "voice": settings.calls_per_15min,
-              "push": settings.pushes_per_15min}
+    limits = {
+        "sms": settings.sms_per_15min,
+        "voice": settings.calls_per_15min,
+        "push": settings.pushes_per_15min,
+    }
     return {channel: (Tier(n, window),) for channel, n in limits.items() if n > 0}
 
 

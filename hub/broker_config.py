@@ -330,9 +330,7 @@ def _broker_user(wanted: str | None) -> tuple[str, tuple[int, int] | None]:
     return wanted, (user.pw_uid, user.pw_gid)
 
 
-def _write_atomic(
-    path: Path, text: str, mode: int, owner: tuple[int, int] | None = None
-) -> None:
+def _write_atomic(path: Path, text: str, mode: int, owner: tuple[int, int] | None = None) -> None:
     """Replace path with text in one step: Mosquitto reloading never sees half a file."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)

@@ -50,9 +50,7 @@ def delivery_channels(
     async def lookup(subscription_id: str) -> PushSubscription | None:
         found = await contacts.subscription(subscription_id)
         return (
-            PushSubscription(found.id, found.endpoint, found.p256dh, found.auth)
-            if found
-            else None
+            PushSubscription(found.id, found.endpoint, found.p256dh, found.auth) if found else None
         )
 
     keys = VapidKeys.load_or_create(vapid_key_path(settings), settings.vapid_subject)

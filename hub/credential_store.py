@@ -81,9 +81,7 @@ class CredentialStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def provision(
-        self, panel_id: str, now: int, require_signed: bool = True
-    ) -> PanelSecrets:
+    async def provision(self, panel_id: str, now: int, require_signed: bool = True) -> PanelSecrets:
         """New password and key for the panel, replacing any it had; ValueError for a bad id."""
         if not is_valid_id(panel_id):
             raise ValueError(f"{panel_id!r} is not a panel id")
@@ -129,8 +127,10 @@ class CredentialStore:
     async def revoke(self, panel_id: str) -> bool:
         """Forget the panel's credential; False when it had none."""
         return await self.db.write(
-            lambda d: d.conn.execute(
-                "DELETE FROM panel_credentials WHERE panel_id = ?", (panel_id,)
-            ).rowcount
-            > 0
+            lambda d: (
+                d.conn.execute(
+                    "DELETE FROM panel_credentials WHERE panel_id = ?", (panel_id,)
+                ).rowcount
+                > 0
+            )
         )

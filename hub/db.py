@@ -95,8 +95,13 @@ class Database:
     """The hub's SQLite database: `write(fn)` on the one writer, `read(fn)` on a pool."""
 
     def __init__(
-        self, path: str | Path, *, readers: int = 4, lazy_window_s: float = LAZY_WINDOW_S,
-        lazy_max_batch: int = LAZY_MAX_BATCH, on_commit: Callable[[float], None] | None = None,
+        self,
+        path: str | Path,
+        *,
+        readers: int = 4,
+        lazy_window_s: float = LAZY_WINDOW_S,
+        lazy_max_batch: int = LAZY_MAX_BATCH,
+        on_commit: Callable[[float], None] | None = None,
         slow_commit_s: float = SLOW_COMMIT_S,
     ) -> None:
         if lazy_max_batch < 1:

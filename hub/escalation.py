@@ -95,13 +95,10 @@ def go_to_police(w: Work, alarm: Alarm) -> None:
             step = steps[index]
             _skip(w, alarm, index, step, alarm.raised_at + step.after_ms, "duress")
         step = steps[police]
-        _fire(w, alarm, police, step, alarm.raised_at + step.after_ms, label=label,
-              forced="duress")
+        _fire(w, alarm, police, step, alarm.raised_at + step.after_ms, label=label, forced="duress")
         following = police + 1
         if following < len(steps):
-            w.alarms.set_next_step(
-                alarm.id, following, alarm.raised_at + steps[following].after_ms
-            )
+            w.alarms.set_next_step(alarm.id, following, alarm.raised_at + steps[following].after_ms)
         else:
             w.alarms.set_next_step(alarm.id, None, None)
         advance_ladder(w, alarm)
@@ -109,7 +106,11 @@ def go_to_police(w: Work, alarm: Alarm) -> None:
     recipients = _recipients(w, alarm, ("police",))
     _queue(w, alarm, "duress", recipients, alarm_text(w.registry, alarm, label))
     w.alarms.append_timeline(
-        alarm.id, w.now, "duress_alert", alarm.state, actor=SYSTEM,
+        alarm.id,
+        w.now,
+        "duress_alert",
+        alarm.state,
+        actor=SYSTEM,
         detail={"recipients": [_describe(r) for r in recipients]},
     )
 
@@ -123,11 +124,17 @@ def escalate_now(w: Work, alarm: Alarm, responder: Responder, channel: str) -> A
     steps = _policy(alarm).steps
     index = alarm.next_step
     w.alarms.append_timeline(
-        alarm.id, w.now, "escalated", alarm.state, actor=responder.actor, channel=channel,
+        alarm.id,
+        w.now,
+        "escalated",
+        alarm.state,
+        actor=responder.actor,
+        channel=channel,
         detail={"role": responder.role, "step": index, "name": steps[index].label(index)},
     )
-    _fire(w, alarm, index, steps[index], alarm.raised_at + steps[index].after_ms,
-          forced="escalated")
+    _fire(
+        w, alarm, index, steps[index], alarm.raised_at + steps[index].after_ms, forced="escalated"
+    )
     following = index + 1
     if following < len(steps):
         w.alarms.set_next_step(alarm.id, following, alarm.raised_at + steps[following].after_ms)
@@ -155,10 +162,18 @@ def _fire(
     _queue(w, alarm, f"step{index}", recipients, text)
     w.alarms.record_step(StepRecord(alarm.id, index, "fired", due_at, w.now, forced))
     w.alarms.append_timeline(
-        alarm.id, w.now, "step_fired", alarm.state, actor=SYSTEM,
+        alarm.id,
+        w.now,
+        "step_fired",
+        alarm.state,
+        actor=SYSTEM,
         detail={
-            "step": index, "name": name, "notify": list(step.notify), "due_at": due_at,
-            "fired_at": w.now, "late_ms": w.now - due_at,
+            "step": index,
+            "name": name,
+            "notify": list(step.notify),
+            "due_at": due_at,
+            "fired_at": w.now,
+            "late_ms": w.now - due_at,
             "recipients": [_describe(r) for r in recipients],
             **({"forced": forced} if forced else {}),
             **({"duress": True} if forced == "duress" else {}),
@@ -176,7 +191,11 @@ def _skip(w: Work, alarm: Alarm, index: int, step: Step, due_at: int, reason: st
     w.changed(alarm, "step")
     w.alarms.record_step(StepRecord(alarm.id, index, "skipped", due_at, w.now, reason))
     w.alarms.append_timeline(
-        alarm.id, w.now, "step_skipped", alarm.state, actor=SYSTEM,
+        alarm.id,
+        w.now,
+        "step_skipped",
+        alarm.state,
+        actor=SYSTEM,
         detail={"step": index, "name": step.label(index), "due_at": due_at, "reason": reason},
     )
 
@@ -191,7 +210,10 @@ def _queue(w: Work, alarm: Alarm, key: str, recipients: list[Recipient], text: s
         if w.outbox.exists(key_of_message):
             continue  # queued before: never twice, and no second reply code or token
         w.queue_message(
-            alarm_id=alarm.id, alarm_state=alarm.state, channel=r.channel, recipient=r.address,
+            alarm_id=alarm.id,
+            alarm_state=alarm.state,
+            channel=r.channel,
+            recipient=r.address,
             payload=compose(w.contacts, alarm, r, text, w.context.public_url, w.now),
             key=key_of_message,
         )

@@ -191,15 +191,19 @@ class PanelIngest:
         place = self._places.get(item.panel_id)
         if place is None:
             self._reject(
-                item, Reason.UNKNOWN_PANEL,
-                f"unknown_panel: panel {item.panel_id!r} is not in the registry", event.seq,
+                item,
+                Reason.UNKNOWN_PANEL,
+                f"unknown_panel: panel {item.panel_id!r} is not in the registry",
+                event.seq,
             )
             return None
         if not self._event_rate.allow(item.panel_id, time.monotonic()):
             self._reject(
-                item, Reason.RATE_LIMITED,
+                item,
+                Reason.RATE_LIMITED,
                 f"rate_limited: more than {self.event_rate:g} events a second from this panel;"
-                " send it again later", event.seq,
+                " send it again later",
+                event.seq,
             )
             return None
         try:
@@ -214,8 +218,9 @@ class PanelIngest:
         """Store the event now, or after the events of its panel taken before it."""
         if self._waiting >= self.queue_size:
             self.metrics.unanswered.labels("overloaded").inc()
-            logger.error("ingest queue full; the panel will send again",
-                         extra={"panel_id": panel_id})
+            logger.error(
+                "ingest queue full; the panel will send again", extra={"panel_id": panel_id}
+            )
             return
         self._waiting += 1
         self._idle.clear()
@@ -289,8 +294,11 @@ class PanelIngest:
         if outcome.new_alarm:
             logger.info(
                 "alarm raised",
-                extra={"alarm_id": outcome.alarm_id, "panel_id": item.panel_id,
-                       "kind": getattr(event, "kind", None)},
+                extra={
+                    "alarm_id": outcome.alarm_id,
+                    "panel_id": item.panel_id,
+                    "kind": getattr(event, "kind", None),
+                },
             )
 
     def _answer(self, checked: _Checked, receipt: Receipt, now: int) -> None:
@@ -301,8 +309,12 @@ class PanelIngest:
             reason = receipt.error.split(":", 1)[0]
             self.metrics.rejected.labels(reason).inc()
             self.rejects.add(
-                at=now, topic=item.topic, panel_id=item.panel_id, reason=reason,
-                error=receipt.error, payload=item.payload,
+                at=now,
+                topic=item.topic,
+                panel_id=item.panel_id,
+                reason=reason,
+                error=receipt.error,
+                payload=item.payload,
             )
         self._send_receipt(item, receipt)
 
@@ -310,8 +322,12 @@ class PanelIngest:
         self.metrics.rejected.labels(reason.value).inc()
         self.metrics.events.labels("invalid", ReceiptStatus.REJECTED.value).inc()
         self.rejects.add(
-            at=self.clock.now_ms(), topic=item.topic, panel_id=item.panel_id,
-            reason=reason.value, error=error, payload=item.payload,
+            at=self.clock.now_ms(),
+            topic=item.topic,
+            panel_id=item.panel_id,
+            reason=reason.value,
+            error=error,
+            payload=item.payload,
         )
         if not self._answers.allow(item.panel_id, time.monotonic()):
             # A flood of garbage gets a few answers, not one each: answering is what costs.
@@ -336,9 +352,7 @@ class PanelIngest:
         self._sends.add(acked)
         acked.add_done_callback(functools.partial(self._receipt_acked, item, receipt))
 
-    def _receipt_acked(
-        self, item: _Inbound, receipt: Receipt, acked: asyncio.Future[None]
-    ) -> None:
+    def _receipt_acked(self, item: _Inbound, receipt: Receipt, acked: asyncio.Future[None]) -> None:
         self._sends.discard(acked)
         if acked.cancelled() or (exc := acked.exception()) is not None:
             self._receipt_lost(item, receipt, exc or asyncio.CancelledError())
@@ -381,6 +395,10 @@ class PanelIngest:
     ) -> None:
         self.metrics.unanswered.labels(reason).inc()
         self.rejects.add(
-            at=self.clock.now_ms(), topic=topic, panel_id=panel_id, reason=reason,
-            error=error, payload=payload,
+            at=self.clock.now_ms(),
+            topic=topic,
+            panel_id=panel_id,
+            reason=reason,
+            error=error,
+            payload=payload,
         )

@@ -69,7 +69,5 @@ class KeyRefresher:
 
     async def run_once(self) -> float | None:
         credentials = await self.store.all()
-        self.ring.replace(
-            {c.panel_id: PanelKey(c.hmac_key, c.require_signed) for c in credentials}
-        )
+        self.ring.replace({c.panel_id: PanelKey(c.hmac_key, c.require_signed) for c in credentials})
         return None  # again on the runner's tick

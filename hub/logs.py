@@ -46,8 +46,10 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
-            **{k: v if isinstance(v, int | float | bool) else str(v)
-               for k, v in _fields(record).items()},
+            **{
+                k: v if isinstance(v, int | float | bool) else str(v)
+                for k, v in _fields(record).items()
+            },
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

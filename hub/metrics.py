@@ -27,8 +27,10 @@ class HubMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.events = Counter(
-            "tenhub_events", "Panel events answered, by type and receipt status",
-            ["type", "status"], registry=r,
+            "tenhub_events",
+            "Panel events answered, by type and receipt status",
+            ["type", "status"],
+            registry=r,
         )
         self.rejected = Counter(
             "tenhub_rejected", "Messages refused, by reason", ["reason"], registry=r
@@ -36,7 +38,8 @@ class HubMetrics:
         self.unanswered = Counter(
             "tenhub_unanswered_messages",
             "Messages refused where no panel could be answered (bad topic, bad status)",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
         self.receipt_latency = Histogram(
             "tenhub_receipt_latency_seconds",
@@ -58,11 +61,14 @@ class HubMetrics:
             "tenhub_outbox_sent", "Notifications sent, by channel", ["channel"], registry=r
         )
         self.outbox_errors = Counter(
-            "tenhub_outbox_errors", "Failed notification attempts, by channel and outcome",
-            ["channel", "outcome"], registry=r,
+            "tenhub_outbox_errors",
+            "Failed notification attempts, by channel and outcome",
+            ["channel", "outcome"],
+            registry=r,
         )
         self.broker_connected = Gauge(
-            "tenhub_broker_connected", "1 while the hub is connected to the MQTT broker",
+            "tenhub_broker_connected",
+            "1 while the hub is connected to the MQTT broker",
             registry=r,
         )
         self.broker_connects = Counter(

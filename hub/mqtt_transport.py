@@ -158,7 +158,9 @@ class _DirectClient(aiomqtt.Client):
         """Whether the broker has accepted this connection (CONNACK) and it is not lost."""
         connected = self._connected
         return (
-            connected.done() and not connected.cancelled() and connected.exception() is None
+            connected.done()
+            and not connected.cancelled()
+            and connected.exception() is None
             and not self._disconnected.done()
         )
 
@@ -408,7 +410,11 @@ class MqttTransport:
             delay = min(delay * 2, self.reconnect_max_s)
 
     def publish_now(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
         timeout: float = 10.0,
     ) -> asyncio.Future[None]:
         """Hand a message to the socket at once; the future is done at the broker's PUBACK.

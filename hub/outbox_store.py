@@ -20,8 +20,15 @@ class OutboxTx:
         self.conn = db.conn
 
     def enqueue(
-        self, *, alarm_id: str | None, channel: str, recipient: str, payload: str,
-        idempotency_key: str, now: int, not_before: int | None = None,
+        self,
+        *,
+        alarm_id: str | None,
+        channel: str,
+        recipient: str,
+        payload: str,
+        idempotency_key: str,
+        now: int,
+        not_before: int | None = None,
     ) -> int | None:
         """Queue one message, due at `not_before` (default now); its id, or None when a
         message with this key was queued before."""
@@ -29,8 +36,15 @@ class OutboxTx:
             "INSERT OR IGNORE INTO outbox (alarm_id, channel, recipient, payload,"
             " idempotency_key, status, attempts, next_attempt_at, created_at)"
             " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
-            (alarm_id, channel, recipient, payload, idempotency_key,
-             now if not_before is None else not_before, now),
+            (
+                alarm_id,
+                channel,
+                recipient,
+                payload,
+                idempotency_key,
+                now if not_before is None else not_before,
+                now,
+            ),
         )
         return cur.lastrowid if cur.rowcount == 1 else None
 
@@ -46,7 +60,6 @@ class OutboxTx:
             is not None
         )
 
-
     def exists(self, idempotency_key: str) -> bool:
         """Whether a message with this key was ever queued."""
         return (
@@ -59,16 +72,35 @@ class OutboxTx:
 
 def _message(row: Any) -> OutboxMessage:
     return OutboxMessage(
-        row["id"], row["alarm_id"], row["channel"], row["recipient"], row["payload"],
-        row["idempotency_key"], row["attempts"], row["alarm_state"],
+        row["id"],
+        row["alarm_id"],
+        row["channel"],
+        row["recipient"],
+        row["payload"],
+        row["idempotency_key"],
+        row["attempts"],
+        row["alarm_state"],
     )
 
 
 # A status only moves forward; the provider's delivery word only to a higher rank.
 _DELIVERY_RANK = {
-    "queued": 0, "accepted": 0, "initiated": 1, "sending": 1, "ringing": 2, "sent": 2,
-    "in-progress": 3, "answered": 3, "delivered": 4, "read": 4, "completed": 4,
-    "undelivered": 4, "failed": 4, "busy": 4, "no-answer": 4, "canceled": 4,
+    "queued": 0,
+    "accepted": 0,
+    "initiated": 1,
+    "sending": 1,
+    "ringing": 2,
+    "sent": 2,
+    "in-progress": 3,
+    "answered": 3,
+    "delivered": 4,
+    "read": 4,
+    "completed": 4,
+    "undelivered": 4,
+    "failed": 4,
+    "busy": 4,
+    "no-answer": 4,
+    "canceled": 4,
 }
 DELIVERY_FAILURES = frozenset({"undelivered", "failed", "busy", "no-answer", "canceled"})
 
@@ -180,7 +212,9 @@ class OutboxStore:
         # Urgent: the send, and someone waiting for the alert, wait on this commit.
         return await self._update(
             "UPDATE outbox SET status = 'sending', sent_at = ? WHERE id = ? AND status = 'queued'",
-            now, message_id, urgent=True,
+            now,
+            message_id,
+            urgent=True,
         )
 
     async def mark_sent(
@@ -191,21 +225,29 @@ class OutboxStore:
             "UPDATE outbox SET status = 'sent', sent_at = coalesce(sent_at, ?),"
             " attempts = attempts + 1, provider_id = ?, last_error = NULL"
             " WHERE id = ? AND status IN ('queued', 'sending')",
-            now, provider_id, message_id, lazy=lazy,
+            now,
+            provider_id,
+            message_id,
+            lazy=lazy,
         )
 
     async def mark_retry(self, message_id: int, next_attempt_at: int, error: str) -> None:
         await self._update(
             "UPDATE outbox SET status = 'queued', sent_at = NULL, attempts = attempts + 1,"
             " next_attempt_at = ?, last_error = ? WHERE id = ? AND status IN ('queued', 'sending')",
-            next_attempt_at, error[:500], message_id, lazy=True,
+            next_attempt_at,
+            error[:500],
+            message_id,
+            lazy=True,
         )
 
     async def mark_failed(self, message_id: int, error: str) -> None:
         await self._update(
             "UPDATE outbox SET status = 'failed', attempts = attempts + 1, last_error = ?"
             " WHERE id = ? AND status IN ('queued', 'sending')",
-            error[:500], message_id, lazy=True,
+            error[:500],
+            message_id,
+            lazy=True,
         )
 
     async def mark_unknown(self, message_id: int, error: str, look_at: int) -> None:
@@ -213,14 +255,19 @@ class OutboxStore:
         await self._update(
             "UPDATE outbox SET status = 'unknown', attempts = attempts + 1, last_error = ?,"
             " next_attempt_at = ? WHERE id = ? AND status IN ('queued', 'sending')",
-            error[:500], look_at, message_id, lazy=True,
+            error[:500],
+            look_at,
+            message_id,
+            lazy=True,
         )
 
     async def mark_dropped(self, message_id: int, reason: str) -> None:
         await self._update(
             "UPDATE outbox SET status = 'dropped', last_error = ?"
             " WHERE id = ? AND status = 'queued'",
-            reason, message_id, lazy=True,
+            reason,
+            message_id,
+            lazy=True,
         )
 
     async def hold(self, message_id: int, until: int, reason: str, now: int) -> None:
@@ -243,10 +290,13 @@ class OutboxStore:
             if row["limited_at"] is None and row["alarm_id"]:
                 alarm = AlarmTx(d).get_alarm(row["alarm_id"])
                 AlarmTx(d).append_timeline(
-                    row["alarm_id"], now, "notification_held", alarm.state if alarm else "",
-                    actor="system:rate-limit", channel=row["channel"],
-                    detail={"recipient": row["recipient"], "reason": reason,
-                            "until": until},
+                    row["alarm_id"],
+                    now,
+                    "notification_held",
+                    alarm.state if alarm else "",
+                    actor="system:rate-limit",
+                    channel=row["channel"],
+                    detail={"recipient": row["recipient"], "reason": reason, "until": until},
                 )
 
         await self.db.write(w)
@@ -336,7 +386,9 @@ class OutboxStore:
         await self._update(
             "UPDATE outbox SET next_attempt_at = ?, last_error = ?"
             " WHERE id = ? AND status = 'unknown'",
-            at, error[:500], message_id,
+            at,
+            error[:500],
+            message_id,
         )
 
     async def _settle_doubt(
@@ -387,10 +439,17 @@ class OutboxStore:
             if status in DELIVERY_FAILURES and row["alarm_id"]:
                 alarm = AlarmTx(d).get_alarm(row["alarm_id"])
                 AlarmTx(d).append_timeline(
-                    row["alarm_id"], now, "notification_failed", alarm.state if alarm else "",
-                    actor="system:provider", channel=row["channel"],
-                    detail={"recipient": row["recipient"], "status": status,
-                            "error_code": error_code},
+                    row["alarm_id"],
+                    now,
+                    "notification_failed",
+                    alarm.state if alarm else "",
+                    actor="system:provider",
+                    channel=row["channel"],
+                    detail={
+                        "recipient": row["recipient"],
+                        "status": status,
+                        "error_code": error_code,
+                    },
                 )
             return row["alarm_id"], row["channel"], row["recipient"]
 

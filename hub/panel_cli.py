@@ -56,9 +56,7 @@ ConfigOption = Annotated[
 RegistryOption = Annotated[
     Path | None, typer.Option("--registry", "-r", help="Registry YAML (TENHUB_REGISTRY).")
 ]
-RELOAD_HINT = (
-    "run `tenhub broker-config --out DIR` again and reload Mosquitto (kill -HUP <pid>)"
-)
+RELOAD_HINT = "run `tenhub broker-config --out DIR` again and reload Mosquitto (kill -HUP <pid>)"
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -273,8 +271,9 @@ def list_panels(config: ConfigOption = None, registry: RegistryOption = None) ->
     reg = _registry(settings) if settings.registry else None
     found = _with_credentials(settings, lambda store: store.all())
     if not found:
-        output.print("no panel is provisioned yet: provision one with `tenhub panel provision`",
-                  markup=False)
+        output.print(
+            "no panel is provisioned yet: provision one with `tenhub panel provision`", markup=False
+        )
     else:
         rows = [("PANEL", "UNIT", "PROVISIONED", "SIGNING")]
         for c in found:
@@ -290,8 +289,11 @@ def list_panels(config: ConfigOption = None, registry: RegistryOption = None) ->
         provisioned = {c.panel_id for c in found}
         missing = [h.panel for u in reg.units for h in u.households if h.panel not in provisioned]
         if missing:
-            _note(f"{len(missing)} panel(s) of the registry are not provisioned: "
-                  + ", ".join(missing[:10]) + (", …" if len(missing) > 10 else ""))
+            _note(
+                f"{len(missing)} panel(s) of the registry are not provisioned: "
+                + ", ".join(missing[:10])
+                + (", …" if len(missing) > 10 else "")
+            )
 
 
 @panels.command()
@@ -386,20 +388,25 @@ def broker_config(
     remote_tls = tls is not None and not _is_loopback(hub_host)
     url = f"mqtts://{login}:{tls.port}" if tls and remote_tls else f"mqtt://{login}:{listener_port}"
     kept = "new" if new else "kept"
-    output.print(f"hub password ({kept}) in {out / HUB_PASSWORD_FILE}; run the hub with",
-              markup=False)
+    output.print(
+        f"hub password ({kept}) in {out / HUB_PASSWORD_FILE}; run the hub with", markup=False
+    )
     output.print(f"  TENHUB_BROKER_URL={url}", markup=False)
     if remote_tls:
-        output.print("  TENHUB_BROKER_CA_FILE=<the CA's PEM file>   (unless a public CA signed it)",
-                     markup=False)
+        output.print(
+            "  TENHUB_BROKER_CA_FILE=<the CA's PEM file>   (unless a public CA signed it)",
+            markup=False,
+        )
     if tls is not None:
         output.print(
             f"panels connect with TLS on port {tls.port}, trusting the CA that signed"
-            f" {tls.certfile}; provision them with", markup=False,
+            f" {tls.certfile}; provision them with",
+            markup=False,
         )
         output.print(
             f"  tenhub panel provision <id> --broker-host <host> --broker-port {tls.port}"
-            " --broker-tls", markup=False,
+            " --broker-tls",
+            markup=False,
         )
         if listener_host is None:
             _note(

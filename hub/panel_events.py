@@ -96,7 +96,8 @@ class PanelEventHandler:
                 if alarm.household_id != place.household.id:
                     raise Refused(
                         Reason.NOT_OWN_ALARM,
-                        "only the household that raised an alarm can cancel it", alarm.id,
+                        "only the household that raised an alarm can cancel it",
+                        alarm.id,
                     )
                 lifecycle.cancel_with_pin(w, alarm, place, event.pin)
             elif isinstance(event, TamperEvent):
@@ -109,12 +110,15 @@ class PanelEventHandler:
             else:
                 alarm = None  # a panel test: stored and receipted
             receipt = Receipt(
-                seq=event.seq, status=ReceiptStatus.ACCEPTED,
+                seq=event.seq,
+                status=ReceiptStatus.ACCEPTED,
                 alarm_id=alarm.id if alarm else None,
             )
         except Refused as refusal:
             receipt = Receipt(
-                seq=event.seq, status=ReceiptStatus.REJECTED, alarm_id=refusal.alarm_id,
+                seq=event.seq,
+                status=ReceiptStatus.REJECTED,
+                alarm_id=refusal.alarm_id,
                 error=refusal.error,
             )
         if stored is not None:
@@ -128,14 +132,23 @@ class PanelEventHandler:
             )  # fmt: skip
         # Refusals are stored too: a repeat gets the same answer, and a wrong PIN counts once.
         stored = StoredEvent(
-            panel_id=panel_id, seq=event.seq, type=event.type.value, payload=payload_text,
-            alarm_id=receipt.alarm_id, status=receipt.status.value, error=receipt.error,
+            panel_id=panel_id,
+            seq=event.seq,
+            type=event.type.value,
+            payload=payload_text,
+            alarm_id=receipt.alarm_id,
+            status=receipt.status.value,
+            error=receipt.error,
             received_at=now,
         )
         w.alarms.insert_panel_event(stored)
         return EventOutcome(
-            receipt, alarm_id=receipt.alarm_id, notifications_queued=w.queued,
-            new_alarm=new_alarm, changes=tuple(w.changes), fast_sends=tuple(w.fast_sends),
+            receipt,
+            alarm_id=receipt.alarm_id,
+            notifications_queued=w.queued,
+            new_alarm=new_alarm,
+            changes=tuple(w.changes),
+            fast_sends=tuple(w.fast_sends),
             stored=stored,
         )
 

@@ -25,7 +25,11 @@ class Trouble:
 
 def _trouble(row: Any) -> Trouble:
     return Trouble(
-        row["id"], row["panel_id"], row["kind"], row["opened_at"], row["closed_at"],
+        row["id"],
+        row["panel_id"],
+        row["kind"],
+        row["opened_at"],
+        row["closed_at"],
         json.loads(row["detail"]) if row["detail"] else None,
     )
 
@@ -100,7 +104,10 @@ class PanelStore:
         return [(r[0], PanelPresence(r[1], r[2] or 0, r[3], r[4])) for r in rows]
 
     async def troubles(
-        self, *, panel_ids: Collection[str] | None = None, open_only: bool = True,
+        self,
+        *,
+        panel_ids: Collection[str] | None = None,
+        open_only: bool = True,
         limit: int = 500,
     ) -> list[Trouble]:
         where, params = ["1 = 1"], []
@@ -116,15 +123,19 @@ class PanelStore:
 
     async def get_trouble(self, trouble_id: int) -> Trouble | None:
         row = await self.db.read(
-            lambda d: d.conn.execute("SELECT * FROM troubles WHERE id = ?", (trouble_id,))
-            .fetchone()
+            lambda d: d.conn.execute(
+                "SELECT * FROM troubles WHERE id = ?", (trouble_id,)
+            ).fetchone()
         )
         return _trouble(row) if row else None
 
     async def close_trouble(self, trouble_id: int, now: int) -> bool:
         return await self.db.write(
-            lambda d: d.conn.execute(
-                "UPDATE troubles SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
-                (now, trouble_id),
-            ).rowcount == 1
+            lambda d: (
+                d.conn.execute(
+                    "UPDATE troubles SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
+                    (now, trouble_id),
+                ).rowcount
+                == 1
+            )
         )

@@ -38,7 +38,8 @@ class PresenceTracker:
     """The last word of every panel: online/offline, last seen, battery, firmware."""
 
     def __init__(
-        self, on_change: Callable[[str, str], None] | None = None,
+        self,
+        on_change: Callable[[str, str], None] | None = None,
         refresh_ms: int = LAST_SEEN_REFRESH_MS,
     ) -> None:
         self._panels: dict[str, PanelPresence] = {}

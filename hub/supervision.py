@@ -27,8 +27,7 @@ from hub.work import AfterCommit, AlarmContext, Work
 logger = logging.getLogger(__name__)
 
 TROUBLE_WORDS = {
-    "offline": "is offline: check its power and network; your neighbours' alarms cannot"
-    " reach it",
+    "offline": "is offline: check its power and network; your neighbours' alarms cannot reach it",
     "tamper": "reports tampering; if this was not you, call your patrol",
     "low_battery": "reports a low battery; replace it soon",
     "power_loss": "has lost mains power and runs on its battery",
@@ -62,9 +61,12 @@ def open_trouble(
     )
     for phone in place.household.phones:
         w.outbox.enqueue(
-            alarm_id=None, channel="sms", recipient=phone,
+            alarm_id=None,
+            channel="sms",
+            recipient=phone,
             payload=json.dumps({"text": text}, ensure_ascii=False),
-            idempotency_key=f"trouble:{trouble_id}:{phone}", now=w.now,
+            idempotency_key=f"trouble:{trouble_id}:{phone}",
+            now=w.now,
         )
         w.queued += 1
     return trouble_id

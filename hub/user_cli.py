@@ -113,7 +113,8 @@ def _check_against_registry(settings: Settings, zones: tuple[str, ...], phone: s
         if zones:
             err.print(
                 "note: zones not checked: no registry given (--registry or TENHUB_REGISTRY)",
-                style="yellow", markup=False,
+                style="yellow",
+                markup=False,
             )
         return
     try:
@@ -130,7 +131,8 @@ def _check_against_registry(settings: Settings, zones: tuple[str, ...], phone: s
         err.print(
             f"note: no responder in the registry has phone {phone}: this user's browser"
             " gets no alarm pushes until one does",
-            style="yellow", markup=False,
+            style="yellow",
+            markup=False,
         )
 
 
@@ -179,15 +181,20 @@ def list_users(config: ConfigOption = None) -> None:
         return
     rows = [("USERNAME", "ROLE", "ZONES", "PHONE", "STATUS")] + [
         (
-            u.username, u.role, ",".join(u.zones) or ("*" if u.is_admin else "-"),
-            u.phone or "-", "disabled" if u.disabled else "active",
+            u.username,
+            u.role,
+            ",".join(u.zones) or ("*" if u.is_admin else "-"),
+            u.phone or "-",
+            "disabled" if u.disabled else "active",
         )
         for u in found
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(),
-                  markup=False)
+        out.print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(),
+            markup=False,
+        )
 
 
 @users.command()

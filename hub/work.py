@@ -99,8 +99,12 @@ class Work:
         """
         fast = not self.outbox.has_queued(channel, recipient, alarm_id)
         message_id = self.outbox.enqueue(
-            alarm_id=alarm_id, channel=channel, recipient=recipient, payload=payload,
-            idempotency_key=key, now=self.now,
+            alarm_id=alarm_id,
+            channel=channel,
+            recipient=recipient,
+            payload=payload,
+            idempotency_key=key,
+            now=self.now,
             not_before=self.now + FAST_PATH_GRACE_MS if fast else None,
         )
         if message_id is None:
@@ -108,15 +112,14 @@ class Work:
         self.queued += 1
         if fast:
             self.fast_sends.append(
-                OutboxMessage(message_id, alarm_id, channel, recipient, payload, key, 0,
-                              alarm_state)
+                OutboxMessage(
+                    message_id, alarm_id, channel, recipient, payload, key, 0, alarm_state
+                )
             )
 
     def changed(self, alarm: Alarm, change: str) -> None:
         """Note a change of the alarm (in its state as given) for live watchers."""
-        self.changes.append(
-            AlarmChange(alarm.id, alarm.unit_id, alarm.kind, alarm.state, change)
-        )
+        self.changes.append(AlarmChange(alarm.id, alarm.unit_id, alarm.kind, alarm.state, change))
 
     def reload(self, alarm: Alarm) -> Alarm:
         """The alarm as this transaction now sees it."""

@@ -45,8 +45,11 @@ def gateway(
     try:
         gw.start()
     except OSError as exc:
-        err.print(f"tenhub sim gateway: cannot listen on {host}:{port}: {exc.strerror or exc}",
-                  style="red", markup=False)
+        err.print(
+            f"tenhub sim gateway: cannot listen on {host}:{port}: {exc.strerror or exc}",
+            style="red",
+            markup=False,
+        )
         raise typer.Exit(1) from None
     out.print(f"Twilio gateway listening on {gw.base_url}", markup=False)
     out.print("Give the hub:", markup=False)

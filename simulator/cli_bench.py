@@ -163,12 +163,15 @@ def bench(
         floor = machine["sqlite_commit_ms"] = {"p50": commits["p50_ms"], "p99": commits["p99_ms"]}
         err.print(
             f"an SQLite commit on this disk (WAL, synchronous=FULL): p50 {floor['p50']:g} ms,"
-            f" p99 {floor['p99']:g} ms", style="dim", markup=False,
+            f" p99 {floor['p99']:g} ms",
+            style="dim",
+            markup=False,
         )
         speed = machine["python_ns"] = {"start": python_speed_ns()}
         err.print(
             f"a line of Python here (sum(range(10)), best of 5): {speed['start']:g} ns",
-            style="dim", markup=False,
+            style="dim",
+            markup=False,
         )
         phases = run_bench(config, Path(workdir), ConsoleObserver(err))
         speed["end"] = python_speed_ns()

@@ -66,8 +66,12 @@ async def _demo_accounts(hub: Hub, registry: Registry) -> str:
     now = hub.clock.now_ms()
     for name, role, user_zones, phone in (
         ("desk", "police", zones, None),
-        ("patrol", "patrol", (patrol.zone,) if patrol else zones[:1],
-         patrol.members[0].phone if patrol and patrol.members else None),
+        (
+            "patrol",
+            "patrol",
+            (patrol.zone,) if patrol else zones[:1],
+            patrol.members[0].phone if patrol and patrol.members else None,
+        ),
     ):
         if await hub.accounts.find_user(name):
             await hub.accounts.set_password(name, hashed)
@@ -138,8 +142,9 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     tally = Tally()
     try:
         while not stop.is_set() and (options.alarms == 0 or tally.raised < options.alarms):
-            await one_alarm(hub, gateway, options.registry, fleet, board, tally, console, rng,
-                            options.every_s)
+            await one_alarm(
+                hub, gateway, options.registry, fleet, board, tally, console, rng, options.every_s
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(options.every_s):
                     await stop.wait()

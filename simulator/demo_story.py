@@ -87,7 +87,7 @@ async def _show_steps(hub: Hub, alarm_id: str, console: Console) -> int:
             by_role.setdefault(r["role"], set()).add(r["name"])
             sms += r["channel"] == "sms"
         told = ", ".join(f"{len(who)} {role.replace('_', ' ')}" for role, who in by_role.items())
-        _line(console, "NOTIFY", "magenta", f"step \"{entry.detail['name']}\" → {told}")
+        _line(console, "NOTIFY", "magenta", f'step "{entry.detail["name"]}" → {told}')
     return sms
 
 
@@ -97,8 +97,11 @@ async def _sms_of(hub: Hub, gateway: TwilioGateway, alarm_id: str, count: int) -
     while True:
         found = [m for m in gateway.messages() if alarm_id in m.body]
         notes = await hub.outbox.for_alarm(alarm_id)
-        held = sum(1 for n in notes if n["channel"] == "sms" and n["status"] == "queued"
-                   and n["limited_at"])
+        held = sum(
+            1
+            for n in notes
+            if n["channel"] == "sms" and n["status"] == "queued" and n["limited_at"]
+        )
         if len(found) + held >= count or time.monotonic() > deadline:
             return found, held
         await asyncio.sleep(0.05)
@@ -123,8 +126,12 @@ async def one_alarm(
     neighbours = len(unit.households) - 1
     pending = panel.raise_alarm(kind)
     tally.raised += 1
-    _line(console, "ALARM", "bold red",
-          f"{unit.id} {unit.name} · {household.id} ({household.address}) · {kind.value}")
+    _line(
+        console,
+        "ALARM",
+        "bold red",
+        f"{unit.id} {unit.name} · {household.id} ({household.address}) · {kind.value}",
+    )
     receipt = await asyncio.to_thread(pending.wait, 10)
     if receipt is None or receipt.status == ReceiptStatus.REJECTED or not receipt.alarm_id:
         tally.problems += 1
@@ -135,15 +142,23 @@ async def one_alarm(
     tally.receipted += 1
     tally.latencies_ms.append(latency)
     alarm_id = receipt.alarm_id
-    _line(console, "RECEIPT", "green",
-          f"{receipt.status.value} {alarm_id} in {latency:.1f} ms (stored before answered)")
+    _line(
+        console,
+        "RECEIPT",
+        "green",
+        f"{receipt.status.value} {alarm_id} in {latency:.1f} ms (stored before answered)",
+    )
     queued = await _show_steps(hub, alarm_id, console)
     sounded = await asyncio.to_thread(board.wait, "started", alarm_id, neighbours, 5)
     tally.neighbours_expected += neighbours
     tally.neighbours_sounded += len(sounded)
     names = " ".join(sorted(p.removeprefix(f"p-{unit.id.removeprefix('u-')}-") for p in sounded))
-    _line(console, "SOUNDING", "yellow" if len(sounded) == neighbours else "bold red",
-          f"{len(sounded)}/{neighbours} neighbour panels of {unit.id}: {names}")
+    _line(
+        console,
+        "SOUNDING",
+        "yellow" if len(sounded) == neighbours else "bold red",
+        f"{len(sounded)}/{neighbours} neighbour panels of {unit.id}: {names}",
+    )
     if len(sounded) < neighbours:
         tally.problems += 1
     sent, held = await _sms_of(hub, gateway, alarm_id, queued)
@@ -151,34 +166,53 @@ async def one_alarm(
     patrol_phones = {m.phone for p in registry.patrols_in_zone(unit.zone) for m in p.members}
     to_patrol = [m for m in sent if m.to in patrol_phones]
     example = to_patrol[0] if to_patrol else (sent[0] if sent else None)
-    _line(console, "SMS", "cyan", f"{len(sent)}/{queued} delivered by the gateway"
-          + (f", {held} held back by the per-phone rate limit" if held else "")
-          + (f"; to {example.to}: \"{example.body}\"" if example else ""))
+    _line(
+        console,
+        "SMS",
+        "cyan",
+        f"{len(sent)}/{queued} delivered by the gateway"
+        + (f", {held} held back by the per-phone rate limit" if held else "")
+        + (f'; to {example.to}: "{example.body}"' if example else ""),
+    )
     story = tally.raised % 3
     if story == 1:  # a false alarm: a neighbour comes, the household cancels with its PIN
         helper = rng.choice([h for h in unit.households if h.id != household.id])
         ack = await asyncio.to_thread(fleet[helper.panel].ack(alarm_id).wait, 10)
-        _line(console, "ACK", "cyan", f"{helper.id} ({helper.address}) presses \"I'm coming\""
-              f" → {ack.status.value if ack else 'no receipt'}")
+        _line(
+            console,
+            "ACK",
+            "cyan",
+            f'{helper.id} ({helper.address}) presses "I\'m coming"'
+            f" → {ack.status.value if ack else 'no receipt'}",
+        )
         await asyncio.sleep(min(1.5, every_s / 2))
         assert household.pin is not None
         cancel = await asyncio.to_thread(panel.cancel(alarm_id, household.pin).wait, 10)
         stopped = await asyncio.to_thread(board.wait, "stopped", alarm_id, neighbours, 5)
-        _line(console, "CANCEL", "blue", f"{household.id} cancels with its PIN →"
-              f" {cancel.status.value if cancel else 'no receipt'}; {len(stopped)} buzzers"
-              " stopped")
+        _line(
+            console,
+            "CANCEL",
+            "blue",
+            f"{household.id} cancels with its PIN →"
+            f" {cancel.status.value if cancel else 'no receipt'}; {len(stopped)} buzzers"
+            " stopped",
+        )
     elif story == 2 and to_patrol:  # the patrol answers by SMS, goes, and resolves it
         code = re.search(r"Reply (\d+)", to_patrol[0].body)
         answer = await gateway.reply_async(
             to_patrol[0].to, code.group(1) if code else "ACK", f"{hub.public_url}/twilio/sms"
         )
         said = re.sub(r"<[^>]+>", "", answer.text).strip()
-        _line(console, "REPLY", "cyan", f"patrol {to_patrol[0].to} texts back → \"{said}\"")
+        _line(console, "REPLY", "cyan", f'patrol {to_patrol[0].to} texts back → "{said}"')
         later(_patrol_resolves(hub, alarm_id, to_patrol[0].to, console), tally)
     else:  # nobody answers: left for the desk, where its ladder counts down
-        _line(console, "OPEN", "bold magenta",
-              f"nobody answers: the ladder climbs (police at 60 s); take it on the desk:"
-              f" {hub.public_url}/alarms/{alarm_id}")
+        _line(
+            console,
+            "OPEN",
+            "bold magenta",
+            f"nobody answers: the ladder climbs (police at 60 s); take it on the desk:"
+            f" {hub.public_url}/alarms/{alarm_id}",
+        )
         later(_close_if_still_open(hub, alarm_id, console), tally)
 
 
@@ -189,8 +223,12 @@ async def _patrol_resolves(hub: Hub, alarm_id: str, phone: str, console: Console
     await asyncio.sleep(4)
     result = await hub.actions.resolve(alarm_id, patrol, "web", "window left open; all well")
     if result.ok:
-        _line(console, "RESOLVED", "green",
-              f"{alarm_id}: the patrol was on scene and resolved it (\"window left open\")")
+        _line(
+            console,
+            "RESOLVED",
+            "green",
+            f'{alarm_id}: the patrol was on scene and resolved it ("window left open")',
+        )
 
 
 async def _close_if_still_open(hub: Hub, alarm_id: str, console: Console) -> None:

@@ -38,7 +38,9 @@ class PanelFleet:
             for household in unit.households:
                 panel_id = household.panel
                 self.panels[panel_id] = ReferencePanel(
-                    panel_id, host, port,
+                    panel_id,
+                    host,
+                    port,
                     state_dir=state_dir,
                     username=panel_id,  # the embedded broker wants a name; Mosquitto's ACLs too
                     household_id=household.id,

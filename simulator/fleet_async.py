@@ -62,8 +62,11 @@ class AsyncFleet:
         self._latencies: deque[float] = deque(maxlen=_KEPT_LATENCIES)
         self._started: list[VirtualPanel] = []
         self._make_options = {
-            "host": host, "port": port, "heartbeat_s": heartbeat_s,
-            "retry_initial_s": retry_initial_s, "username_of": username_of,
+            "host": host,
+            "port": port,
+            "heartbeat_s": heartbeat_s,
+            "retry_initial_s": retry_initial_s,
+            "username_of": username_of,
             "password_of": password_of,
         }
         units = [u for u in registry.units if unit_ids is None or u.id in unit_ids]

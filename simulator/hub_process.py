@@ -40,8 +40,11 @@ class HubProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env=self.env,
-                stdout=log, stderr=log,
+                [sys.executable, "-m", "hub", "serve"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=log,
             )
         deadline = time.monotonic() + timeout
         while True:

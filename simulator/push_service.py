@@ -44,8 +44,11 @@ class BrowserSubscription:
 
     def to_json(self) -> dict[str, Any]:
         """The subscription as the browser's `PushSubscription.toJSON()` shapes it."""
-        return {"endpoint": self.endpoint, "expirationTime": None,
-                "keys": {"p256dh": self.p256dh, "auth": self.auth}}
+        return {
+            "endpoint": self.endpoint,
+            "expirationTime": None,
+            "keys": {"p256dh": self.p256dh, "auth": self.auth},
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +107,16 @@ class PushService:
         self.port = self._socket.getsockname()[1]
         self.base_url = f"http://{self.host}:{self.port}"
         # log_config=None: a test's or the demo's logging setup stays as it was.
-        config = uvicorn.Config(self.app, lifespan="off", access_log=False,
-                                log_config=None, log_level="warning")
+        config = uvicorn.Config(
+            self.app, lifespan="off", access_log=False, log_config=None, log_level="warning"
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
-                                        name="push-service", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name="push-service",
+            daemon=True,
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -145,8 +153,9 @@ class PushService:
         point = private_key.public_key().public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
-        return BrowserSubscription(token, f"{self.base_url}/push/{token}",
-                                   _b64(point), _b64(auth_secret))
+        return BrowserSubscription(
+            token, f"{self.base_url}/push/{token}", _b64(point), _b64(auth_secret)
+        )
 
     def expire(self, token: str) -> None:
         """The browser unsubscribed: pushes to `token` get 410 from now on."""
@@ -163,8 +172,9 @@ class PushService:
         with self._changed:
             return [p for p in self._received if token is None or p.token == token]
 
-    def wait_for(self, count: int, token: str | None = None,
-                 timeout: float = 5.0) -> list[ReceivedPush]:
+    def wait_for(
+        self, count: int, token: str | None = None, timeout: float = 5.0
+    ) -> list[ReceivedPush]:
         """Block until `count` pushes (for `token`) have arrived; TimeoutError otherwise."""
         with self._changed:
             if not self._changed.wait_for(lambda: len(self.received(token)) >= count, timeout):
@@ -200,9 +210,16 @@ class PushService:
             return _error(413, f"payload of {len(body)} bytes is over {MAX_BODY}")
         payload = _decrypt(body, browser)
         push = ReceivedPush(
-            token=token, payload=payload, json=_parse(payload), ttl=int(ttl), urgency=urgency,
-            topic=request.headers.get("topic"), vapid_sub=claims["sub"], vapid_key=key,
-            headers=dict(request.headers), received_at=time.time(),
+            token=token,
+            payload=payload,
+            json=_parse(payload),
+            ttl=int(ttl),
+            urgency=urgency,
+            topic=request.headers.get("topic"),
+            vapid_sub=claims["sub"],
+            vapid_key=key,
+            headers=dict(request.headers),
+            received_at=time.time(),
         )
         with self._changed:
             self._received.append(push)
@@ -211,8 +228,9 @@ class PushService:
         return Response(status_code=201, headers={"Location": location})
 
 
-def verify_vapid(authorization: str | None, audience: str,
-                 now: float | None = None) -> tuple[dict[str, Any], str]:
+def verify_vapid(
+    authorization: str | None, audience: str, now: float | None = None
+) -> tuple[dict[str, Any], str]:
     """The claims and key `k` of a valid `vapid t=…, k=…` header; VapidRejected(401) if not."""
     now = time.time() if now is None else now
     scheme, _, params = (authorization or "").partition(" ")
@@ -264,8 +282,12 @@ def _verified_claims(token: str, key: str) -> dict[str, Any]:
 
 def _decrypt(body: bytes, browser: _Browser) -> bytes | None:
     try:
-        return http_ece.decrypt(body, private_key=browser.private_key,
-                                auth_secret=browser.auth_secret, version="aes128gcm")
+        return http_ece.decrypt(
+            body,
+            private_key=browser.private_key,
+            auth_secret=browser.auth_secret,
+            version="aes128gcm",
+        )
     except Exception:  # a real service cannot tell; the browser would drop it silently
         logger.warning("push could not be decrypted", exc_info=True)
         return None

@@ -75,9 +75,15 @@ def check(expect: Expectation, facts: Facts) -> tuple[bool, str]:
         )
     if what == "reached":
         assert expect.reached is not None
-        reached = [e for e in a.timeline if (
-            e.state == expect.reached if expect.reached == "cancelled"
-            else e.state != "cancelled" and _order(e.state) >= _order(expect.reached))]
+        reached = [
+            e
+            for e in a.timeline
+            if (
+                e.state == expect.reached
+                if expect.reached == "cancelled"
+                else e.state != "cancelled" and _order(e.state) >= _order(expect.reached)
+            )
+        ]
         if not reached:
             return False, f"never {expect.reached} (final state {alarm.state})"
         took = reached[0].at - alarm.raised_at
@@ -85,22 +91,30 @@ def check(expect: Expectation, facts: Facts) -> tuple[bool, str]:
         return ok, f"{expect.reached} after {format_duration(took)}"
     if what in ("notified", "not_notified"):
         role = expect.notified or expect.not_notified
-        told = [r for r in _recipients(a) if r[0] == role
-                and (expect.channel is None or r[1] == expect.channel)]
+        told = [
+            r
+            for r in _recipients(a)
+            if r[0] == role and (expect.channel is None or r[1] == expect.channel)
+        ]
         if what == "not_notified":
             return not told, f"{len(told)} {role} notifications"
         if not told:
             roles = sorted({r[0] for r in _recipients(a)})
             return False, f"no {role} told; told: {', '.join(roles) or 'nobody'}"
         first = min(r[3] for r in told) - alarm.raised_at
-        sent = [n for n in a.notifications
-                if any(n["recipient"] == r[2] and n["channel"] == r[1] for r in told)]
+        sent = [
+            n
+            for n in a.notifications
+            if any(n["recipient"] == r[2] and n["channel"] == r[1] for r in told)
+        ]
         gone = [n for n in sent if n["status"] == "sent"]
         ok = (expect.within is None or first <= expect.within) and (
             expect.channel in (None, "panel", "push") or bool(gone)
         )
-        return ok, (f"{len(told)} {role} notifications, first after {format_duration(first)},"
-                    f" {len(gone)} sent")
+        return ok, (
+            f"{len(told)} {role} notifications, first after {format_duration(first)},"
+            f" {len(gone)} sent"
+        )
     if what == "step":
         policy = Policy.from_json(alarm.ladder or "{}")
         names = [s.label(i) for i, s in enumerate(policy.steps)]
@@ -116,15 +130,21 @@ def check(expect: Expectation, facts: Facts) -> tuple[bool, str]:
 
 def _check_overall(expect: Expectation, facts: Facts) -> tuple[bool, str]:
     if expect.lost is not None:
-        lost = [a for a in facts.alarms if a.alarm is None
-                or a.receipt_status not in ("accepted", "duplicate")]
+        lost = [
+            a
+            for a in facts.alarms
+            if a.alarm is None or a.receipt_status not in ("accepted", "duplicate")
+        ]
         names = ", ".join(f"{a.index} ({a.household})" for a in lost[:5])
         return len(lost) == expect.lost, f"{len(lost)} lost" + (f": {names}" if lost else "")
     if expect.alarms is not None:
         return facts.alarms_in_hub == expect.alarms, f"{facts.alarms_in_hub} alarms in the hub"
     if expect.sms_to is not None:
-        bodies = [b for b in facts.sms_of.get(expect.sms_to, [])
-                  if expect.containing is None or expect.containing in b]
+        bodies = [
+            b
+            for b in facts.sms_of.get(expect.sms_to, [])
+            if expect.containing is None or expect.containing in b
+        ]
         wanted = 1 if expect.count is None else expect.count
         return len(bodies) == wanted, f"{len(bodies)} SMS" + (
             f" containing {expect.containing!r}" if expect.containing else ""

@@ -128,8 +128,18 @@ class Step(_Model):
         return next(name for name in ACTIONS if getattr(self, name) is not None)
 
 
-ACTIONS = ("raise_", "storm", "ack", "cancel", "reply", "press", "offline", "online",
-           "broker_restart", "hub_kill")
+ACTIONS = (
+    "raise_",
+    "storm",
+    "ack",
+    "cancel",
+    "reply",
+    "press",
+    "offline",
+    "online",
+    "broker_restart",
+    "hub_kill",
+)
 
 
 class Responder(_Model):
@@ -167,8 +177,16 @@ class Expectation(_Model):
         what = [k for k in CHECKS if getattr(self, k) is not None]
         if len(what) != 1:
             raise ValueError(f"an expectation checks one thing; found {what or 'none'}")
-        needs_alarm = {"state", "reached", "notified", "not_notified", "step", "buzzers",
-                       "duress", "offline_neighbours"}
+        needs_alarm = {
+            "state",
+            "reached",
+            "notified",
+            "not_notified",
+            "step",
+            "buzzers",
+            "duress",
+            "offline_neighbours",
+        }
         if what[0] in needs_alarm and self.alarm is None:
             raise ValueError(f"'{what[0]}' needs 'alarm: N' (the Nth alarm raised)")
         if what[0] == "step" and self.outcome is None:
@@ -180,8 +198,21 @@ class Expectation(_Model):
         return next(k for k in CHECKS if getattr(self, k) is not None)
 
 
-CHECKS = ("state", "reached", "notified", "not_notified", "step", "buzzers", "duress", "lost",
-          "alarms", "trouble", "no_trouble", "offline_neighbours", "sms_to")
+CHECKS = (
+    "state",
+    "reached",
+    "notified",
+    "not_notified",
+    "step",
+    "buzzers",
+    "duress",
+    "lost",
+    "alarms",
+    "trouble",
+    "no_trouble",
+    "offline_neighbours",
+    "sms_to",
+)
 
 
 class Scenario(_Model):

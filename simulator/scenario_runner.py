@@ -72,8 +72,12 @@ class ScenarioRun:
         self.registry: Registry = load_registry(registry_path)
         policy = (base / scenario.policy) if scenario.policy else None
         self.world = World(
-            workdir, self.registry, registry_path, speed=scenario.speed,
-            heartbeat_s=scenario.heartbeat_s, policy_path=policy,
+            workdir,
+            self.registry,
+            registry_path,
+            speed=scenario.speed,
+            heartbeat_s=scenario.heartbeat_s,
+            policy_path=policy,
             unit_ids=set(scenario.units) if scenario.units else None,
         )
         self.raised: list[Raised] = []
@@ -204,7 +208,7 @@ class ScenarioRun:
         elif action == "ack" and step.ack:
             alarm_id = await self._alarm_id(step.ack.alarm)
             self.world.fleet[self._panel_of(step.ack.household)].ack(alarm_id)
-            self.say(f"{step.ack.household} presses \"I'm coming\" on alarm {step.ack.alarm}")
+            self.say(f'{step.ack.household} presses "I\'m coming" on alarm {step.ack.alarm}')
         elif action == "cancel" and step.cancel:
             raised = self.raised[step.cancel.alarm - 1]
             unit_id, _, hh = raised.household.partition("/")
@@ -214,8 +218,7 @@ class ScenarioRun:
                 step.cancel.pin
             ) or "0000"
             self.world.fleet[raised.panel_id].cancel(await self._alarm_id(raised.index), pin)
-            self.say(f"{raised.household} enters the {step.cancel.pin} PIN on alarm"
-                     f" {raised.index}")
+            self.say(f"{raised.household} enters the {step.cancel.pin} PIN on alarm {raised.index}")
         elif action == "reply" and step.reply:
             await self._reply(step.reply.role, step.reply.alarm, step.reply.text)
         elif action == "press" and step.press:
@@ -265,7 +268,7 @@ class ScenarioRun:
             phone, body, f"{self.world.hub.url}/twilio/sms"
         )
         said = re.sub(r"<[^>]+>", "", answer.text).strip()
-        self.say(f"{role} {phone} texts \"{body}\" → \"{said}\"")
+        self.say(f'{role} {phone} texts "{body}" → "{said}"')
 
     async def _press(self, role: str, alarm_index: int, digits: str) -> None:
         phones = await self._told(alarm_index, role, "voice")
@@ -275,7 +278,7 @@ class ScenarioRun:
             return
         answer = await self.world.gateway.press_async(calls[0].sid, digits)
         said = re.sub(r"<[^>]+>", "", answer.text).strip()
-        self.say(f"{role} {calls[0].to} presses {digits} → \"{said}\"")
+        self.say(f'{role} {calls[0].to} presses {digits} → "{said}"')
 
     def _on_phone(self, record: SentMessage | PlacedCall) -> None:
         """A virtual responder's phone got an SMS: answer it as the scenario says."""
@@ -303,8 +306,9 @@ class ScenarioRun:
                 continue
             answer_at = got_at + responder.after / 1000 / self.scenario.speed
             await asyncio.sleep(max(0.0, answer_at - time.monotonic()))
-            await self._reply(role, index, "code" if responder.answer == "code" else "ACK",
-                              phone=phone)
+            await self._reply(
+                role, index, "code" if responder.answer == "code" else "ACK", phone=phone
+            )
             return
 
     # -- what happened ------------------------------------------------------------------
@@ -325,9 +329,7 @@ class ScenarioRun:
                 facts.timeline = await w.alarms.timeline(alarm.id)
                 facts.steps = await w.alarms.steps(alarm.id)
                 facts.notifications = await w.outbox.for_alarm(alarm.id)
-                facts.buzzers = sum(
-                    1 for p in w.fleet.panels.values() if alarm.id in p.alerted_at
-                )
+                facts.buzzers = sum(1 for p in w.fleet.panels.values() if alarm.id in p.alerted_at)
             alarms.append(facts)
         panel_of, sms_of = {}, {}
         for u in self.registry.units:
@@ -336,9 +338,7 @@ class ScenarioRun:
                 sms_of[f"{u.id}/{h.id}"] = [
                     m.body for phone in h.phones for m in w.gateway.messages(phone)
                 ]
-        return Facts(
-            alarms, await w.alarms.count(), await w.panels.troubles(), panel_of, sms_of
-        )
+        return Facts(alarms, await w.alarms.count(), await w.panels.troubles(), panel_of, sms_of)
 
 
 async def run_scenario(

@@ -65,8 +65,12 @@ class World:
         self.hub = HubProcess(workdir / "hub", free_port(), env)
         # Panels beat in wall time; the hub expects a beat every heartbeat_s of hub time.
         self.fleet = AsyncFleet(
-            registry, "127.0.0.1", self.broker.port, heartbeat_s=heartbeat_s / speed,
-            unit_ids=unit_ids, retry_initial_s=0.2,
+            registry,
+            "127.0.0.1",
+            self.broker.port,
+            heartbeat_s=heartbeat_s / speed,
+            unit_ids=unit_ids,
+            retry_initial_s=0.2,
         )
         self.db: Database | None = None
         self.alarms: AlarmStore | None = None

@@ -162,9 +162,7 @@ def create_gateway_app(
         """Walk a record through its statuses, a step (and callback) each `callback_delay_s`."""
         start = time.monotonic()
         for i, (status, params) in enumerate(steps, start=1):
-            schedule(
-                start + i * config.callback_delay_s, _step(record, status, params), record.sid
-            )
+            schedule(start + i * config.callback_delay_s, _step(record, status, params), record.sid)
 
     def _step(record: Record, status: str, params: dict[str, str]) -> Callable[[], None]:
         def run() -> None:
@@ -211,7 +209,11 @@ def create_gateway_app(
         if not body:
             raise TwilioError(400, "A text message body or media urls must be specified.", 21619)
         message = SentMessage(
-            new_sid("SM"), to, from_, body, status_callback=form.get("StatusCallback"),
+            new_sid("SM"),
+            to,
+            from_,
+            body,
+            status_callback=form.get("StatusCallback"),
             arrived=arrived,
         )
         answer = message_json(message, account_sid)  # "queued", however fast the steps run
@@ -251,10 +253,16 @@ def create_gateway_app(
         if not (form.get("Twiml") or form.get("Url")):
             raise TwilioError(400, "Either Url or Twiml is required.", 21205)
         call = PlacedCall(
-            new_sid("CA"), to, from_, form.get("Twiml"), form.get("Url"),
+            new_sid("CA"),
+            to,
+            from_,
+            form.get("Twiml"),
+            form.get("Url"),
             status_callback=form.get("StatusCallback"),
             status_callback_events=tuple(
-                event for key, value in pairs if key == "StatusCallbackEvent"
+                event
+                for key, value in pairs
+                if key == "StatusCallbackEvent"
                 for event in value.split()
             ),
         )
@@ -372,8 +380,14 @@ async def _form_pairs(request: Request) -> list[tuple[str, str]]:
 
 
 def _message_steps(message: SentMessage, store: GatewayStore, account_sid: str) -> list[Step]:
-    base = {"MessageSid": message.sid, "SmsSid": message.sid, "AccountSid": account_sid,
-            "From": message.from_, "To": message.to, "ApiVersion": "2010-04-01"}
+    base = {
+        "MessageSid": message.sid,
+        "SmsSid": message.sid,
+        "AccountSid": account_sid,
+        "From": message.from_,
+        "To": message.to,
+        "ApiVersion": "2010-04-01",
+    }
 
     def params(status: str, error: int | None = None) -> dict[str, str]:
         extra = {"ErrorCode": str(error)} if error is not None else {}
@@ -402,10 +416,17 @@ def _call_steps(call: PlacedCall, store: GatewayStore, account_sid: str) -> list
             steps.append((status, {}))  # the status moves on, but nobody asked to hear it
             continue
         params = {
-            "CallSid": call.sid, "AccountSid": account_sid, "From": call.from_, "To": call.to,
-            "Caller": call.from_, "Called": call.to, "CallStatus": status,
-            "Direction": "outbound-api", "ApiVersion": "2010-04-01",
-            "CallbackSource": "call-progress-events", "SequenceNumber": str(n),
+            "CallSid": call.sid,
+            "AccountSid": account_sid,
+            "From": call.from_,
+            "To": call.to,
+            "Caller": call.from_,
+            "Called": call.to,
+            "CallStatus": status,
+            "Direction": "outbound-api",
+            "ApiVersion": "2010-04-01",
+            "CallbackSource": "call-progress-events",
+            "SequenceNumber": str(n),
             "Timestamp": _rfc2822(time.time()),
         }
         if status == "completed":
@@ -423,14 +444,26 @@ def message_json(m: SentMessage, account_sid: str) -> dict[str, Any]:
     uri = f"/2010-04-01/Accounts/{account_sid}/Messages/{m.sid}"
     created = _rfc2822(m.created_at)
     return {
-        "account_sid": account_sid, "api_version": "2010-04-01", "body": m.body,
-        "date_created": created, "date_updated": created,
+        "account_sid": account_sid,
+        "api_version": "2010-04-01",
+        "body": m.body,
+        "date_created": created,
+        "date_updated": created,
         "date_sent": created if m.status != "queued" else None,
-        "direction": "outbound-api", "error_code": m.error_code, "error_message": None,
-        "from": m.from_, "messaging_service_sid": None, "num_media": "0",
-        "num_segments": str(max(1, math.ceil(len(m.body) / 160))), "price": None,
-        "price_unit": "USD", "sid": m.sid, "status": m.status, "to": m.to,
-        "subresource_uris": {"media": f"{uri}/Media.json"}, "uri": f"{uri}.json",
+        "direction": "outbound-api",
+        "error_code": m.error_code,
+        "error_message": None,
+        "from": m.from_,
+        "messaging_service_sid": None,
+        "num_media": "0",
+        "num_segments": str(max(1, math.ceil(len(m.body) / 160))),
+        "price": None,
+        "price_unit": "USD",
+        "sid": m.sid,
+        "status": m.status,
+        "to": m.to,
+        "subresource_uris": {"media": f"{uri}/Media.json"},
+        "uri": f"{uri}.json",
     }
 
 
@@ -439,13 +472,31 @@ def call_json(c: PlacedCall, account_sid: str) -> dict[str, Any]:
     uri = f"/2010-04-01/Accounts/{account_sid}/Calls/{c.sid}"
     created = _rfc2822(c.created_at)
     return {
-        "account_sid": account_sid, "annotation": None, "answered_by": None,
-        "api_version": "2010-04-01", "caller_name": None, "date_created": created,
-        "date_updated": created, "direction": "outbound-api", "duration": None,
-        "end_time": None, "forwarded_from": None, "from": c.from_, "from_formatted": c.from_,
-        "group_sid": None, "parent_call_sid": None, "phone_number_sid": None, "price": None,
-        "price_unit": "USD", "queue_time": "0", "sid": c.sid, "start_time": None,
-        "status": c.status, "to": c.to, "to_formatted": c.to, "trunk_sid": None,
+        "account_sid": account_sid,
+        "annotation": None,
+        "answered_by": None,
+        "api_version": "2010-04-01",
+        "caller_name": None,
+        "date_created": created,
+        "date_updated": created,
+        "direction": "outbound-api",
+        "duration": None,
+        "end_time": None,
+        "forwarded_from": None,
+        "from": c.from_,
+        "from_formatted": c.from_,
+        "group_sid": None,
+        "parent_call_sid": None,
+        "phone_number_sid": None,
+        "price": None,
+        "price_unit": "USD",
+        "queue_time": "0",
+        "sid": c.sid,
+        "start_time": None,
+        "status": c.status,
+        "to": c.to,
+        "to_formatted": c.to,
+        "trunk_sid": None,
         "subresource_uris": {"notifications": f"{uri}/Notifications.json"},
         "uri": f"{uri}.json",
     }

@@ -166,8 +166,12 @@ class TwilioGateway:
         self._server = EmbeddedServer(
             uvicorn.Config(
                 # log_config=None: the program that embeds the gateway configures logging.
-                self.app, log_config=None, log_level="warning", lifespan="off",
-                access_log=False, timeout_graceful_shutdown=2,
+                self.app,
+                log_config=None,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                timeout_graceful_shutdown=2,
             )
         )
         self._callbacks.start()
@@ -284,8 +288,9 @@ class TwilioGateway:
         hub_number = to or (last[-1].from_ if last else self.phone_number)
         if hub_number is None:
             raise ValueError(f"no message went to {from_phone}: pass to= (the hub's number)")
-        return inbound_sms_request(url, from_phone, hub_number, body, self.account_sid,
-                                   self.auth_token)
+        return inbound_sms_request(
+            url, from_phone, hub_number, body, self.account_sid, self.auth_token
+        )
 
     def _gather(self, call_sid: str, digits: str, to_url: str | None) -> httpx.Request:
         call = self.store.get(call_sid)

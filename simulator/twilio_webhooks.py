@@ -30,9 +30,7 @@ def sign(auth_token: str, url: str, params: dict[str, str]) -> str:
     return RequestValidator(auth_token).compute_signature(url, params)
 
 
-def signed_request(
-    method: str, url: str, params: dict[str, str], auth_token: str
-) -> httpx.Request:
+def signed_request(method: str, url: str, params: dict[str, str], auth_token: str) -> httpx.Request:
     """A webhook request as Twilio sends it: form-encoded POST, or GET with a query string."""
     if method.upper() == "GET":
         full = f"{url}{'&' if '?' in url else '?'}{urlencode(params)}"
@@ -56,9 +54,17 @@ def inbound_sms_request(
     """The webhook Twilio posts when `from_phone` texts `body` to the number `to`."""
     sid = new_sid("SM")
     params = {
-        "MessageSid": sid, "SmsSid": sid, "SmsMessageSid": sid, "AccountSid": account_sid,
-        "From": from_phone, "To": to, "Body": body, "NumMedia": "0", "NumSegments": "1",
-        "SmsStatus": "received", "ApiVersion": "2010-04-01",
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "SmsMessageSid": sid,
+        "AccountSid": account_sid,
+        "From": from_phone,
+        "To": to,
+        "Body": body,
+        "NumMedia": "0",
+        "NumSegments": "1",
+        "SmsStatus": "received",
+        "ApiVersion": "2010-04-01",
     }
     return signed_request("POST", url, params, auth_token)
 
@@ -68,9 +74,15 @@ def gather_request(
 ) -> httpx.Request:
     """The webhook Twilio sends to a `<Gather action>` when the callee presses `digits`."""
     params = {
-        "AccountSid": account_sid, "CallSid": call.sid,
-        "From": call.from_, "Caller": call.from_, "To": call.to, "Called": call.to,
-        "CallStatus": "in-progress", "Direction": "outbound-api", "Digits": digits,
+        "AccountSid": account_sid,
+        "CallSid": call.sid,
+        "From": call.from_,
+        "Caller": call.from_,
+        "To": call.to,
+        "Called": call.to,
+        "CallStatus": "in-progress",
+        "Direction": "outbound-api",
+        "Digits": digits,
         "ApiVersion": "2010-04-01",
     }
     return signed_request(method, url, params, auth_token)
@@ -139,9 +151,7 @@ class CallbackScheduler:
     def _send(self, parts: SplitResult, target: str, body: str, headers: dict[str, str]) -> int:
         """The response status; a kept-alive connection the server closed is opened again."""
         try:
-            connections: dict[tuple[str, str], http.client.HTTPConnection] = (
-                self._local.connections
-            )
+            connections: dict[tuple[str, str], http.client.HTTPConnection] = self._local.connections
         except AttributeError:
             connections = self._local.connections = {}
         key = (parts.scheme, parts.netloc)

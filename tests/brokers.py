@@ -9,5 +9,11 @@ from simulator.brokers import (
     wait_for_port,
 )
 
-__all__ = ["EmbeddedBrokerThread", "Mosquitto", "MosquittoProcess", "free_port",
-           "mosquitto_available", "wait_for_port"]
+__all__ = [
+    "EmbeddedBrokerThread",
+    "Mosquitto",
+    "MosquittoProcess",
+    "free_port",
+    "mosquitto_available",
+    "wait_for_port",
+]

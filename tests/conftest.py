@@ -126,7 +126,9 @@ def panels(broker, tmp_path: Path, registry):
         for panel_id in panel_ids:
             place = registry.panel_place(panel_id)
             panel = ReferencePanel(
-                panel_id, broker.host, broker.port,
+                panel_id,
+                broker.host,
+                broker.port,
                 state_dir=tmp_path / "panels",
                 username=panel_id,
                 household_id=place.household.id if place else None,

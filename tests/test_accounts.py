@@ -86,27 +86,43 @@ def browser(app: FastAPI, ip: str = "192.0.2.10", base_url: str = PUBLIC_URL) ->
     return httpx.AsyncClient(transport=transport, base_url=base_url)
 
 
-async def add_user(hub: FakeHub, username: str = "desk-a", role: str = "police",
-                   zones: tuple[str, ...] = ("z-a",), phone: str | None = "+15550009911") -> User:
+async def add_user(
+    hub: FakeHub,
+    username: str = "desk-a",
+    role: str = "police",
+    zones: tuple[str, ...] = ("z-a",),
+    phone: str | None = "+15550009911",
+) -> User:
     password_hash = await asyncio.to_thread(hash_password, PASSWORD)
-    return await hub.accounts.add_user(username, password_hash, role, zones, phone,
-                                       hub.clock.now_ms())
+    return await hub.accounts.add_user(
+        username, password_hash, role, zones, phone, hub.clock.now_ms()
+    )
 
 
-async def log_in(client: httpx.AsyncClient, username: str, password: str = PASSWORD,
-                 next_path: str = "/") -> httpx.Response:
+async def log_in(
+    client: httpx.AsyncClient, username: str, password: str = PASSWORD, next_path: str = "/"
+) -> httpx.Response:
     """Open the login form and send it, as a browser does."""
     form = await client.get("/login", params={"next": next_path})
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
     assert form.status_code == 200 and csrf
-    return await client.post("/login", data={
-        "username": username, "password": password, "csrf_token": csrf[1], "next": next_path,
-    })
+    return await client.post(
+        "/login",
+        data={
+            "username": username,
+            "password": password,
+            "csrf_token": csrf[1],
+            "next": next_path,
+        },
+    )
 
 
 def session_cookie_header(response: httpx.Response) -> str:
-    headers = [h for h in response.headers.get_list("set-cookie")
-               if h.startswith(f"{auth.SESSION_COOKIE}=")]
+    headers = [
+        h
+        for h in response.headers.get_list("set-cookie")
+        if h.startswith(f"{auth.SESSION_COOKIE}=")
+    ]
     assert len(headers) == 1, response.headers.get_list("set-cookie")
     return headers[0]
 
@@ -164,9 +180,13 @@ async def test_a_login_form_posted_from_elsewhere_is_refused(hub, app):
         assert no_token.status_code == 403 and "expired" in no_token.text
         await client.get("/login")
         other_site = await client.post(
-            "/login", headers={"Origin": "https://evil.example"},
-            data={"username": "desk-a", "password": PASSWORD,
-                  "csrf_token": client.cookies[auth.LOGIN_CSRF_COOKIE]},
+            "/login",
+            headers={"Origin": "https://evil.example"},
+            data={
+                "username": "desk-a",
+                "password": PASSWORD,
+                "csrf_token": client.cookies[auth.LOGIN_CSRF_COOKIE],
+            },
         )
         assert other_site.status_code == 403
         assert (await client.get("/api/me")).status_code == 401
@@ -358,8 +378,9 @@ async def test_only_hashes_of_session_and_api_tokens_are_stored(hub, app):
         session = client.cookies[auth.SESSION_COOKIE]
 
     def stored(d) -> list[str]:
-        rows = d.conn.execute("SELECT token_hash FROM sessions UNION ALL"
-                              " SELECT token_hash FROM api_tokens").fetchall()
+        rows = d.conn.execute(
+            "SELECT token_hash FROM sessions UNION ALL SELECT token_hash FROM api_tokens"
+        ).fetchall()
         dump = "\n".join(d.conn.iterdump())
         assert session not in dump and api_token not in dump
         return sorted(r[0] for r in rows)
@@ -412,13 +433,26 @@ def run_user_cli(tmp_path: Path, *args: str, stdin: str = "") -> object:
 
 
 def test_an_operator_adds_and_lists_users(tmp_path):
-    added = run_user_cli(tmp_path, "add", "desk-a", "--role", "police", "--zone", "z-a",
-                         "--zone", "z-b", "--phone", "+15550009911", "--password-stdin",
-                         stdin=PASSWORD + "\n")
+    added = run_user_cli(
+        tmp_path,
+        "add",
+        "desk-a",
+        "--role",
+        "police",
+        "--zone",
+        "z-a",
+        "--zone",
+        "z-b",
+        "--phone",
+        "+15550009911",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
     assert added.exit_code == 0, added.output
     assert "added police desk-a in z-a, z-b" in added.stdout
-    chief = run_user_cli(tmp_path, "add", "chief", "--role", "admin", "--password-stdin",
-                         stdin=PASSWORD + "\n")
+    chief = run_user_cli(
+        tmp_path, "add", "chief", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
+    )
     assert chief.exit_code == 0, chief.output
 
     listed = run_user_cli(tmp_path, "list")
@@ -458,13 +492,26 @@ def test_the_operator_is_told_what_is_wrong(tmp_path):
     assert "not an E.164" in refused(
         "add", "chief", "--role", "admin", "--phone", "5550009911", "--password-stdin"
     )
-    unknown_zone = refused("add", "desk-a", "--role", "police", "--zone", "z-nowhere",
-                           "--registry", str(EXAMPLE_REGISTRY), "--password-stdin")
+    unknown_zone = refused(
+        "add",
+        "desk-a",
+        "--role",
+        "police",
+        "--zone",
+        "z-nowhere",
+        "--registry",
+        str(EXAMPLE_REGISTRY),
+        "--password-stdin",
+    )
     assert "unknown zone 'z-nowhere'" in unknown_zone
     assert "no database" in refused("list")
 
-    assert run_user_cli(tmp_path, "add", "chief", "--role", "admin", "--password-stdin",
-                        stdin=PASSWORD + "\n").exit_code == 0
+    assert (
+        run_user_cli(
+            tmp_path, "add", "chief", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
+        ).exit_code
+        == 0
+    )
     assert "already exists" in refused("add", "CHIEF", "--role", "admin", "--password-stdin")
     assert "no user 'nobody'" in refused("disable", "nobody")
     assert "no user 'nobody'" in refused("passwd", "nobody", "--password-stdin")
@@ -472,15 +519,26 @@ def test_the_operator_is_told_what_is_wrong(tmp_path):
 
 def test_zones_are_checked_against_the_registry(tmp_path, registry):
     zone = registry.units[0].zone
-    result = run_user_cli(tmp_path, "add", "desk-a", "--role", "police", "--zone", zone,
-                          "--registry", str(EXAMPLE_REGISTRY), "--password-stdin",
-                          stdin=PASSWORD + "\n")
+    result = run_user_cli(
+        tmp_path,
+        "add",
+        "desk-a",
+        "--role",
+        "police",
+        "--zone",
+        zone,
+        "--registry",
+        str(EXAMPLE_REGISTRY),
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
     assert result.exit_code == 0, result.output
 
 
 def test_an_api_token_is_shown_once_and_a_new_password_ends_sessions(tmp_path):
-    run_user_cli(tmp_path, "add", "chief", "--role", "admin", "--password-stdin",
-                 stdin=PASSWORD + "\n")
+    run_user_cli(
+        tmp_path, "add", "chief", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
+    )
     made = run_user_cli(tmp_path, "token", "chief", "--name", "cad-link")
     assert made.exit_code == 0, made.output
     token = made.stdout.strip()
@@ -508,8 +566,9 @@ def test_an_api_token_is_shown_once_and_a_new_password_ends_sessions(tmp_path):
             await db.close()
 
     session = asyncio.run(open_session())
-    changed = run_user_cli(tmp_path, "passwd", "chief", "--password-stdin",
-                           stdin="another long password\n")
+    changed = run_user_cli(
+        tmp_path, "passwd", "chief", "--password-stdin", stdin="another long password\n"
+    )
     assert changed.exit_code == 0, changed.output
     assert not asyncio.run(session_alive(session))
 
@@ -524,16 +583,31 @@ def tenhub(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Compl
     """`tenhub …` as a process, with only the environment given here."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
     return subprocess.run(
-        [sys.executable, "-m", "hub", *args], input=stdin, capture_output=True, text=True,
-        cwd=Path(__file__).resolve().parent.parent, env={**clean, **env}, timeout=60,
+        [sys.executable, "-m", "hub", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**clean, **env},
+        timeout=60,
     )
 
 
 @pytest.mark.skipif(not _user_command_mounted(), reason="`tenhub user` is not mounted yet")
 def test_tenhub_user_as_a_process(tmp_path):
     env = {"TENHUB_DB_PATH": str(tmp_path / "tenhub.db")}
-    added = tenhub(env, "user", "add", "desk-a", "--role", "police", "--zone", "z-a",
-                   "--password-stdin", stdin=PASSWORD + "\n")
+    added = tenhub(
+        env,
+        "user",
+        "add",
+        "desk-a",
+        "--role",
+        "police",
+        "--zone",
+        "z-a",
+        "--password-stdin",
+        stdin=PASSWORD + "\n",
+    )
     assert added.returncode == 0, added.stderr
     listed = tenhub(env, "user", "list")
     assert listed.returncode == 0, listed.stderr

@@ -44,7 +44,10 @@ async def test_alarm_is_stored_receipted_and_sounds_the_nine_neighbours(hub, pan
     alarm = await hub.alarms.get(receipt.alarm_id)
     assert alarm is not None
     assert (alarm.unit_id, alarm.household_id, alarm.kind, alarm.state) == (
-        "u-0001", "h-01", "burglary", "raised",
+        "u-0001",
+        "h-01",
+        "burglary",
+        "raised",
     )
     await until(lambda: all(receipt.alarm_id in p.sounding for p in neighbours))
     assert all(p.buzzer_on for p in neighbours)
@@ -143,9 +146,7 @@ async def test_a_repeat_of_a_stored_alarm_is_answered_while_the_disk_stalls(
     assert await hub.alarms.count() == 2
 
 
-async def test_an_alarm_sent_while_the_hub_is_down_is_handled_when_it_is_back(
-    hub_runner, panels
-):
+async def test_an_alarm_sent_while_the_hub_is_down_is_handled_when_it_is_back(hub_runner, panels):
     await hub_runner.start()
     await hub_runner.stop()
     # A long retry interval: only the broker's queue for the hub's session can deliver it.
@@ -171,9 +172,11 @@ async def test_the_hub_reconnects_by_itself_after_the_broker_restarts(hub, broke
 
     await asyncio.to_thread(broker.restart)
     await until(
-        lambda: hub.metrics.value("tenhub_broker_connects_total") >= 2
-        and hub.transport.connected.is_set()
-        and raiser.connected,
+        lambda: (
+            hub.metrics.value("tenhub_broker_connects_total") >= 2
+            and hub.transport.connected.is_set()
+            and raiser.connected
+        ),
         timeout=15,
     )
 
@@ -253,7 +256,8 @@ async def test_health_and_metrics_tell_what_happened(hub, panels):
     assert float(commits.split()[1]) >= 1
     # Where the hub's CPU went: the event loop's thread and the writer's, apart.
     threads = {
-        line.split('"')[1]: float(line.split()[1]) for line in metrics.text.splitlines()
+        line.split('"')[1]: float(line.split()[1])
+        for line in metrics.text.splitlines()
         if line.startswith("tenhub_thread_cpu_seconds_total{")
     }
     assert {"MainThread", "sqlite-writer"} <= set(threads)

@@ -50,9 +50,7 @@ def client_for(hub, *, over_http: bool = False) -> httpx.AsyncClient:
     ASGI transport buffers whole responses, so a live stream needs the real thing)."""
     if over_http:
         return httpx.AsyncClient(base_url=hub.public_url)
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=hub.web), base_url=hub.public_url
-    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=hub.web), base_url=hub.public_url)
 
 
 async def login(hub, username: str, *, over_http: bool = False) -> tuple[httpx.AsyncClient, str]:
@@ -164,8 +162,10 @@ async def test_every_action_is_on_the_timeline_with_the_user(hub):
     timeline = await hub.alarms.timeline(alarm_id)
     by_user = [(e.entry, e.actor, e.channel) for e in timeline if e.actor == "user:desk-q"]
     assert by_user == [
-        ("escalated", "user:desk-q", "web"), ("acknowledged", "user:desk-q", "web"),
-        ("on_scene", "user:desk-q", "web"), ("resolved", "user:desk-q", "web"),
+        ("escalated", "user:desk-q", "web"),
+        ("acknowledged", "user:desk-q", "web"),
+        ("on_scene", "user:desk-q", "web"),
+        ("resolved", "user:desk-q", "web"),
     ]
     resolved = next(e for e in timeline if e.entry == "resolved")
     assert resolved.detail["note"] == "window was open" and resolved.detail["role"] == "police"
@@ -176,13 +176,17 @@ async def test_a_false_alarm_is_resolved_as_such(hub):
     patrol, csrf = await login(hub, "patrol-q")
     async with aclosing(patrol):
         answer = await patrol.post(
-            f"/api/alarms/{alarm_id}/false_alarm", json={"note": "cat on the sensor"},
+            f"/api/alarms/{alarm_id}/false_alarm",
+            json={"note": "cat on the sensor"},
             headers={"X-CSRF-Token": csrf},
         )
     assert answer.json()["state"] == "resolved"
     resolved = [e for e in await hub.alarms.timeline(alarm_id) if e.entry == "resolved"]
-    assert resolved[0].detail == {"role": "patrol", "note": "cat on the sensor",
-                                  "outcome": "false_alarm"}
+    assert resolved[0].detail == {
+        "role": "patrol",
+        "note": "cat on the sensor",
+        "outcome": "false_alarm",
+    }
 
 
 async def test_csrf_rules_for_sessions_and_none_for_api_tokens(hub):
@@ -212,8 +216,15 @@ async def test_csrf_rules_for_sessions_and_none_for_api_tokens(hub):
 async def test_nothing_without_logging_in(hub):
     alarm_id = await raise_alarm(hub, "p-0001-09")
     async with client_for(hub) as anonymous:
-        for path in ("/api/alarms", f"/api/alarms/{alarm_id}", "/api/units", "/api/panels",
-                     "/api/me", "/api/registry", "/api/users"):
+        for path in (
+            "/api/alarms",
+            f"/api/alarms/{alarm_id}",
+            "/api/units",
+            "/api/panels",
+            "/api/me",
+            "/api/registry",
+            "/api/users",
+        ):
             assert (await anonymous.get(path)).status_code == 401, path
         assert (await anonymous.post(f"/api/alarms/{alarm_id}/acknowledge")).status_code == 401
 
@@ -222,8 +233,7 @@ async def test_only_admins_change_the_registry_and_accounts(hub):
     patrol, csrf = await login(hub, "patrol-q")
     async with aclosing(patrol):
         assert (await patrol.get("/api/registry")).status_code == 403
-        put = await patrol.put("/api/registry", content="units: []",
-                               headers={"X-CSRF-Token": csrf})
+        put = await patrol.put("/api/registry", content="units: []", headers={"X-CSRF-Token": csrf})
         assert put.status_code == 403
         assert (await patrol.get("/api/users")).status_code == 403
 
@@ -238,13 +248,16 @@ async def test_registry_import_shows_the_same_problems_as_check_config(hub, tmp_
         refused = await admin.put("/api/registry", content=broken, headers=headers)
         assert refused.status_code == 422
         problems = refused.json()["problems"]
-        assert any(re.match(r"registry\.yaml:\d+:\d+: error: .*unknown key 'adress'", p)
-                   for p in problems), problems
+        assert any(
+            re.match(r"registry\.yaml:\d+:\d+: error: .*unknown key 'adress'", p) for p in problems
+        ), problems
         assert hub.registry.counts()["units"] == 3, "unchanged"
 
-        fewer = exported.text.split("- id: u-0003")[0].rstrip() + "\n" + exported.text[
-            exported.text.index("patrols:"):
-        ]
+        fewer = (
+            exported.text.split("- id: u-0003")[0].rstrip()
+            + "\n"
+            + exported.text[exported.text.index("patrols:") :]
+        )
         accepted = await admin.put("/api/registry", content=fewer, headers=headers)
         assert accepted.status_code == 200, accepted.text
         assert accepted.json()["counts"]["units"] == 2
@@ -266,8 +279,7 @@ async def test_households_go_out_and_come_back_as_csv(hub):
         assert ok.status_code == 200, ok.text
         assert hub.registry.household("u-0001", "h-10").address == "2-503"
         clash = moved.replace("p-0001-09", "p-0001-10")
-        refused = await admin.put("/api/registry/households.csv", content=clash,
-                                  headers=headers)
+        refused = await admin.put("/api/registry/households.csv", content=clash, headers=headers)
         assert refused.status_code == 422
         assert any("duplicate panel id 'p-0001-10'" in p for p in refused.json()["problems"])
 
@@ -276,14 +288,27 @@ async def test_admins_add_and_disable_accounts(hub):
     admin, csrf = await login(hub, "admin")
     headers = {"X-CSRF-Token": csrf}
     async with aclosing(admin):
-        made = await admin.post("/api/users", headers=headers, json={
-            "username": "desk-j", "password": PASSWORD, "role": "police",
-            "zones": ["z-jianghan"],
-        })
+        made = await admin.post(
+            "/api/users",
+            headers=headers,
+            json={
+                "username": "desk-j",
+                "password": PASSWORD,
+                "role": "police",
+                "zones": ["z-jianghan"],
+            },
+        )
         assert made.status_code == 201, made.text
-        unknown_zone = await admin.post("/api/users", headers=headers, json={
-            "username": "desk-x", "password": PASSWORD, "role": "police", "zones": ["z-mars"],
-        })
+        unknown_zone = await admin.post(
+            "/api/users",
+            headers=headers,
+            json={
+                "username": "desk-x",
+                "password": PASSWORD,
+                "role": "police",
+                "zones": ["z-mars"],
+            },
+        )
         assert unknown_zone.status_code == 400 and "z-mars" in unknown_zone.json()["detail"]
         assert (await admin.post("/api/users/patrol-j/disable", headers=headers)).status_code == 200
     names = {u.username: u.disabled for u in await hub.accounts.list_users()}
@@ -341,20 +366,24 @@ async def test_live_streams_end_when_the_hub_stops_and_new_ones_end_at_once(hub)
 
 
 async def test_a_user_with_a_phone_subscribes_this_browser_to_pushes(hub):
-    browser = {"endpoint": "http://127.0.0.1:9/push/abc",
-               "keys": {"p256dh": "B" + "x" * 86, "auth": "a" * 22}}
+    browser = {
+        "endpoint": "http://127.0.0.1:9/push/abc",
+        "keys": {"p256dh": "B" + "x" * 86, "auth": "a" * 22},
+    }
     patrol, csrf = await login(hub, "patrol-q")
     async with aclosing(patrol):
         key = await patrol.get("/api/push/key")
         assert key.status_code == 200 and len(key.json()["public_key"]) > 80
-        made = await patrol.post("/api/push/subscriptions", json=browser,
-                                 headers={"X-CSRF-Token": csrf})
+        made = await patrol.post(
+            "/api/push/subscriptions", json=browser, headers={"X-CSRF-Token": csrf}
+        )
         assert made.status_code == 201
     stored = await hub.contacts.subscription(made.json()["id"])
     assert stored.phone == PATROL_PHONE
 
     admin, csrf = await login(hub, "admin")
     async with aclosing(admin):
-        no_phone = await admin.post("/api/push/subscriptions", json=browser,
-                                    headers={"X-CSRF-Token": csrf})
+        no_phone = await admin.post(
+            "/api/push/subscriptions", json=browser, headers={"X-CSRF-Token": csrf}
+        )
     assert no_phone.status_code == 422

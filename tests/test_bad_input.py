@@ -26,22 +26,41 @@ BAD_EVENTS = [
     ("not JSON", b"\x00garbage{", -1, "invalid_json"),
     ("not UTF-8", b"\xff\xfe{}", -1, "not_utf8"),
     ("a JSON list", b"[1, 2]", -1, "not_object"),
-    ("seq as a string", json.dumps({"type": "alarm", "seq": "7", "ts": NOW, "kind": "fire"}),
-     -1, "invalid_field"),
-    ("ts as a float", json.dumps({"type": "alarm", "seq": 8, "ts": 1.5, "kind": "fire"}),
-     8, "invalid_field"),
+    (
+        "seq as a string",
+        json.dumps({"type": "alarm", "seq": "7", "ts": NOW, "kind": "fire"}),
+        -1,
+        "invalid_field",
+    ),
+    (
+        "ts as a float",
+        json.dumps({"type": "alarm", "seq": 8, "ts": 1.5, "kind": "fire"}),
+        8,
+        "invalid_field",
+    ),
     ("unknown type", json.dumps({"type": "explode", "seq": 9, "ts": NOW}), 9, "unknown_type"),
-    ("unknown kind", json.dumps({"type": "alarm", "seq": 10, "ts": NOW, "kind": "zombie"}),
-     10, "unknown_kind"),
+    (
+        "unknown kind",
+        json.dumps({"type": "alarm", "seq": 10, "ts": NOW, "kind": "zombie"}),
+        10,
+        "unknown_kind",
+    ),
     ("missing seq", json.dumps({"type": "alarm", "ts": NOW, "kind": "fire"}), -1, "missing_seq"),
     # Too large to read at all, so not even its seq is read.
     ("too large", alarm(11, note="x" * 5000), -1, "too_large"),
     ("NaN", b'{"type": "alarm", "seq": 12, "ts": NaN, "kind": "fire"}', -1, "invalid_json"),
-    ("ack without alarm_id", json.dumps({"type": "ack", "seq": 13, "ts": NOW}),
-     13, "missing_field"),
-    ("ack of an alarm that does not exist",
-     json.dumps({"type": "ack", "seq": 14, "ts": NOW, "alarm_id": "a-nothing"}),
-     14, "unknown_alarm"),
+    (
+        "ack without alarm_id",
+        json.dumps({"type": "ack", "seq": 13, "ts": NOW}),
+        13,
+        "missing_field",
+    ),
+    (
+        "ack of an alarm that does not exist",
+        json.dumps({"type": "ack", "seq": 14, "ts": NOW, "alarm_id": "a-nothing"}),
+        14,
+        "unknown_alarm",
+    ),
 ]
 
 
@@ -131,9 +150,7 @@ async def test_garbage_where_no_panel_can_be_answered_is_counted_and_logged(hub,
     assert reasons.count("invalid_json") == 1 and reasons.count("invalid_field") == 1
 
 
-async def test_a_seq_reused_for_a_different_event_no_later_is_refused_not_swallowed(
-    hub, broker
-):
+async def test_a_seq_reused_for_a_different_event_no_later_is_refused_not_swallowed(hub, broker):
     # A later ts would be a panel that lost its counter (test_panel_counter_reset.py).
     probe = MqttProbe(broker.host, broker.port, "test-reuse", [receipt_topic(PANEL)])
     try:

@@ -63,6 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_AUTHORIZED = ReasonCode(PacketTypes.CONNACK, "Not authorized")  # CONNACK 5 in MQTT 3.1.1
 SUCCESS = ReasonCode(PacketTypes.CONNACK, "Success")
 
+
 def make_registry(text: str = REGISTRY_YAML) -> Registry:
     registry, problems = parse_registry(text, "registry.yaml")
     assert registry is not None, [p.format() for p in problems]
@@ -131,9 +132,14 @@ class Client:
     """A paho MQTT 3.1.1 client that records its CONNACK and every message it gets."""
 
     def __init__(
-        self, port: int, username: str | None, password: str | None,
-        client_id: str | None = None, clean_session: bool = True,
-        tls: bool = False, ca_file: Path | None = None,
+        self,
+        port: int,
+        username: str | None,
+        password: str | None,
+        client_id: str | None = None,
+        clean_session: bool = True,
+        tls: bool = False,
+        ca_file: Path | None = None,
     ) -> None:
         self.port = port
         self.messages: list[tuple[str, bytes]] = []
@@ -183,8 +189,9 @@ class Client:
         self.c.subscribe([(f, 1) for f in filters])
         assert self._subscribed.wait(5), "no SUBACK"
 
-    def publish(self, topic: str, payload: bytes | str = b"{}", qos: int = 1,
-                retain: bool = False) -> None:
+    def publish(
+        self, topic: str, payload: bytes | str = b"{}", qos: int = 1, retain: bool = False
+    ) -> None:
         self.c.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
 
     def wait_for(self, topic: str, count: int = 1, timeout: float = 5.0) -> list[bytes]:
@@ -309,9 +316,15 @@ def test_a_panel_hears_only_its_receipts_and_its_units_alerts(broker, clients):
     # Asking for more than it may read: Mosquitto grants or refuses each filter, but never
     # delivers what the ACL does not allow.
     panel.subscribe(
-        "#", "tenhub/#", "tenhub/v1/panel/+/receipt", "tenhub/v1/panel/+/event",
-        "tenhub/v1/unit/+/alert", topics.receipt_topic("p-1b"), topics.unit_alert_topic("u-2"),
-        topics.receipt_topic("p-1a"), topics.unit_alert_topic("u-1"),
+        "#",
+        "tenhub/#",
+        "tenhub/v1/panel/+/receipt",
+        "tenhub/v1/panel/+/event",
+        "tenhub/v1/unit/+/alert",
+        topics.receipt_topic("p-1b"),
+        topics.unit_alert_topic("u-2"),
+        topics.receipt_topic("p-1a"),
+        topics.unit_alert_topic("u-1"),
     )
     neighbour = connected(clients, broker.panel("p-1b"))
 
@@ -412,9 +425,12 @@ def test_the_acl_grants_exactly_the_protocols_topics(tmp_path):
     assert users == ["tenhub-hub", "p-1a"]
     conf = (b.out / "mosquitto.conf").read_text()
     for line in (
-        "allow_anonymous false", f"password_file {(b.out / 'passwords').resolve()}",
-        f"acl_file {(b.out / 'acl').resolve()}", "persistence true",
-        f"persistence_location {(b.out / 'data').resolve()}/", "set_tcp_nodelay true",
+        "allow_anonymous false",
+        f"password_file {(b.out / 'passwords').resolve()}",
+        f"acl_file {(b.out / 'acl').resolve()}",
+        "persistence true",
+        f"persistence_location {(b.out / 'data').resolve()}/",
+        "set_tcp_nodelay true",
         "max_queued_messages 100000",
     ):
         assert line in conf.splitlines()
@@ -440,12 +456,20 @@ def test_a_hostile_id_never_reaches_a_file(tmp_path, hostile):
     def household(panel: str) -> Household:
         return Household.model_construct(id="h-01", address="x", panel=panel, phones=[])
 
-    as_panel = Registry.model_construct(units=[Unit.model_construct(
-        id="u-1", name="x", zone="z-1", key_households=[], households=[household(hostile)]
-    )])
-    as_unit = Registry.model_construct(units=[Unit.model_construct(
-        id=hostile, name="x", zone="z-1", key_households=[], households=[household("p-1a")]
-    )])
+    as_panel = Registry.model_construct(
+        units=[
+            Unit.model_construct(
+                id="u-1", name="x", zone="z-1", key_households=[], households=[household(hostile)]
+            )
+        ]
+    )
+    as_unit = Registry.model_construct(
+        units=[
+            Unit.model_construct(
+                id=hostile, name="x", zone="z-1", key_households=[], households=[household("p-1a")]
+            )
+        ]
+    )
     tampered_row = StoredCredential(hostile, credentials[0].password_hash, b"k", True, 1)
     attempts = [
         (as_panel, [*credentials, tampered_row]),
@@ -465,8 +489,9 @@ def test_a_hostile_id_never_reaches_a_file(tmp_path, hostile):
 def test_a_hostile_hub_username_never_reaches_a_file(tmp_path, username):
     hub_hash = hash_mosquitto_password("hub-password-x")
     with pytest.raises(BrokerConfigError):
-        write_broker_config(tmp_path, make_registry(), [], hub_password_hash=hub_hash,
-                            hub_username=username)
+        write_broker_config(
+            tmp_path, make_registry(), [], hub_password_hash=hub_hash, hub_username=username
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -499,9 +524,11 @@ def test_the_store_replaces_secrets_and_gives_the_writer_the_key(tmp_path):
         db = Database(db_path)
         await db.open()
         try:
+
             def check(d):
                 tx = CredentialTx(d)
                 return tx.key_of("p-1a"), tx.require_signed("p-1a"), tx.key_of("p-1b")
+
             return await db.write(check)
         finally:
             await db.close()
@@ -532,9 +559,17 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 def tls_panel(tmp_path: Path, port: int, device: dict, ca_file: Path) -> ReferencePanel:
     """The reference panel p-1a with the settings it was provisioned with, on TLS."""
     return ReferencePanel(
-        "p-1a", "127.0.0.1", port, state_dir=tmp_path / "panel", username="p-1a",
-        password=device["password"], household_id="h-01", unit_id="u-1",
-        hmac_key=bytes.fromhex(device["hmac_key"]), tls=True, ca_file=ca_file,
+        "p-1a",
+        "127.0.0.1",
+        port,
+        state_dir=tmp_path / "panel",
+        username="p-1a",
+        password=device["password"],
+        household_id="h-01",
+        unit_id="u-1",
+        hmac_key=bytes.fromhex(device["hmac_key"]),
+        tls=True,
+        ca_file=ca_file,
     )
 
 
@@ -548,8 +583,20 @@ def test_the_commands_provision_and_write_a_broker_mosquitto_accepts(tmp_path, c
     no_registry = run(app, ["panel", "provision", "p-1a"], env={**env, "TENHUB_REGISTRY": ""})
     assert no_registry.exit_code == 2
 
-    shown = run(app, ["panel", "provision", "p-1a", "--json", "--broker-host", "mq.example",
-                      "--broker-port", "1884"], env=env)
+    shown = run(
+        app,
+        [
+            "panel",
+            "provision",
+            "p-1a",
+            "--json",
+            "--broker-host",
+            "mq.example",
+            "--broker-port",
+            "1884",
+        ],
+        env=env,
+    )
     assert shown.exit_code == 0, shown.output
     device = json.loads(shown.stdout)
     assert device["broker"] == {"host": "mq.example", "port": 1884, "tls": False}
@@ -564,8 +611,15 @@ def test_the_commands_provision_and_write_a_broker_mosquitto_accepts(tmp_path, c
 
     out = tmp_path / "broker"
     port = free_port()
-    args = ["broker-config", "--out", str(out), "--listener-port", str(port),
-            "--listener-host", "127.0.0.1"]
+    args = [
+        "broker-config",
+        "--out",
+        str(out),
+        "--listener-port",
+        str(port),
+        "--listener-host",
+        "127.0.0.1",
+    ]
     first = run(app, args, env=env)
     assert first.exit_code == 0, first.output
     again = run(app, args, env=env)
@@ -602,17 +656,47 @@ def test_panels_across_the_network_connect_with_tls_the_hub_beside_the_broker_wi
     app = cli_app()
     plain_port, tls_port = free_port(), free_port()
 
-    shown = run(app, ["panel", "provision", "p-1a", "--json", "--broker-host", "127.0.0.1",
-                      "--broker-port", str(tls_port), "--broker-tls"], env=env)
+    shown = run(
+        app,
+        [
+            "panel",
+            "provision",
+            "p-1a",
+            "--json",
+            "--broker-host",
+            "127.0.0.1",
+            "--broker-port",
+            str(tls_port),
+            "--broker-tls",
+        ],
+        env=env,
+    )
     assert shown.exit_code == 0, shown.output
     device = json.loads(shown.stdout)
     assert device["broker"] == {"host": "127.0.0.1", "port": tls_port, "tls": True}
 
     out = tmp_path / "broker"
-    written = run(app, ["broker-config", "--out", str(out), "--listener-port", str(plain_port),
-                        "--listener-host", "127.0.0.1", "--tls-cert", str(certs.cert),
-                        "--tls-key", str(certs.key), "--tls-port", str(tls_port),
-                        "--tls-host", "127.0.0.1"], env=env)
+    written = run(
+        app,
+        [
+            "broker-config",
+            "--out",
+            str(out),
+            "--listener-port",
+            str(plain_port),
+            "--listener-host",
+            "127.0.0.1",
+            "--tls-cert",
+            str(certs.cert),
+            "--tls-key",
+            str(certs.key),
+            "--tls-port",
+            str(tls_port),
+            "--tls-host",
+            "127.0.0.1",
+        ],
+        env=env,
+    )
     assert written.exit_code == 0, written.output
     assert f"panels connect with TLS on port {tls_port}" in written.stdout
     assert "still listens on every interface" not in written.output
@@ -635,9 +719,7 @@ def test_panels_across_the_network_connect_with_tls_the_hub_beside_the_broker_wi
         # A client that does not trust the district's CA does not hand over its password;
         # one without TLS gets nowhere.
         with pytest.raises(ssl.SSLCertVerificationError):
-            Client(tls_port, "p-1b", device["password"], tls=True).c.connect(
-                "127.0.0.1", tls_port
-            )
+            Client(tls_port, "p-1b", device["password"], tls=True).c.connect("127.0.0.1", tls_port)
         assert plain_mqtt_to(tls_port, "p-1a", device["password"]) == HUNG_UP_UNANSWERED
     finally:
         panel.stop()
@@ -675,8 +757,11 @@ def test_broker_config_refuses_a_tls_listener_it_could_not_start(tmp_path):
     env = cli_env(tmp_path)
     run = CliRunner().invoke
     app = cli_app()
-    shown = run(app, ["panel", "provision", "p-1a", "--json", "--broker-host", "mq.example",
-                      "--broker-tls"], env=env)
+    shown = run(
+        app,
+        ["panel", "provision", "p-1a", "--json", "--broker-host", "mq.example", "--broker-tls"],
+        env=env,
+    )
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["broker"] == {"host": "mq.example", "port": 8883, "tls": True}
     out = tmp_path / "broker"
@@ -684,20 +769,36 @@ def test_broker_config_refuses_a_tls_listener_it_could_not_start(tmp_path):
 
     half = run(app, [*base, "--tls-cert", str(certs.cert)], env=env)
     assert half.exit_code == 1 and "needs both --tls-cert and --tls-key" in half.output
-    mismatched = run(app, [*base, "--tls-cert", str(certs.cert), "--tls-key", str(other.key)],
-                     env=env)
+    mismatched = run(
+        app, [*base, "--tls-cert", str(certs.cert), "--tls-key", str(other.key)], env=env
+    )
     assert mismatched.exit_code == 1
     assert "the key is not the certificate's" in " ".join(mismatched.output.split())
-    missing = run(app, [*base, "--tls-cert", str(tmp_path / "nope.pem"),
-                        "--tls-key", str(certs.key)], env=env)
+    missing = run(
+        app, [*base, "--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", str(certs.key)], env=env
+    )
     assert missing.exit_code == 1 and "no such file" in missing.output
-    same_port = run(app, [*base, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
-                          "--tls-port", "1883"], env=env)
+    same_port = run(
+        app,
+        [*base, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key), "--tls-port", "1883"],
+        env=env,
+    )
     assert same_port.exit_code == 1 and "cannot share port 1883" in same_port.output
     assert not (out / "mosquitto.conf").exists(), "nothing is written"
 
-    on_every = run(app, [*base, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
-                         "--hub-host", "mqtt.example.org"], env=env)
+    on_every = run(
+        app,
+        [
+            *base,
+            "--tls-cert",
+            str(certs.cert),
+            "--tls-key",
+            str(certs.key),
+            "--hub-host",
+            "mqtt.example.org",
+        ],
+        env=env,
+    )
     assert on_every.exit_code == 0, on_every.output
     hub_pw = (out / "hub-password").read_text().strip()
     # A hub on another machine is told the TLS listener's URL, and that it needs the CA.
@@ -720,17 +821,34 @@ def test_a_hub_on_another_machine_answers_a_panel_with_both_on_tls(tmp_path):
     plain_port, tls_port = free_port(), free_port()
     shown = run(app, ["panel", "provision", "p-1a", "--json"], env=env)
     device = json.loads(shown.stdout)
-    written = run(app, ["broker-config", "--out", str(tmp_path / "broker"), "--listener-port",
-                        str(plain_port), "--listener-host", "127.0.0.1", "--tls-cert",
-                        str(certs.cert), "--tls-key", str(certs.key), "--tls-port",
-                        str(tls_port)], env=env)
+    written = run(
+        app,
+        [
+            "broker-config",
+            "--out",
+            str(tmp_path / "broker"),
+            "--listener-port",
+            str(plain_port),
+            "--listener-host",
+            "127.0.0.1",
+            "--tls-cert",
+            str(certs.cert),
+            "--tls-key",
+            str(certs.key),
+            "--tls-port",
+            str(tls_port),
+        ],
+        env=env,
+    )
     assert written.exit_code == 0, written.output
     hub_pw = (tmp_path / "broker" / "hub-password").read_text().strip()
-    b = MosquittoProcess(tmp_path / "broker" / "mosquitto.conf", plain_port,
-                         tmp_path / "mosquitto.log")
+    b = MosquittoProcess(
+        tmp_path / "broker" / "mosquitto.conf", plain_port, tmp_path / "mosquitto.log"
+    )
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
     hub_env = {
-        **clean, **env,
+        **clean,
+        **env,
         "TENHUB_BROKER_URL": f"mqtts://tenhub-hub:{quote(hub_pw, safe='')}@127.0.0.1:{tls_port}",
         "TENHUB_HTTP_ADDR": f"127.0.0.1:{free_port()}",
         "TENHUB_LOG_FORMAT": "json",
@@ -739,8 +857,12 @@ def test_a_hub_on_another_machine_answers_a_panel_with_both_on_tls(tmp_path):
 
     def serve(**more: str) -> tuple[subprocess.Popen, ProcessLogs]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env={**hub_env, **more},
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "hub", "serve"],
+            cwd=ROOT,
+            env={**hub_env, **more},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         started.append(proc)
         return proc, ProcessLogs(proc)

@@ -30,8 +30,12 @@ CHROMIUM = (
     or shutil.which("chromium-browser")
 )
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 PASSWORD = "correct horse battery"
 USERS = {
@@ -87,10 +91,15 @@ def fleet(mosquitto_broker, tmp_path_factory, registry) -> Iterator[dict]:
     for unit in registry.units:
         for household in unit.households:
             panel = ReferencePanel(
-                household.panel, mosquitto_broker.host, mosquitto_broker.port,
+                household.panel,
+                mosquitto_broker.host,
+                mosquitto_broker.port,
                 state_dir=state_dir,
-                username=household.panel, household_id=household.id, unit_id=unit.id,
-                retry_initial_s=0.5, battery=90,
+                username=household.panel,
+                household_id=household.id,
+                unit_id=unit.id,
+                retry_initial_s=0.5,
+                battery=90,
             )
             panel.start()
             panels[household.panel] = panel

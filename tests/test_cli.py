@@ -27,8 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def tenhub(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
     return subprocess.run(
-        [sys.executable, "-m", "hub", *args], capture_output=True, text=True, cwd=ROOT,
-        env={**clean, **(env or {})}, timeout=timeout,
+        [sys.executable, "-m", "hub", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        timeout=timeout,
     )
 
 
@@ -40,7 +44,8 @@ def test_check_config_accepts_the_example_registry():
 
 def test_check_config_shows_every_mistake_at_its_line(tmp_path):
     bad = tmp_path / "registry.yaml"
-    bad.write_text(textwrap.dedent("""\
+    bad.write_text(
+        textwrap.dedent("""\
         units:
           - id: u-0001
             name: "Block 1"
@@ -60,7 +65,8 @@ def test_check_config_shows_every_mistake_at_its_line(tmp_path):
           - {id: d-a, zones: [z-a], phone: "+15550009911"}
         command:
           - {id: c-1, phone: "+15550009999"}
-    """))
+    """)
+    )
     result = tenhub("check-config", "--registry", str(bad))
     assert result.returncode == 1
     err = result.stderr
@@ -83,13 +89,21 @@ def test_check_config_refuses_a_broker_ca_file_the_hub_could_not_use(tmp_path):
     not_pem = tmp_path / "ca.pem"
     not_pem.write_text("not a certificate\n")
     cases = [
-        ({"TENHUB_BROKER_URL": "mqtts://h:8883", "TENHUB_BROKER_CA_FILE": str(not_pem)},
-         f"$TENHUB_BROKER_CA_FILE: error: broker_ca_file: {not_pem}: not a PEM file of CA"),
-        ({"TENHUB_BROKER_URL": "mqtts://h:8883",
-          "TENHUB_BROKER_CA_FILE": str(tmp_path / "missing.pem")},
-         f"broker_ca_file: {tmp_path / 'missing.pem'}: no such file"),
-        ({"TENHUB_BROKER_URL": "mqtt://h:1883", "TENHUB_BROKER_CA_FILE": str(not_pem)},
-         "broker_ca_file: only an mqtts:// broker_url uses a CA file"),
+        (
+            {"TENHUB_BROKER_URL": "mqtts://h:8883", "TENHUB_BROKER_CA_FILE": str(not_pem)},
+            f"$TENHUB_BROKER_CA_FILE: error: broker_ca_file: {not_pem}: not a PEM file of CA",
+        ),
+        (
+            {
+                "TENHUB_BROKER_URL": "mqtts://h:8883",
+                "TENHUB_BROKER_CA_FILE": str(tmp_path / "missing.pem"),
+            },
+            f"broker_ca_file: {tmp_path / 'missing.pem'}: no such file",
+        ),
+        (
+            {"TENHUB_BROKER_URL": "mqtt://h:1883", "TENHUB_BROKER_CA_FILE": str(not_pem)},
+            "broker_ca_file: only an mqtts:// broker_url uses a CA file",
+        ),
     ]
     for env, said in cases:
         result = tenhub("check-config", "--registry", str(EXAMPLE_REGISTRY), env=env)
@@ -107,8 +121,12 @@ def _serve_and_raise_one_alarm(tmp_path, args, env, broker_port, http_port):
     """Run `tenhub serve`, raise one alarm from a reference panel, SIGTERM; returns its logs."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve", *args], cwd=ROOT, env={**clean, **env},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "hub", "serve", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     http = f"http://127.0.0.1:{http_port}"
     try:
@@ -128,8 +146,13 @@ def _serve_and_raise_one_alarm(tmp_path, args, env, broker_port, http_port):
 def _raise_one_fire(tmp_path: Path, broker_port: int) -> None:
     """A reference panel of u-0003 raises a fire and has it receipted `accepted`."""
     panel = ReferencePanel(
-        "p-0003-02", "127.0.0.1", broker_port, state_dir=tmp_path / "panel",
-        username="p-0003-02", household_id="h-02", unit_id="u-0003",
+        "p-0003-02",
+        "127.0.0.1",
+        broker_port,
+        state_dir=tmp_path / "panel",
+        username="p-0003-02",
+        household_id="h-02",
+        unit_id="u-0003",
     )
     try:
         panel.start()
@@ -202,8 +225,12 @@ def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_unanswered_sms_and_ca
 
     def serve() -> tuple[subprocess.Popen, ProcessLogs]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "serve"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "hub", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         started.append(proc)
         logs = ProcessLogs(proc)
@@ -259,9 +286,23 @@ def test_a_second_ctrl_c_stops_the_hub_without_waiting_for_unanswered_sms_and_ca
 def test_ctrl_c_stops_the_demo_cleanly_with_a_summary(tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hub", "demo", "--every", "0.5", "--http-addr", "127.0.0.1:0",
-         "--data-dir", str(tmp_path / "demo")],
-        cwd=ROOT, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hub",
+            "demo",
+            "--every",
+            "0.5",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(tmp_path / "demo"),
+        ],
+        cwd=ROOT,
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     stdout, stderr = ProcessOutput(proc.stdout), ProcessOutput(proc.stderr)
     try:
@@ -304,8 +345,11 @@ def test_the_hub_stops_promptly_while_a_desk_watches_the_live_dashboard(tmp_path
         with httpx.Client(base_url=web, timeout=10) as desk:
             form = desk.get("/login")
             csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)[1]
-            done = desk.post("/login", data={"username": "desk", "password": password,
-                                              "csrf_token": csrf}, headers={"Origin": web})
+            done = desk.post(
+                "/login",
+                data={"username": "desk", "password": password, "csrf_token": csrf},
+                headers={"Origin": web},
+            )
             assert done.status_code == 303, done.text
             with desk.stream("GET", "/api/events", timeout=None) as live:
                 chunks = live.iter_text()
@@ -332,8 +376,16 @@ def test_the_hub_stops_promptly_while_a_desk_watches_the_live_dashboard(tmp_path
 
 def test_the_demo_shows_alarm_receipt_neighbours_and_cancel(tmp_path):
     result = tenhub(
-        "demo", "--alarms", "2", "--every", "0.5", "--http-addr", "127.0.0.1:0",
-        "--data-dir", str(tmp_path / "demo"), timeout=90,
+        "demo",
+        "--alarms",
+        "2",
+        "--every",
+        "0.5",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(tmp_path / "demo"),
+        timeout=90,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr and "take-over" not in result.stderr, result.stderr
@@ -343,7 +395,7 @@ def test_the_demo_shows_alarm_receipt_neighbours_and_cancel(tmp_path):
     assert out.count("RECEIPT   accepted") == 2
     assert out.count("SOUNDING  9/9 neighbour panels") == 2
     assert out.count("cancels with its PIN → accepted; 9 buzzers stopped") == 1  # false alarm
-    assert out.count("texts back → \"Thank you: you acknowledged") == 1  # the patrol takes one
+    assert out.count('texts back → "Thank you: you acknowledged') == 1  # the patrol takes one
     assert "2 alarms raised · 2 receipted" in out
     assert "neighbours sounded 18/18" in out
 
@@ -356,17 +408,26 @@ def test_sim_gateway_runs_alone_and_prints_each_sms(tmp_path):
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hub", "sim", "gateway", "--port", str(port)], cwd=ROOT,
-        env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "hub", "sim", "gateway", "--port", str(port)],
+        cwd=ROOT,
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_for_port(port, timeout=20)
-        channel = SmsChannel(TwilioSettings(
-            DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, "+15550001000",
-            api_base=f"http://127.0.0.1:{port}",
-        ))
-        message = OutboxMessage(1, None, "sms", "+15550009001",
-                                json.dumps({"text": "hello patrol"}), "k", 0)
+        channel = SmsChannel(
+            TwilioSettings(
+                DEFAULT_ACCOUNT_SID,
+                DEFAULT_AUTH_TOKEN,
+                "+15550001000",
+                api_base=f"http://127.0.0.1:{port}",
+            )
+        )
+        message = OutboxMessage(
+            1, None, "sms", "+15550009001", json.dumps({"text": "hello patrol"}), "k", 0
+        )
 
         async def send_once() -> str | None:
             try:

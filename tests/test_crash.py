@@ -37,12 +37,16 @@ class CrashableHub(HubProcess):
     def __init__(self, tmp_path: Path, broker_port: int, **env: str) -> None:
         policy = tmp_path / "policy.yaml"
         policy.write_text(SHORT_LADDER)
-        super().__init__(tmp_path / "hub", free_port(), {
-            "TENHUB_BROKER_URL": f"mqtt://tenhub-hub@127.0.0.1:{broker_port}",
-            "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
-            "TENHUB_POLICY": str(policy),
-            **env,
-        })
+        super().__init__(
+            tmp_path / "hub",
+            free_port(),
+            {
+                "TENHUB_BROKER_URL": f"mqtt://tenhub-hub@127.0.0.1:{broker_port}",
+                "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
+                "TENHUB_POLICY": str(policy),
+                **env,
+            },
+        )
 
     def query(self, sql: str, *params) -> list[tuple]:
         """Read the hub's database from outside, read-only, as an operator's sqlite3 would."""
@@ -74,8 +78,13 @@ def hub_process(tmp_path, mosquitto):
 @pytest.fixture
 def panel(tmp_path, mosquitto):
     p = ReferencePanel(
-        "p-0002-04", "127.0.0.1", mosquitto.port, state_dir=tmp_path / "panel",
-        username="p-0002-04", household_id="h-04", unit_id="u-0002",
+        "p-0002-04",
+        "127.0.0.1",
+        mosquitto.port,
+        state_dir=tmp_path / "panel",
+        username="p-0002-04",
+        household_id="h-04",
+        unit_id="u-0002",
     )
     p.start()
     yield p
@@ -149,9 +158,12 @@ def test_messages_queued_and_not_yet_sent_at_a_kill_all_go_out_after_the_restart
     gateway_port = free_port()
     gateway = TwilioGateway(port=gateway_port, callback_delay_s=0.01)
     hub = CrashableHub(
-        tmp_path, mosquitto.port,
-        TWILIO_ACCOUNT_SID=gateway.account_sid, TWILIO_AUTH_TOKEN=gateway.auth_token,
-        TWILIO_FROM="+15550001000", TENHUB_TWILIO_API_BASE=gateway.base_url,
+        tmp_path,
+        mosquitto.port,
+        TWILIO_ACCOUNT_SID=gateway.account_sid,
+        TWILIO_AUTH_TOKEN=gateway.auth_token,
+        TWILIO_FROM="+15550001000",
+        TENHUB_TWILIO_API_BASE=gateway.base_url,
     )
     try:
         hub.start()  # the SMS provider is unreachable: messages wait and are retried
@@ -176,13 +188,15 @@ def test_messages_queued_and_not_yet_sent_at_a_kill_all_go_out_after_the_restart
         deadline = time.monotonic() + 20
         while hub.query(
             "SELECT count(*) FROM outbox WHERE alarm_id = ? AND channel = 'sms'"
-            " AND status != 'sent'", alarm_id,
+            " AND status != 'sent'",
+            alarm_id,
         )[0][0]:
             assert time.monotonic() < deadline, "not all sent after the restart"
             time.sleep(0.1)
         rows = hub.query(
             "SELECT recipient, count(*) FROM outbox WHERE alarm_id = ? AND channel = 'sms'"
-            " GROUP BY recipient", alarm_id,
+            " GROUP BY recipient",
+            alarm_id,
         )
         for phone, count in rows:
             # Each message once: as many at the gateway as the outbox holds for the phone.

@@ -92,14 +92,20 @@ async def test_nobody_answers_and_the_ladder_climbs_to_police_then_command(hub, 
     assert (await fired(hub, alarm_id))["police"] == [DESK]
     notes = await hub.outbox.for_alarm(alarm_id)
     assert {(n["channel"], n["recipient"]) for n in notes if n["recipient"] == DESK} == {
-        ("sms", DESK), ("voice", DESK),
+        ("sms", DESK),
+        ("voice", DESK),
     }, "the desk gets an SMS and a call"
 
     await later(hub, clock, 4 * 60)
     assert "police handling" in await fired(hub, alarm_id)
     await later(hub, clock, 2 * 3600)
     assert list(await fired(hub, alarm_id)) == [
-        "first alert", "police", "police handling", "support", "containment", "region-wide",
+        "first alert",
+        "police",
+        "police handling",
+        "support",
+        "containment",
+        "region-wide",
     ]
     steps = await hub.alarms.steps(alarm_id)
     assert [s.outcome for s in steps] == ["fired"] * 6
@@ -135,9 +141,7 @@ async def test_a_key_households_ack_stops_the_police_step(hub, clock, panels):
     assert "police handling" in await fired(hub, alarm_id), "nobody is on scene yet"
 
 
-async def test_the_patrol_acks_then_arrives_then_resolves_and_the_ladder_stops(
-    hub, clock, panels
-):
+async def test_the_patrol_acks_then_arrives_then_resolves_and_the_ladder_stops(hub, clock, panels):
     raiser, neighbour = panels("p-0001-02", "p-0001-03")
     alarm_id = await raise_alarm(hub, raiser)
     patrol = Responder("phone:+15550009001", "patrol")
@@ -158,8 +162,16 @@ async def test_the_patrol_acks_then_arrives_then_resolves_and_the_ladder_stops(
         "invalid_state:"
     )
     assert await entries(hub, alarm_id) == [
-        "raised", "step_fired", "acknowledged", "step_skipped", "on_scene", "step_skipped",
-        "resolved", "step_skipped", "step_skipped", "step_skipped",
+        "raised",
+        "step_fired",
+        "acknowledged",
+        "step_skipped",
+        "on_scene",
+        "step_skipped",
+        "resolved",
+        "step_skipped",
+        "step_skipped",
+        "step_skipped",
     ]
 
 
@@ -207,7 +219,9 @@ async def test_the_duress_pin_looks_exactly_like_a_cancel_and_calls_the_police(
     hub, clock, panels, broker
 ):
     watcher = MqttProbe(
-        broker.host, broker.port, "test-watcher",
+        broker.host,
+        broker.port,
+        "test-watcher",
         [receipt_topic("p-0001-02"), unit_alert_topic("u-0001")],
     )
     try:
@@ -238,8 +252,11 @@ async def test_the_duress_pin_looks_exactly_like_a_cancel_and_calls_the_police(
 
     steps = await fired(hub, forced)
     assert steps["police"] == [DESK], "the police step fires now, not after 60 s"
-    police = next(e for e in await hub.alarms.timeline(forced) if e.entry == "step_fired"
-                  and e.detail["name"] == "police")
+    police = next(
+        e
+        for e in await hub.alarms.timeline(forced)
+        if e.entry == "step_fired" and e.detail["name"] == "police"
+    )
     assert police.detail["duress"] is True and police.detail["late_ms"] < 0
     assert "duress" in await entries(hub, forced)
     assert (await hub.alarms.get(forced)).state == "raised", "behind the scenes it goes on"

@@ -84,9 +84,7 @@ async def test_a_refused_login_says_which_return_code(tmp_path: Path):
     broker = Mosquitto(
         tmp_path / "mosquitto",
         # Started as root, Mosquitto would switch to its own user, who cannot read the file.
-        extra_config=(
-            f"allow_anonymous false\npassword_file {passwords}\n"
-        ),
+        extra_config=(f"allow_anonymous false\npassword_file {passwords}\n"),
     )
     await asyncio.to_thread(broker.start)
     try:

@@ -33,8 +33,20 @@ PER_EXAMPLE = 100
 KNOWN = ["p-0001-01", "p-0001-02", "p-0002-05", "p-0003-10"]
 CHANNELS = ["event", "event", "event", "status", "heartbeat", "receipt", "x", ""]
 ODD = ["", "/", "#", "+", "\x00", "é", "p-1/#", " ", "P-1", "a" * 65, "tenhub", "v1"]
-FIELDS = ["type", "seq", "ts", "kind", "alarm_id", "pin", "state", "sig", "battery",
-          "detail", "condition", "extra"]
+FIELDS = [
+    "type",
+    "seq",
+    "ts",
+    "kind",
+    "alarm_id",
+    "pin",
+    "state",
+    "sig",
+    "battery",
+    "detail",
+    "condition",
+    "extra",
+]
 
 
 def _value(rng: random.Random, depth: int = 0) -> object:
@@ -49,8 +61,23 @@ def _value(rng: random.Random, depth: int = 0) -> object:
     if pick == 3:
         return "".join(chr(rng.randrange(0x20, 0x2FFF)) for _ in range(rng.randrange(40)))
     if pick == 4:
-        return rng.choice(["alarm", "cancel", "ack", "test", "tamper", "trouble", "fire",
-                           "panic", "online", "offline", "1234", "a-0", "p-0001-01"])
+        return rng.choice(
+            [
+                "alarm",
+                "cancel",
+                "ack",
+                "test",
+                "tamper",
+                "trouble",
+                "fire",
+                "panic",
+                "online",
+                "offline",
+                "1234",
+                "a-0",
+                "p-0001-01",
+            ]
+        )
     if pick == 5 and depth < 4:
         return [_value(rng, depth + 1) for _ in range(rng.randrange(4))]
     if pick == 6 and depth < 4:
@@ -62,10 +89,14 @@ def _value(rng: random.Random, depth: int = 0) -> object:
 
 def _event(rng: random.Random) -> dict:
     """Something close to a real event, then broken in a few random ways."""
-    event = {"type": rng.choice(["alarm", "cancel", "ack", "test", "tamper", "trouble"]),
-             "seq": rng.randrange(2**40), "ts": int(time.time() * 1000),
-             "kind": rng.choice(["panic", "burglary", "fire", "medical", "gas"]),
-             "alarm_id": f"a-{rng.randrange(2**64):x}", "pin": f"{rng.randrange(10_000):04d}"}
+    event = {
+        "type": rng.choice(["alarm", "cancel", "ack", "test", "tamper", "trouble"]),
+        "seq": rng.randrange(2**40),
+        "ts": int(time.time() * 1000),
+        "kind": rng.choice(["panic", "burglary", "fire", "medical", "gas"]),
+        "alarm_id": f"a-{rng.randrange(2**64):x}",
+        "pin": f"{rng.randrange(10_000):04d}",
+    }
     for _ in range(rng.randrange(4)):
         field = rng.choice(FIELDS)
         if rng.random() < 0.3:
@@ -126,8 +157,11 @@ def running(tmp_path_factory, registry):
 
 def event_messages_seen(hub) -> float:
     return sum(
-        s.value for m in hub.metrics.registry.collect() if m.name == "tenhub_events"
-        for s in m.samples if s.name == "tenhub_events_total"
+        s.value
+        for m in hub.metrics.registry.collect()
+        if m.name == "tenhub_events"
+        for s in m.samples
+        if s.name == "tenhub_events_total"
     )
 
 
@@ -147,8 +181,9 @@ def test_a_hundred_thousand_generated_messages_in_process_are_each_answered_by_t
     # A seed per example, not Hypothesis's own randoms: drawing each of the 100,000
     # messages' choices through Hypothesis took ten times as long as the hub took to
     # answer them. A failing example names its seed, which replays it.
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(st.integers(min_value=0, max_value=2**64 - 1))
     def hub_survives(seed):
         nonlocal sent_events
@@ -161,7 +196,8 @@ def test_a_hundred_thousand_generated_messages_in_process_are_each_answered_by_t
 
         runner.call(deliver())
         sent_events += sum(
-            1 for t, _ in batch
+            1
+            for t, _ in batch
             if (parsed := topics.parse_panel_topic(t)) and parsed.channel == "event"
         )
 
@@ -331,8 +367,13 @@ def test_a_flood_of_garbage_does_not_hold_back_a_real_alarm(running, tmp_path, r
     flooder = MqttProbe(broker.host, broker.port, "test-flooder", [])
     place = registry.panel_place("p-0002-07")
     panel = ReferencePanel(
-        "p-0002-07", broker.host, broker.port, state_dir=tmp_path / "panel",
-        username="p-0002-07", household_id=place.household.id, unit_id=place.unit.id,
+        "p-0002-07",
+        broker.host,
+        broker.port,
+        state_dir=tmp_path / "panel",
+        username="p-0002-07",
+        household_id=place.household.id,
+        unit_id=place.unit.id,
     )
     panel.start()
     try:

@@ -25,9 +25,7 @@ from hub.work import AlarmContext, LifecycleRules, Refused, Responder, Work
 from tests.conftest import EXAMPLE_REGISTRY
 
 REGISTRY = load_registry(EXAMPLE_REGISTRY)
-PLACES = [
-    REGISTRY.panel_place(h.panel) for u in REGISTRY.units for h in u.households
-]
+PLACES = [REGISTRY.panel_place(h.panel) for u in REGISTRY.units for h in u.households]
 ROLES = ["neighbors", "key_households", "patrol", "police", "command"]
 ORDER = [*LIFECYCLE, "cancelled"]
 
@@ -83,9 +81,7 @@ class AlarmLifecycle(RuleBasedStateMachine):
     @rule(alarm_id=alarms)
     def resolve(self, alarm_id):
         responder = Responder("test:police", "police")
-        self._tx(
-            lambda w: lifecycle.resolve(w, self._alarm(w, alarm_id), responder, "web", "done")
-        )
+        self._tx(lambda w: lifecycle.resolve(w, self._alarm(w, alarm_id), responder, "web", "done"))
 
     @rule(alarm_id=alarms, which=st.sampled_from(["right", "wrong", "duress"]))
     def cancel(self, alarm_id, which):
@@ -99,9 +95,7 @@ class AlarmLifecycle(RuleBasedStateMachine):
     @rule(alarm_id=alarms)
     def escalate_now(self, alarm_id):
         responder = Responder("test:police", "police")
-        self._tx(
-            lambda w: escalate_now(w, self._alarm(w, alarm_id), responder, "web")
-        )
+        self._tx(lambda w: escalate_now(w, self._alarm(w, alarm_id), responder, "web"))
 
     @rule(seconds=st.integers(min_value=0, max_value=4000))
     def time_passes(self, seconds):
@@ -130,9 +124,12 @@ class AlarmLifecycle(RuleBasedStateMachine):
     @invariant()
     def states_only_move_forward(self):
         for alarm in self._rows("SELECT id, state FROM alarms"):
-            states = [r["state"] for r in self._rows(
-                "SELECT state FROM alarm_timeline WHERE alarm_id = ? ORDER BY id", alarm["id"]
-            )]
+            states = [
+                r["state"]
+                for r in self._rows(
+                    "SELECT state FROM alarm_timeline WHERE alarm_id = ? ORDER BY id", alarm["id"]
+                )
+            ]
             ranks = [ORDER.index(s) for s in states]
             assert ranks == sorted(ranks), f"state went backwards: {states}"
             if "cancelled" in states:
@@ -169,15 +166,14 @@ class AlarmLifecycle(RuleBasedStateMachine):
     def no_due_step_is_forgotten(self):
         for alarm in self._rows("SELECT id, raised_at, ladder FROM alarms"):
             policy = Policy.from_json(alarm["ladder"])
-            recorded = {r["step"] for r in self._rows(
-                "SELECT step FROM alarm_steps WHERE alarm_id = ?", alarm["id"]
-            )}
+            recorded = {
+                r["step"]
+                for r in self._rows("SELECT step FROM alarm_steps WHERE alarm_id = ?", alarm["id"])
+            }
             for index, step in enumerate(policy.steps):
                 if alarm["raised_at"] + step.after_ms <= self.now:
                     assert index in recorded, f"step {index} due but neither fired nor skipped"
 
 
-AlarmLifecycle.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=30, deadline=None
-)
+AlarmLifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestAlarmLifecycle = AlarmLifecycle.TestCase

@@ -51,9 +51,7 @@ async def transport(mosquitto: Mosquitto) -> AsyncIterator[MqttTransport]:
 
 async def test_a_publish_reaches_subscribers_and_is_acknowledged(mosquitto, transport):
     topic = "tenhub/v1/unit/u-1/alert"
-    probe = await asyncio.to_thread(
-        MqttProbe, mosquitto.host, mosquitto.port, "probe", [topic]
-    )
+    probe = await asyncio.to_thread(MqttProbe, mosquitto.host, mosquitto.port, "probe", [topic])
     try:
         acked = transport.publish_now(topic, b'{"state":"raised"}', 1)
         await asyncio.wait_for(acked, 5)  # the broker's PUBACK

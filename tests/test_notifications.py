@@ -54,7 +54,9 @@ def clock():
 @pytest.fixture
 async def runner(mosquitto, tmp_path, registry, gateway, clock):
     r = HubRunner(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry,
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
+        tmp_path / "hub.db",
+        registry,
         twilio_account_sid=gateway.account_sid,
         twilio_auth_token=gateway.auth_token,
         twilio_from=HUB_NUMBER,
@@ -81,13 +83,18 @@ def panels(mosquitto, tmp_path, registry):
         for panel_id in panel_ids:
             place = registry.panel_place(panel_id)
             p = ReferencePanel(
-                panel_id, mosquitto.host, mosquitto.port, state_dir=tmp_path / "panels",
-                username=panel_id, household_id=place.household.id, unit_id=place.unit.id,
+                panel_id,
+                mosquitto.host,
+                mosquitto.port,
+                state_dir=tmp_path / "panels",
+                username=panel_id,
+                household_id=place.household.id,
+                unit_id=place.unit.id,
                 retry_initial_s=0.5,
             )
             p.start()
             made.append(p)
-        return made[-len(panel_ids):]
+        return made[-len(panel_ids) :]
 
     yield make
     for p in made:
@@ -156,7 +163,9 @@ async def test_the_patrol_replies_with_its_code_and_the_police_step_is_skipped(
     assert (await hub.alarms.get(alarm_id)).state == "acknowledged"
     acked = [e for e in await hub.alarms.timeline(alarm_id) if e.entry == "acknowledged"]
     assert (acked[0].actor, acked[0].channel, acked[0].detail["role"]) == (
-        f"phone:{PATROL_1}", "sms", "patrol",
+        f"phone:{PATROL_1}",
+        "sms",
+        "patrol",
     )
 
     await later(hub, clock, 61)
@@ -210,12 +219,18 @@ async def test_a_forged_reply_is_refused_and_changes_nothing(hub, gateway, panel
     (raiser,) = panels("p-0001-05")
     alarm_id = await raise_alarm(hub, raiser)
     (to_patrol,) = await sms_to(gateway, PATROL_1)
-    form = {"From": PATROL_1, "To": HUB_NUMBER, "Body": reply_code(to_patrol.body),
-            "MessageSid": "SM" + "0" * 32, "AccountSid": gateway.account_sid}
+    form = {
+        "From": PATROL_1,
+        "To": HUB_NUMBER,
+        "Body": reply_code(to_patrol.body),
+        "MessageSid": "SM" + "0" * 32,
+        "AccountSid": gateway.account_sid,
+    }
     async with httpx.AsyncClient() as client:
         unsigned = await client.post(f"{hub.public_url}/twilio/sms", data=form)
         forged = await client.post(
-            f"{hub.public_url}/twilio/sms", data=form,
+            f"{hub.public_url}/twilio/sms",
+            data=form,
             headers={"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"},
         )
     assert unsigned.status_code == 403 and forged.status_code == 403
@@ -431,8 +446,11 @@ def twilio_signature(auth_token: str, url: str, form: dict) -> str:
 
 async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, panels):
     alarm_id, note, url = await delivered_sms(hub, panels, "p-0001-10")
-    late = {"MessageSid": note["provider_id"], "MessageStatus": "sent",
-            "AccountSid": gateway.account_sid}
+    late = {
+        "MessageSid": note["provider_id"],
+        "MessageStatus": "sent",
+        "AccountSid": gateway.account_sid,
+    }
     signature = twilio_signature(gateway.auth_token, url, late)
     async with httpx.AsyncClient() as client:
         answer = await client.post(url, data=late, headers={"X-Twilio-Signature": signature})
@@ -443,8 +461,12 @@ async def test_a_late_status_never_moves_a_delivery_backwards(hub, gateway, pane
 
 async def test_a_forged_delivery_report_is_refused(hub, gateway, panels):
     alarm_id, note, url = await delivered_sms(hub, panels, "p-0001-09")
-    report = {"MessageSid": note["provider_id"], "MessageStatus": "undelivered",
-              "ErrorCode": "30003", "AccountSid": gateway.account_sid}
+    report = {
+        "MessageSid": note["provider_id"],
+        "MessageStatus": "undelivered",
+        "ErrorCode": "30003",
+        "AccountSid": gateway.account_sid,
+    }
     wrong_key = twilio_signature("not-the-auth-token", url, report)
     right_key = twilio_signature(gateway.auth_token, url, report)
     async with httpx.AsyncClient() as client:
@@ -466,15 +488,24 @@ async def test_a_forged_delivery_report_is_refused(hub, gateway, panels):
 
 async def test_a_report_signed_for_the_url_without_its_port_is_taken_too(hub, gateway, panels):
     _, note, url = await delivered_sms(hub, panels, "p-0001-08")
-    report = {"MessageSid": note["provider_id"], "MessageStatus": "delivered",
-              "AccountSid": gateway.account_sid}
+    report = {
+        "MessageSid": note["provider_id"],
+        "MessageStatus": "delivered",
+        "AccountSid": gateway.account_sid,
+    }
     portless = urlsplit(url)._replace(netloc=urlsplit(url).hostname).geturl()
     elsewhere = url.replace("/twilio/status", "/twilio/sms")
     async with httpx.AsyncClient() as client:
-        without_port = await client.post(url, data=report, headers={
-            "X-Twilio-Signature": twilio_signature(gateway.auth_token, portless, report)})
-        for_another_path = await client.post(url, data=report, headers={
-            "X-Twilio-Signature": twilio_signature(gateway.auth_token, elsewhere, report)})
+        without_port = await client.post(
+            url,
+            data=report,
+            headers={"X-Twilio-Signature": twilio_signature(gateway.auth_token, portless, report)},
+        )
+        for_another_path = await client.post(
+            url,
+            data=report,
+            headers={"X-Twilio-Signature": twilio_signature(gateway.auth_token, elsewhere, report)},
+        )
 
     assert (without_port.status_code, for_another_path.status_code) == (204, 403)
 

@@ -43,8 +43,10 @@ def test_unknown_keys_are_ignored_for_newer_firmware():
         (b'{"type": "alarm", "seq": true, "ts": 1, "kind": "fire"}', Reason.INVALID_FIELD),
         (b'{"type": "alarm", "seq": -1, "ts": 1, "kind": "fire"}', Reason.INVALID_FIELD),
         (b'{"type": "alarm", "seq": 1, "ts": 1, "kind": "FIRE"}', Reason.UNKNOWN_KIND),
-        (b'{"type": "cancel", "seq": 1, "ts": 1, "alarm_id": "a-1", "pin": 1234}',
-         Reason.INVALID_FIELD),
+        (
+            b'{"type": "cancel", "seq": 1, "ts": 1, "alarm_id": "a-1", "pin": 1234}',
+            Reason.INVALID_FIELD,
+        ),
         (b'{"type": "ack", "seq": 1, "ts": 1, "alarm_id": "../../etc"}', Reason.INVALID_FIELD),
         (b"[" * 100_000, Reason.TOO_LARGE),
     ],
@@ -76,15 +78,21 @@ def test_canonical_json_ignores_key_order_and_spacing():
 
 def test_panel_topics_parse_only_when_well_formed():
     assert parse_panel_topic("tenhub/v1/panel/p-1/event") == PanelTopic("p-1", "event")
-    for bad in ["tenhub/v1/panel/P-1/event", "tenhub/v1/panel/p-1/event/x",
-                "tenhub/v2/panel/p-1/event", "tenhub/v1/panel//event", "x" * 70000]:
+    for bad in [
+        "tenhub/v1/panel/P-1/event",
+        "tenhub/v1/panel/p-1/event/x",
+        "tenhub/v2/panel/p-1/event",
+        "tenhub/v1/panel//event",
+        "x" * 70000,
+    ]:
         assert parse_panel_topic(bad) is None
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 event_like = st.fixed_dictionaries(

@@ -26,12 +26,14 @@ from simulator.push_service import BrowserSubscription, PushService
 from tests.brokers import free_port
 
 SUBJECT = "mailto:desk@tenhub.example"
-ALARM = json.dumps({
-    "title": "Alarm: house 4, unit 1",
-    "body": "Intrusion reported 21:04. Tap to acknowledge.",
-    "alarm_id": "a-0001",
-    "ack_url": "https://hub.example/ack/a-0001?t=Zq3xkE",
-})
+ALARM = json.dumps(
+    {
+        "title": "Alarm: house 4, unit 1",
+        "body": "Intrusion reported 21:04. Tap to acknowledge.",
+        "alarm_id": "a-0001",
+        "ack_url": "https://hub.example/ack/a-0001?t=Zq3xkE",
+    }
+)
 
 
 class Subscriptions:
@@ -43,8 +45,9 @@ class Subscriptions:
 
     def add(self, sub_id: str, browser: BrowserSubscription) -> None:
         sent = browser.to_json()  # what the phone's web app posts to the hub
-        self.known[sub_id] = PushSubscription(sub_id, sent["endpoint"], sent["keys"]["p256dh"],
-                                              sent["keys"]["auth"])
+        self.known[sub_id] = PushSubscription(
+            sub_id, sent["endpoint"], sent["keys"]["p256dh"], sent["keys"]["auth"]
+        )
 
     async def lookup(self, sub_id: str) -> PushSubscription | None:
         return self.known.get(sub_id)
@@ -55,8 +58,15 @@ class Subscriptions:
 
 
 def message(recipient: str, payload: str = ALARM) -> OutboxMessage:
-    return OutboxMessage(id=1, alarm_id="a-0001", channel="push", recipient=recipient,
-                         payload=payload, idempotency_key=f"a-0001:{recipient}", attempts=0)
+    return OutboxMessage(
+        id=1,
+        alarm_id="a-0001",
+        channel="push",
+        recipient=recipient,
+        payload=payload,
+        idempotency_key=f"a-0001:{recipient}",
+        attempts=0,
+    )
 
 
 @pytest.fixture
@@ -143,13 +153,16 @@ async def test_push_service_error_is_retried(service, keys, subs, channel):
     assert subs.forgotten == []
 
 
-@pytest.mark.parametrize(("status", "verdict", "forgotten"), [
-    (429, RetryableError, []),
-    (503, RetryableError, []),
-    (404, PermanentError, ["patrol-1"]),
-    (400, PermanentError, []),
-    (413, PermanentError, []),
-])
+@pytest.mark.parametrize(
+    ("status", "verdict", "forgotten"),
+    [
+        (429, RetryableError, []),
+        (503, RetryableError, []),
+        (404, PermanentError, ["patrol-1"]),
+        (400, PermanentError, []),
+        (413, PermanentError, []),
+    ],
+)
 async def test_push_service_answer_decides_the_verdict(
     service, keys, subs, channel, status, verdict, forgotten
 ):
@@ -169,7 +182,8 @@ async def test_unknown_subscription_is_permanent(channel):
 
 async def test_unreachable_push_service_is_retried(keys, subs, channel):
     subs.known["patrol-1"] = PushSubscription(
-        "patrol-1", f"http://127.0.0.1:{free_port()}/push/x", *_browser_keys())
+        "patrol-1", f"http://127.0.0.1:{free_port()}/push/x", *_browser_keys()
+    )
     with pytest.raises(RetryableError):
         await channel.send(message("patrol-1"))
 
@@ -179,7 +193,8 @@ async def test_silent_push_service_is_outcome_unknown(keys, subs):
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
         subs.known["patrol-1"] = PushSubscription(
-            "patrol-1", f"http://127.0.0.1:{port}/push/x", *_browser_keys())
+            "patrol-1", f"http://127.0.0.1:{port}/push/x", *_browser_keys()
+        )
         channel = PushChannel(keys, subs.lookup, subs.forget, timeout_s=0.3)
         with pytest.raises(OutcomeUnknown):
             await channel.send(message("patrol-1"))
@@ -190,22 +205,26 @@ def _sign(key: ec.EllipticCurvePrivateKey, **claims) -> str:
     return Vapid(key, conf={"no-strict": True}).sign(claims)["Authorization"]
 
 
-@pytest.mark.parametrize(("forge", "status"), [
-    ("another key", 403),
-    ("another key claiming the hub's", 401),
-    ("wrong aud", 401),
-    ("expired", 401),
-    ("more than 24 h ahead", 401),
-    ("no header", 401),
-])
+@pytest.mark.parametrize(
+    ("forge", "status"),
+    [
+        ("another key", 403),
+        ("another key claiming the hub's", 401),
+        ("wrong aud", 401),
+        ("expired", 401),
+        ("more than 24 h ahead", 401),
+        ("no header", 401),
+    ],
+)
 def test_service_refuses_forged_vapid(service, keys, forge, status):
     phone = service.new_subscription(application_server_key=keys.public_key_b64url)
     other = ec.generate_private_key(ec.SECP256R1())
     aud = service.base_url
     authorization = {
         "another key": _sign(other, aud=aud),
-        "another key claiming the hub's":
-            _sign(other, aud=aud).split(",k=")[0] + ",k=" + keys.public_key_b64url,
+        "another key claiming the hub's": _sign(other, aud=aud).split(",k=")[0]
+        + ",k="
+        + keys.public_key_b64url,
         "wrong aud": _sign(keys.private_key, aud="https://push.example.net"),
         "expired": _sign(keys.private_key, aud=aud, exp=int(time.time()) - 10),
         "more than 24 h ahead": _sign(keys.private_key, aud=aud, exp=int(time.time()) + 90_000),
@@ -224,8 +243,11 @@ def test_service_refuses_forged_vapid(service, keys, forge, status):
 
 def test_service_checks_endpoint_encoding_and_ttl(service, keys):
     phone = service.new_subscription(application_server_key=keys.public_key_b64url)
-    good = {"Authorization": _sign(keys.private_key, aud=service.base_url),
-            "Content-Encoding": "aes128gcm", "TTL": "60"}
+    good = {
+        "Authorization": _sign(keys.private_key, aud=service.base_url),
+        "Content-Encoding": "aes128gcm",
+        "TTL": "60",
+    }
 
     def post(url: str, headers: dict[str, str]) -> int:
         return httpx.post(url, headers=headers, content=b"\0" * 64).status_code
@@ -238,8 +260,11 @@ def test_service_checks_endpoint_encoding_and_ttl(service, keys):
 
 def _browser_keys() -> tuple[str, str]:
     """A real client key and auth secret, so pywebpush gets as far as the network."""
-    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    point = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
     return _b64(point), _b64(os.urandom(16))
 
 

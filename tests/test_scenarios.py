@@ -104,14 +104,19 @@ async def test_a_shipped_scenario_meets_its_expectations(path, tmp_path):
 def tenhub(*args: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("TENHUB_", "TWILIO_"))}
     return subprocess.run(
-        [sys.executable, "-m", "hub", *args], capture_output=True, text=True, cwd=ROOT,
-        env=clean, timeout=120,
+        [sys.executable, "-m", "hub", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean,
+        timeout=120,
     )
 
 
 def test_a_scenario_that_cannot_hold_fails_with_a_report(tmp_path):
     scenario = tmp_path / "wishful.yaml"
-    scenario.write_text(textwrap.dedent("""\
+    scenario.write_text(
+        textwrap.dedent("""\
         name: Wishful thinking
         speed: 60
         units: [u-0001]
@@ -122,7 +127,8 @@ def test_a_scenario_that_cannot_hold_fails_with_a_report(tmp_path):
           - {alarm: 1, buzzers: 9}
           - {alarm: 1, state: resolved}
           - {alarm: 1, not_notified: patrol}
-    """))
+    """)
+    )
     result = tenhub("sim", "scenario", str(scenario))
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
@@ -134,14 +140,16 @@ def test_a_scenario_that_cannot_hold_fails_with_a_report(tmp_path):
 
 def test_a_broken_scenario_file_is_refused_with_its_lines(tmp_path):
     scenario = tmp_path / "broken.yaml"
-    scenario.write_text(textwrap.dedent("""\
+    scenario.write_text(
+        textwrap.dedent("""\
         name: Broken
         steps:
           - {at: 5s, raise: {household: u-0001/h-01}, cancel: {alarm: 1}}
           - {at: 1s, explode: {}}
         expect:
           - {alarm: 1, state: sleeping}
-    """))
+    """)
+    )
     result = tenhub("sim", "scenario", str(scenario))
     assert result.returncode == 2
     err = result.stderr

@@ -61,9 +61,16 @@ def make_panel(mosquitto, tmp_path, registry):
     def make(key: bytes | None, **options) -> ReferencePanel:
         place = registry.panel_place(PANEL)
         p = ReferencePanel(
-            PANEL, mosquitto.host, mosquitto.port, state_dir=tmp_path / "panel",
-            username=PANEL, household_id=place.household.id, unit_id=place.unit.id,
-            hmac_key=key, retry_initial_s=0.5, **options,
+            PANEL,
+            mosquitto.host,
+            mosquitto.port,
+            state_dir=tmp_path / "panel",
+            username=PANEL,
+            household_id=place.household.id,
+            unit_id=place.unit.id,
+            hmac_key=key,
+            retry_initial_s=0.5,
+            **options,
         )
         p.start()
         made.append(p)
@@ -98,14 +105,14 @@ async def test_forged_or_unsigned_events_of_a_provisioned_panel_are_refused(hub,
     finally:
         probe.close()
     assert [a["error"].split(":")[0] for a in answers] == [
-        "unsigned", "bad_signature", "bad_signature",
+        "unsigned",
+        "bad_signature",
+        "bad_signature",
     ]
     assert await hub.alarms.count() == 0
 
 
-async def test_a_replayed_event_outside_the_window_is_refused_with_the_hubs_time(
-    hub, mosquitto
-):
+async def test_a_replayed_event_outside_the_window_is_refused_with_the_hubs_time(hub, mosquitto):
     key = await provision(hub)
     probe = MqttProbe(mosquitto.host, mosquitto.port, "test-replayer", [receipt_topic(PANEL)])
     try:

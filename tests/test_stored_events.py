@@ -8,8 +8,14 @@ from hub.stored_events import RecentEvents
 
 def stored(panel_id: str, seq: int) -> StoredEvent:
     return StoredEvent(
-        panel_id=panel_id, seq=seq, type="alarm", payload=f'{{"seq":{seq}}}',
-        alarm_id=f"a-{panel_id}-{seq}", status="accepted", error=None, received_at=seq,
+        panel_id=panel_id,
+        seq=seq,
+        type="alarm",
+        payload=f'{{"seq":{seq}}}',
+        alarm_id=f"a-{panel_id}-{seq}",
+        status="accepted",
+        error=None,
+        received_at=seq,
     )
 
 

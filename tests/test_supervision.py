@@ -30,7 +30,9 @@ def clock():
 @pytest.fixture
 async def runner(mosquitto, tmp_path, registry, clock):
     r = HubRunner(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry,
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
+        tmp_path / "hub.db",
+        registry,
         offline_after_s=OFFLINE_AFTER,
     )
     r.clock = clock
@@ -45,8 +47,13 @@ def panel_of(mosquitto, tmp_path, registry):
     def make(panel_id: str, heartbeat_s: float = 0.2) -> ReferencePanel:
         place = registry.panel_place(panel_id)
         p = ReferencePanel(
-            panel_id, mosquitto.host, mosquitto.port, state_dir=tmp_path / "panels",
-            username=panel_id, household_id=place.household.id, unit_id=place.unit.id,
+            panel_id,
+            mosquitto.host,
+            mosquitto.port,
+            state_dir=tmp_path / "panels",
+            username=panel_id,
+            household_id=place.household.id,
+            unit_id=place.unit.id,
             heartbeat_s=heartbeat_s,
         )
         p.start()
@@ -64,9 +71,11 @@ async def open_troubles(hub) -> dict[str, str]:
 
 
 async def trouble_sms(hub) -> list[tuple[str, str]]:
-    rows = await hub.db.read(lambda d: d.conn.execute(
-        "SELECT recipient, payload FROM outbox WHERE alarm_id IS NULL AND channel = 'sms'"
-    ).fetchall())
+    rows = await hub.db.read(
+        lambda d: d.conn.execute(
+            "SELECT recipient, payload FROM outbox WHERE alarm_id IS NULL AND channel = 'sms'"
+        ).fetchall()
+    )
     return [(r[0], json.loads(r[1])["text"]) for r in rows]
 
 
@@ -149,13 +158,12 @@ async def test_a_restart_floods_nobody_before_the_grace_period(runner, clock, pa
 async def test_tamper_and_faults_become_troubles_the_desk_can_close(runner, clock, panel_of):
     hub = await runner.start()
     panel = panel_of("p-0001-05")
-    receipt = await asyncio.to_thread(
-        panel.send_event("tamper", detail="cover opened").wait, 20
-    )
+    receipt = await asyncio.to_thread(panel.send_event("tamper", detail="cover opened").wait, 20)
     assert receipt.status.value == "accepted"
     await asyncio.to_thread(panel.send_event("trouble", condition="low_battery").wait, 20)
     assert {(t.panel_id, t.kind) for t in await hub.panels.troubles()} == {
-        ("p-0001-05", "tamper"), ("p-0001-05", "low_battery"),
+        ("p-0001-05", "tamper"),
+        ("p-0001-05", "low_battery"),
     }
     texts = [t for phone, t in await trouble_sms(hub) if phone == "+15550000105"]
     assert any("tampering" in t for t in texts) and any("low battery" in t for t in texts)
@@ -176,9 +184,7 @@ async def test_tamper_and_faults_become_troubles_the_desk_can_close(runner, cloc
     assert {t.kind for t in await hub.panels.troubles()} == {"low_battery"}
 
 
-async def test_an_alarm_names_the_neighbours_whose_buzzers_may_not_sound(
-    runner, clock, panel_of
-):
+async def test_an_alarm_names_the_neighbours_whose_buzzers_may_not_sound(runner, clock, panel_of):
     hub = await runner.start()
     raiser = panel_of("p-0001-01")
     for i in range(2, 10):
@@ -199,7 +205,9 @@ async def test_a_district_going_dark_is_recorded_without_holding_the_writer(
     district, problems = parse_registry(make_registry(25), "district.yaml")  # 250 panels
     assert district is not None, problems
     runner = HubRunner(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", district,
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
+        tmp_path / "hub.db",
+        district,
         offline_after_s=OFFLINE_AFTER,
     )
     runner.clock = clock
@@ -317,8 +325,13 @@ async def test_judging_ten_thousand_panels_lets_the_event_loop_run_between_slice
     await db.open()
     presence = PresenceTracker()
     supervisor = PanelSupervisor(
-        db, PanelStore(db), presence, AlarmContext(district, DEFAULT_POLICIES), clock,
-        offline_after_ms=OFFLINE_AFTER * 1000, connected_since=lambda: 0,
+        db,
+        PanelStore(db),
+        presence,
+        AlarmContext(district, DEFAULT_POLICIES),
+        clock,
+        offline_after_ms=OFFLINE_AFTER * 1000,
+        connected_since=lambda: 0,
         on_commit=lambda *_: None,
     )
     panels = list(district.panel_places())

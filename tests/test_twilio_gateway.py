@@ -63,8 +63,12 @@ class WebhookReceiver:
 
             def _record(self, params: dict[str, str]) -> None:
                 receiver.before_answer(params)
-                hit = Hit(self.command, receiver.url + self.path, params,
-                          self.headers.get("X-Twilio-Signature", ""))
+                hit = Hit(
+                    self.command,
+                    receiver.url + self.path,
+                    params,
+                    self.headers.get("X-Twilio-Signature", ""),
+                )
                 with receiver._cond:
                     receiver.hits.append(hit)
                     receiver._cond.notify_all()
@@ -113,6 +117,7 @@ async def channels_closed_after(monkeypatch):
     connections belong to the test's event loop)."""
     made: list[SmsChannel | VoiceChannel] = []
     for cls in (SmsChannel, VoiceChannel):
+
         def init(self, *args, _init=cls.__init__, **kwargs):
             _init(self, *args, **kwargs)
             made.append(self)
@@ -144,8 +149,13 @@ def settings(gateway: TwilioGateway, hub_webhooks: WebhookReceiver) -> TwilioSet
 
 def outbox(recipient: str, channel: str = "sms", **payload: str) -> OutboxMessage:
     return OutboxMessage(
-        id=1, alarm_id="a-1", channel=channel, recipient=recipient,
-        payload=json.dumps(payload), idempotency_key="k-1", attempts=0,
+        id=1,
+        alarm_id="a-1",
+        channel=channel,
+        recipient=recipient,
+        payload=json.dumps(payload),
+        idempotency_key="k-1",
+        attempts=0,
     )
 
 
@@ -169,7 +179,10 @@ async def test_an_sms_reaches_the_gateway_as_sent(settings, gateway):
 
     [sms] = gateway.messages(to=ALICE)
     assert (sms.sid, sms.to, sms.from_, sms.body) == (
-        sid, ALICE, HUB_NUMBER, "Alarm at 2-101: burglary."
+        sid,
+        ALICE,
+        HUB_NUMBER,
+        "Alarm at 2-101: burglary.",
     )
     assert sid.startswith("SM") and len(sid) == 34
     # When the request reached the gateway, before its parsing (the bench times SMS by it).
@@ -246,7 +259,10 @@ async def test_a_call_carries_its_twiml_and_reports_its_progress(settings, gatew
     assert sid.startswith("CA") and len(sid) == 34
     hits = hub_webhooks.wait_for(4, "/twilio/status")
     assert [h.params["CallStatus"] for h in hits] == [
-        "initiated", "ringing", "in-progress", "completed"
+        "initiated",
+        "ringing",
+        "in-progress",
+        "completed",
     ]
     for hit in hits:
         assert_signed(hit, settings.auth_token)
@@ -300,9 +316,7 @@ async def test_a_provider_error_is_retried_and_the_retry_sends_once(settings, ga
     assert [m.sid for m in gateway.messages()] == [sid]
 
 
-async def test_a_lost_answer_is_an_unknown_outcome_and_the_message_exists_once(
-    settings, gateway
-):
+async def test_a_lost_answer_is_an_unknown_outcome_and_the_message_exists_once(settings, gateway):
     gateway.hang_next(1, 3)
     impatient = replace(settings, timeout_s=0.5)
 
@@ -395,9 +409,7 @@ async def test_a_keypress_is_posted_signed_to_the_gathers_action(settings, gatew
     assert hit.url == action
     assert hit.params["CallSid"] == sid
     assert hit.params["Digits"] == "1"
-    assert (hit.params["From"], hit.params["To"], hit.params["Called"]) == (
-        HUB_NUMBER, BOB, BOB
-    )
+    assert (hit.params["From"], hit.params["To"], hit.params["Called"]) == (HUB_NUMBER, BOB, BOB)
     assert_signed(hit, settings.auth_token)
 
 
@@ -405,8 +417,12 @@ async def test_the_gateway_also_runs_in_the_tests_own_event_loop(hub_webhooks):
     # As when a hub shares the test's loop: nothing may block that loop.
     async with TwilioGateway(callback_delay_s=0.02).running() as gw:
         settings = TwilioSettings(
-            gw.account_sid, gw.auth_token, HUB_NUMBER, gw.base_url,
-            f"{hub_webhooks.url}/twilio/status", timeout_s=2.0,
+            gw.account_sid,
+            gw.auth_token,
+            HUB_NUMBER,
+            gw.base_url,
+            f"{hub_webhooks.url}/twilio/status",
+            timeout_s=2.0,
         )
         await SmsChannel(settings).send(outbox(ALICE, text="Alarm"))
         [sms] = await gw.wait_for_messages_async(1, to=ALICE)
@@ -440,7 +456,10 @@ async def test_a_gateway_in_its_own_process_tells_its_parent_of_each_sms(hub_web
         assert await asyncio.to_thread(told.wait, 5), "the parent never heard of the SMS"
         [sms] = heard
         assert (sms.sid, sms.to, sms.from_, sms.body) == (
-            sid, ALICE, HUB_NUMBER, "Alarm a-1x: burglary."
+            sid,
+            ALICE,
+            HUB_NUMBER,
+            "Alarm a-1x: burglary.",
         )
         # Stamped by the child on the clock every process shares: comparable with ours.
         assert sms.arrived is not None and before < sms.arrived < time.monotonic()

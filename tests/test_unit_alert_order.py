@@ -48,7 +48,9 @@ async def setting(tmp_path, registry):
     broker = FlakyBroker()
     outbox = OutboxStore(db)
     sender = OutboxSender(
-        outbox, {"panel": PanelChannel(broker.publish)}, clock,
+        outbox,
+        {"panel": PanelChannel(broker.publish)},
+        clock,
         backoff=Backoff(initial_ms=1_000, max_ms=1_000),
     )
     context = AlarmContext(registry, DEFAULT_POLICIES)

@@ -41,28 +41,35 @@ async def summaries(hub: Hub, alarms: list[Alarm]) -> list[dict[str, Any]]:
         unit = hub.registry.unit(alarm.unit_id)
         household = hub.registry.household(alarm.unit_id, alarm.household_id)
         location = unit.location if unit else None
-        found.append({
-            "id": alarm.id,
-            "kind": alarm.kind,
-            "state": alarm.state,
-            "duress": bool(alarm.duress),
-            "unit_id": alarm.unit_id,
-            "unit_name": unit.name if unit else alarm.unit_id,
-            "household_id": alarm.household_id,
-            "address": household.address if household else "",
-            "zone": unit.zone if unit else None,
-            "raised_at": alarm.raised_at,
-            "updated_at": alarm.updated_at,
-            "next_step_at": alarm.next_step_at,
-            "next_step_name": _next_step_name(alarm),
-            "notified": notified.get(alarm.id, 0),
-            "answered_by": [
-                {"actor": e.actor, "role": (e.detail or {}).get("role"), "channel": e.channel,
-                 "at": e.at, "entry": e.entry}
-                for e in answers.get(alarm.id, [])
-            ],
-            "location": {"lat": location.lat, "lon": location.lon} if location else None,
-        })
+        found.append(
+            {
+                "id": alarm.id,
+                "kind": alarm.kind,
+                "state": alarm.state,
+                "duress": bool(alarm.duress),
+                "unit_id": alarm.unit_id,
+                "unit_name": unit.name if unit else alarm.unit_id,
+                "household_id": alarm.household_id,
+                "address": household.address if household else "",
+                "zone": unit.zone if unit else None,
+                "raised_at": alarm.raised_at,
+                "updated_at": alarm.updated_at,
+                "next_step_at": alarm.next_step_at,
+                "next_step_name": _next_step_name(alarm),
+                "notified": notified.get(alarm.id, 0),
+                "answered_by": [
+                    {
+                        "actor": e.actor,
+                        "role": (e.detail or {}).get("role"),
+                        "channel": e.channel,
+                        "at": e.at,
+                        "entry": e.entry,
+                    }
+                    for e in answers.get(alarm.id, [])
+                ],
+                "location": {"lat": location.lat, "lon": location.lon} if location else None,
+            }
+        )
     return found
 
 
@@ -76,8 +83,20 @@ async def detail(hub: Hub, alarm: Alarm) -> dict[str, Any]:
         "timeline": [asdict(e) for e in await hub.alarms.timeline(alarm.id)],
         "steps": [asdict(s) for s in await hub.alarms.steps(alarm.id)],
         "notifications": [
-            {k: n[k] for k in ("id", "channel", "recipient", "status", "delivery", "sent_at",
-                               "attempts", "last_error", "limited_at")}
+            {
+                k: n[k]
+                for k in (
+                    "id",
+                    "channel",
+                    "recipient",
+                    "status",
+                    "delivery",
+                    "sent_at",
+                    "attempts",
+                    "last_error",
+                    "limited_at",
+                )
+            }
             for n in notes
         ],
     }

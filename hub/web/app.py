@@ -34,8 +34,17 @@ def create_web_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     auth.install_auth(app)
     for module in (
-        health, auth, alarms_api, registry_api, troubles_api, events_api, push_api, users_api,
-        twilio_hooks, ack_links, pages,
+        health,
+        auth,
+        alarms_api,
+        registry_api,
+        troubles_api,
+        events_api,
+        push_api,
+        users_api,
+        twilio_hooks,
+        ack_links,
+        pages,
     ):
         app.include_router(module.router)
     pages.mount_static(app)

@@ -66,8 +66,12 @@ def _render(
 
 def _forbidden(request: Request, user: User) -> Response:
     return _render(
-        request, user, "error.html", 403,
-        title="Not for your role", message="This page is not open to your account.",
+        request,
+        user,
+        "error.html",
+        403,
+        title="Not for your role",
+        message="This page is not open to your account.",
     )
 
 
@@ -98,8 +102,12 @@ async def alarm(request: Request, alarm_id: str, user: PageUser) -> Response:
         await visible_alarm(request.app.state.hub, user, alarm_id)
     except HTTPException:
         return _render(
-            request, user, "error.html", 404,
-            title="No such alarm", message=f"There is no alarm {alarm_id} in your zones.",
+            request,
+            user,
+            "error.html",
+            404,
+            title="No such alarm",
+            message=f"There is no alarm {alarm_id} in your zones.",
         )
     return _render(request, user, "alarm.html", alarm_id=alarm_id)
 
@@ -129,8 +137,12 @@ async def manifest() -> Response:
         "background_color": "#ffffff",
         "theme_color": "#b91c1c",
         "icons": [
-            {"src": f"/icons/icon-{size}.png", "sizes": f"{size}x{size}",
-             "type": "image/png", "purpose": "any maskable"}
+            {
+                "src": f"/icons/icon-{size}.png",
+                "sizes": f"{size}x{size}",
+                "type": "image/png",
+                "purpose": "any maskable",
+            }
             for size in ICON_SIZES
         ],
     }
@@ -153,7 +165,8 @@ async def icon(size: int) -> Response:
     if size not in ICON_SIZES:
         return Response(status_code=404)
     return Response(
-        _icon_png(size), media_type="image/png",
+        _icon_png(size),
+        media_type="image/png",
         headers={"Cache-Control": "public, max-age=86400"},
     )
 
@@ -181,6 +194,8 @@ def _icon_png(size: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"".join(rows), 9)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(rows), 9))
+        + chunk(b"IEND", b"")
     )

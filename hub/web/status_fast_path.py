@@ -87,7 +87,9 @@ async def _body(receive: Any) -> bytes | None:
 async def _answer(send: Any, status: int, body: bytes) -> None:
     headers = []  # a 204 carries no body and no Content-Length
     if body:
-        headers = [(b"content-length", str(len(body)).encode()),
-                   (b"content-type", b"text/plain; charset=utf-8")]
+        headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"text/plain; charset=utf-8"),
+        ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
