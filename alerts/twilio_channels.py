@@ -147,6 +147,13 @@ def sort_error(exc: BaseException, timeout_s: float) -> Exception:
     return RetryableError(f"{type(exc).__name__}: {exc}")
 
 
+# How far before a send's claim the provider's records are read: the provider's clock
+# and the hub's may disagree, and Twilio's dates have whole seconds.
+CLOCK_MARGIN_S = 300
+# At most this many of a phone's records are read when looking for one send.
+LOOK_BACK = 200
+
+
 class _TwilioChannel:
     name: str
     idempotent = False  # an SMS or a call sent twice reaches the person twice
@@ -169,12 +176,27 @@ class _TwilioChannel:
             raise sort_error(exc, self.settings.timeout_s) from exc
         return str(resource.sid)
 
-
-# How far before a send's claim the provider's records are read: the provider's clock
-# and the hub's may disagree, and Twilio's dates have whole seconds.
-CLOCK_MARGIN_S = 300
-# At most this many of a phone's records are read when looking for one send.
-LOOK_BACK = 200
+    async def _sids_since(
+        self, records: Any, message: OutboxMessage, since_ms: int, same: Callable[[Any], bool]
+    ) -> list[str]:
+        """SIDs of the records (Messages or Calls) to the message's phone from the hub's
+        number, created since `since_ms` (less CLOCK_MARGIN_S) and `same` as it; newest
+        first. Raises RetryableError when Twilio cannot be asked."""
+        since = datetime.fromtimestamp(since_ms / 1000 - CLOCK_MARGIN_S, UTC)
+        found = []
+        try:
+            stream = await records.stream_async(
+                to=message.recipient, from_=self.settings.from_number, limit=LOOK_BACK,
+                page_size=50,
+            )  # fmt: skip
+            async for record in stream:
+                if record.date_created is not None and record.date_created < since:
+                    break  # newest first: the rest are older still
+                if same(record):
+                    found.append(str(record.sid))
+        except Exception as exc:
+            raise RetryableError(f"cannot ask Twilio what it holds: {exc}") from exc
+        return found
 
 
 class SmsChannel(_TwilioChannel):
@@ -186,20 +208,9 @@ class SmsChannel(_TwilioChannel):
         """SIDs of the messages Twilio holds that could be this one: to its phone, from
         the hub's number, with its text, created since `since_ms`; newest first."""
         text = _payload(message).get("text")
-        since = _since(since_ms)
-        found = []
-        try:
-            async for record in await self.client.messages.stream_async(
-                to=message.recipient, from_=self.settings.from_number, limit=LOOK_BACK,
-                page_size=50,
-            ):  # fmt: skip
-                if record.date_created is not None and record.date_created < since:
-                    break  # newest first: the rest are older still
-                if record.body == text:
-                    found.append(str(record.sid))
-        except Exception as exc:
-            raise RetryableError(f"cannot list Twilio's messages: {exc}") from exc
-        return found
+        return await self._sids_since(
+            self.client.messages, message, since_ms, lambda record: record.body == text
+        )
 
     async def send(self, message: OutboxMessage) -> str | None:
         text = _payload(message).get("text")
@@ -225,19 +236,7 @@ class VoiceChannel(_TwilioChannel):
         """SIDs of the calls Twilio holds that could be this one: to its phone, from the
         hub's number, created since `since_ms`; newest first. (A call's TwiML is not in
         the list: calls are told apart only by whom and when.)"""
-        since = _since(since_ms)
-        found = []
-        try:
-            async for record in await self.client.calls.stream_async(
-                to=message.recipient, from_=self.settings.from_number, limit=LOOK_BACK,
-                page_size=50,
-            ):  # fmt: skip
-                if record.date_created is not None and record.date_created < since:
-                    break
-                found.append(str(record.sid))
-        except Exception as exc:
-            raise RetryableError(f"cannot list Twilio's calls: {exc}") from exc
-        return found
+        return await self._sids_since(self.client.calls, message, since_ms, lambda _: True)
 
     async def send(self, message: OutboxMessage) -> str | None:
         twiml = call_twiml(_payload(message))
@@ -249,10 +248,6 @@ class VoiceChannel(_TwilioChannel):
                 status_callback=self.settings.status_callback_url,
             )
         )
-
-
-def _since(since_ms: int) -> datetime:
-    return datetime.fromtimestamp(since_ms / 1000 - CLOCK_MARGIN_S, UTC)
 
 
 def call_twiml(payload: dict[str, Any]) -> str:
