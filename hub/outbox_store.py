@@ -83,6 +83,21 @@ def _message(row: Any) -> OutboxMessage:
     )
 
 
+def _note_on_timeline(
+    d: sqlite_utils.Database, row: Any, now: int, entry: str, actor: str, detail: dict
+) -> None:
+    """Write what became of an outbox message (`row`: its alarm_id, channel and recipient)
+    on its alarm's timeline; nothing for a message about no alarm."""
+    if not row["alarm_id"]:
+        return
+    alarms = AlarmTx(d)
+    alarm = alarms.get_alarm(row["alarm_id"])
+    alarms.append_timeline(
+        row["alarm_id"], now, entry, alarm.state if alarm else "", actor=actor,
+        channel=row["channel"], detail={"recipient": row["recipient"], **detail},
+    )  # fmt: skip
+
+
 # A status only moves forward; the provider's delivery word only to a higher rank.
 _DELIVERY_RANK = {
     "queued": 0,
@@ -287,17 +302,11 @@ class OutboxStore:
                 " last_error = ? WHERE id = ?",
                 (until, now, reason, message_id),
             )
-            if row["limited_at"] is None and row["alarm_id"]:
-                alarm = AlarmTx(d).get_alarm(row["alarm_id"])
-                AlarmTx(d).append_timeline(
-                    row["alarm_id"],
-                    now,
-                    "notification_held",
-                    alarm.state if alarm else "",
-                    actor="system:rate-limit",
-                    channel=row["channel"],
-                    detail={"recipient": row["recipient"], "reason": reason, "until": until},
-                )
+            if row["limited_at"] is None:
+                _note_on_timeline(
+                    d, row, now, "notification_held", "system:rate-limit",
+                    {"reason": reason, "until": until},
+                )  # fmt: skip
 
         await self.db.write(w)
 
@@ -400,14 +409,7 @@ class OutboxStore:
             row = d.conn.execute(
                 "SELECT alarm_id, channel, recipient FROM outbox WHERE id = ?", (message_id,)
             ).fetchone()
-            if row["alarm_id"]:
-                alarms = AlarmTx(d)
-                alarm = alarms.get_alarm(row["alarm_id"])
-                alarms.append_timeline(
-                    row["alarm_id"], now, entry, alarm.state if alarm else "",
-                    actor="system:provider", channel=row["channel"],
-                    detail={"recipient": row["recipient"], **detail},
-                )  # fmt: skip
+            _note_on_timeline(d, row, now, entry, "system:provider", detail)
             return True
 
         return await self.db.write(w)
@@ -436,21 +438,11 @@ class OutboxStore:
                 " last_error = coalesce(?, last_error) WHERE id = ?",
                 (status, now, f"provider error {error_code}" if error_code else None, row["id"]),
             )
-            if status in DELIVERY_FAILURES and row["alarm_id"]:
-                alarm = AlarmTx(d).get_alarm(row["alarm_id"])
-                AlarmTx(d).append_timeline(
-                    row["alarm_id"],
-                    now,
-                    "notification_failed",
-                    alarm.state if alarm else "",
-                    actor="system:provider",
-                    channel=row["channel"],
-                    detail={
-                        "recipient": row["recipient"],
-                        "status": status,
-                        "error_code": error_code,
-                    },
-                )
+            if status in DELIVERY_FAILURES:
+                _note_on_timeline(
+                    d, row, now, "notification_failed", "system:provider",
+                    {"status": status, "error_code": error_code},
+                )  # fmt: skip
             return row["alarm_id"], row["channel"], row["recipient"]
 
         return await self.db.write(w, lazy=True)
