@@ -44,7 +44,6 @@ from hub.settings import BrokerAddress, Settings, parse_host_port
 from hub.supervision import PanelSupervisor
 from hub.web import create_web_app
 from hub.web.server import EmbeddedServer
-from hub.web.status_fast_path import StatusFastPath
 from hub.work import AlarmChange, AlarmContext, LifecycleRules
 
 logger = logging.getLogger(__name__)
@@ -289,7 +288,7 @@ class Hub:
         http_socket = self._http_socket
         server = EmbeddedServer(
             uvicorn.Config(
-                StatusFastPath(self.web, self),
+                self.web,
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
@@ -345,9 +344,11 @@ class Hub:
                 )
                 self.started.set()
                 await self._stop.wait()
-                # In order: stop taking messages, finish those taken, then stop the rest.
-                tasks[0].cancel()
+                # In order: stop taking messages, finish those taken (their receipts and
+                # acknowledgements go out on the open connection), then stop the rest.
+                self.transport.stop_reading()
                 await self.ingest.drain()
+                tasks[0].cancel()
                 self.events.close()  # the dashboards' live streams end, not hold the web up
                 server.should_exit = True
                 for task in tasks[1:]:

@@ -28,6 +28,7 @@ HUB_NUMBER = "+15550001000"
 DESK = "+15550009911"
 PATROL_1, PATROL_2 = "+15550009001", "+15550009002"
 KEY_HOUSEHOLD = "+15550000101"  # u-0001/h-01, key household of u-0001
+FORM = "application/x-www-form-urlencoded"
 
 
 @pytest.fixture
@@ -438,6 +439,12 @@ async def delivered_sms(hub, panels, panel_id) -> tuple[str, dict, str]:
     return alarm_id, await first_delivered(hub, alarm_id), f"{hub.public_url}/twilio/status"
 
 
+async def chunks(*parts: bytes):
+    """A request body sent piece by piece, with no Content-Length."""
+    for part in parts:
+        yield part
+
+
 def twilio_signature(auth_token: str, url: str, form: dict) -> str:
     from twilio.request_validator import RequestValidator
 
@@ -475,9 +482,17 @@ async def test_a_forged_delivery_report_is_refused(hub, gateway, panels):
         huge = await client.post(
             url, data={**report, "Body": "x" * 100_000}, headers={"X-Twilio-Signature": right_key}
         )
+        # Sent in chunks, without a length: cut off all the same.
+        streamed = await client.post(
+            url,
+            content=chunks(b"Body=", *[b"x" * 10_000] * 10),
+            headers={"X-Twilio-Signature": right_key, "Content-Type": FORM},
+        )
+        as_json = await client.post(url, json=report, headers={"X-Twilio-Signature": right_key})
         signed = await client.post(url, data=report, headers={"X-Twilio-Signature": right_key})
 
-    assert (unsigned.status_code, forged.status_code, huge.status_code) == (403, 403, 413)
+    assert (unsigned.status_code, forged.status_code) == (403, 403)
+    assert (huge.status_code, streamed.status_code, as_json.status_code) == (413, 413, 415)
     assert signed.status_code == 204
     # Delivered stays delivered: a report never moves a message backwards or sideways.
     again = {n["id"]: n["delivery"] for n in await hub.outbox.for_alarm(alarm_id)}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
@@ -171,7 +172,9 @@ async def voice_keypress(request: Request) -> Response:
     return Response(str(reply), media_type=TWIML)
 
 
-STATUS_PATH = "/twilio/status"
+# A status callback is a few hundred bytes; a body past this is refused unread.
+MAX_STATUS_BODY = 64 * 1024
+FORM = "application/x-www-form-urlencoded"
 
 
 @router.post(
@@ -179,15 +182,43 @@ STATUS_PATH = "/twilio/status"
     summary="Delivery status of an SMS or a call",
     status_code=204,
     response_class=Response,
-    responses={413: {"description": "A body past 64 KiB", "content": PLAIN_TEXT}},
+    responses={
+        413: {"description": "A body past 64 KiB", "content": PLAIN_TEXT},
+        415: {"description": "A body that is not form-encoded", "content": PLAIN_TEXT},
+    },
 )
 async def status_callback(request: Request) -> Response:
-    # Served by `StatusFastPath` when the hub runs; this route answers the same way.
-    form = await _signed_form(request)
-    if form is None:
+    if not request.headers.get("content-type", "").startswith(FORM):
+        return PlainTextResponse("status callbacks are form-encoded", status_code=415)
+    body = await _body_within(request, MAX_STATUS_BODY)
+    if body is None:
+        return PlainTextResponse("request body too large", status_code=413)
+    form = parse_form(body)
+    hub: Hub = request.app.state.hub
+    query = request.scope.get("query_string", b"")
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not is_from_twilio(hub, request.scope["path"], query, signature, form):
         return _forbidden()
-    await record_status(request.app.state.hub, form)
+    try:
+        await record_status(hub, form)
+    except Exception:
+        # Twilio is told it failed; the report is lost, the message itself is not.
+        logger.exception("status callback not recorded")
+        return PlainTextResponse("not recorded", status_code=500)
     return Response(status_code=204)
+
+
+async def _body_within(request: Request, limit: int) -> bytes | None:
+    """The request's body; None when it is (or says it is) longer than `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 async def record_status(hub: Hub, form: dict[str, str]) -> None:
