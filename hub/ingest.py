@@ -3,6 +3,12 @@
 Each panel's events are stored one after another, in the order they came; different
 panels' events are stored at once, so alarms arriving together share one commit.
 Status and heartbeat messages only update memory and are handled at once.
+
+Every message comes with its broker acknowledgement, given only once the message is
+handled for good: an event once committed (or answered as a repeat, or refused and
+recorded), right after its receipt is handed over. An event not stored (the hub
+stopped, the database failed) is left unacknowledged, and the broker hands it over
+again on the hub's next connection.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class _Inbound:
     topic: str
     payload: bytes
     arrived: float  # time.perf_counter()
+    ack: Callable[[], None]  # the broker's PUBACK: once the event is committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +127,9 @@ class PanelIngest:
         self._event_rate = TokenBuckets(rate=event_rate, burst=max(10, int(event_rate * 3)))
         self.event_rate = event_rate
         # Bounded, so a hub far behind cannot grow without limit; what does not fit is
-        # not answered, and its panel sends it again (it repeats until it has a receipt).
+        # neither answered nor acknowledged: the broker keeps it for the next connection,
+        # and its panel sends it again (it repeats until it has a receipt). The broker's
+        # window of unacknowledged messages keeps a real one far below this.
         self.queue_size = queue_size
         # A lane per panel with an event being stored: its later events wait their turn.
         # A fixed set of workers made an alarm wait for other panels' writes that happened
@@ -150,35 +159,45 @@ class PanelIngest:
         # A plain dict: every message looks its panel up, and the model's lookup is slower.
         self._places = registry.panel_places()
 
-    def on_message(self, topic: str, payload: bytes) -> None:
-        """Take one MQTT message, in the order the broker delivered them.
+    def on_message(
+        self, topic: str, payload: bytes, ack: Callable[[], None] = lambda: None
+    ) -> None:
+        """Take one MQTT message, in the order the broker delivered them; call ack() once
+        it is handled for good (a message that came by no broker needs none).
 
         Everything that needs no database is decided here, at once: a flood of garbage
         is answered (or counted) without queueing, and a real alarm behind it is not
-        kept waiting. Events that pass go to their panel's worker to be stored.
+        kept waiting. Events that pass go to their panel's worker to be stored, and are
+        acknowledged there, after their commit.
         """
         arrived = time.perf_counter()
         parsed = topics.parse_panel_topic(topic)
         if parsed is None:
             self._unanswerable(topic, payload, "bad_topic", "not a panel topic of protocol v1")
-            return
-        if parsed.channel == "event":
-            checked = self._check_event(_Inbound(parsed.panel_id, topic, payload, arrived))
-            if checked is None:
-                return
-            stored = self._stored.get(parsed.panel_id, checked.event.seq)
-            if stored is not None and not counter_was_reset(
-                stored, checked.event, checked.payload_text
-            ):
-                outcome = answer_repeat(stored, checked.event.seq, checked.payload_text)
-                self._answer(checked, outcome.receipt, self.clock.now_ms())
-                return
-            self._take(parsed.panel_id, checked)
+        elif parsed.channel == "event":
+            item = _Inbound(parsed.panel_id, topic, payload, arrived, ack)
+            if self._on_event(item):
+                return  # taken: acknowledged once stored
         elif parsed.channel == "status":
             self._on_status(parsed.panel_id, topic, payload)
         elif parsed.channel == "heartbeat":
             self._on_heartbeat(parsed.panel_id, topic, payload)
         # receipts are the hub's own messages; a broker may echo them back: nothing to do.
+        ack()
+
+    def _on_event(self, item: _Inbound) -> bool:
+        """Answer an event that needs no database; True when it was taken to be stored."""
+        checked = self._check_event(item)
+        if checked is None:
+            return False  # refused, recorded and answered
+        stored = self._stored.get(item.panel_id, checked.event.seq)
+        if stored is not None and not counter_was_reset(
+            stored, checked.event, checked.payload_text
+        ):
+            outcome = answer_repeat(stored, checked.event.seq, checked.payload_text)
+            self._answer(checked, outcome.receipt, self.clock.now_ms())
+            return False
+        return self._take(item.panel_id, checked)
 
     def _check_event(self, item: _Inbound) -> _Checked | None:
         """Parse, validate, and check panel, rate and signature; None when refused."""
@@ -214,24 +233,27 @@ class PanelIngest:
         # Checked as the panel signed it, kept without the PIN it may carry.
         return _Checked(item, place, event, canonical_json(self.stored_form(obj)), signed)
 
-    def _take(self, panel_id: str, checked: _Checked) -> None:
-        """Store the event now, or after the events of its panel taken before it."""
+    def _take(self, panel_id: str, checked: _Checked) -> bool:
+        """Store the event now, or after the events of its panel taken before it; False
+        when the queue is full (the event stays unacknowledged: the broker keeps it)."""
         if self._waiting >= self.queue_size:
             self.metrics.unanswered.labels("overloaded").inc()
             logger.error(
-                "ingest queue full; the panel will send again", extra={"panel_id": panel_id}
+                "ingest queue full; the broker hands the event over again",
+                extra={"panel_id": panel_id},
             )
-            return
+            return True
         self._waiting += 1
         self._idle.clear()
         lane = self._lanes.get(panel_id)
         if lane is not None:
             lane.append(checked)
-            return
+            return True
         self._lanes[panel_id] = deque()
         task = asyncio.create_task(self._run_lane(panel_id, checked))
         self._lane_tasks.add(task)
         task.add_done_callback(self._lane_tasks.discard)
+        return True
 
     async def _run_lane(self, panel_id: str, checked: _Checked) -> None:
         lane = self._lanes[panel_id]
@@ -240,7 +262,8 @@ class PanelIngest:
                 try:
                     await self._store_event(checked)
                 except Exception:
-                    # Never lose the lane: the panel repeats the event and is answered then.
+                    # Never lose the lane. The event stays unacknowledged: the broker hands
+                    # it over again at the next connection, and the panel repeats it.
                     logger.exception("event handling failed", extra={"panel_id": panel_id})
                 finally:
                     self._handled(1)
@@ -249,8 +272,8 @@ class PanelIngest:
                 checked = lane.popleft()
         finally:
             del self._lanes[panel_id]
-            # Cancelled (the hub stopping): what waited behind is not answered, and
-            # its panel sends it again to the next hub.
+            # Cancelled (the hub stopping): what waited behind is not answered nor
+            # acknowledged, and the broker hands it to the next hub.
             self._handled(len(lane))
 
     def _handled(self, count: int) -> None:
@@ -290,6 +313,9 @@ class PanelIngest:
         if outcome.stored is not None:
             self._stored.add(outcome.stored)
         self._answer(checked, outcome.receipt, now)
+        # After the receipt, on the same connection: a hub killed between the two gets
+        # the event again and answers it `duplicate`; never a PUBACK without a receipt.
+        item.ack()
         self.on_stored(outcome)
         if outcome.new_alarm:
             logger.info(

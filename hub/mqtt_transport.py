@@ -1,28 +1,27 @@
-"""The hub's one MQTT connection (aiomqtt): persistent session, reconnects by itself.
+"""The hub's one MQTT connection (paho-mqtt): persistent session, acks after commit.
 
 Fixed client id and clean session off, so events panels publish while the hub is away
-are queued by the broker and delivered when it is back. This is the only hub module
-that imports aiomqtt.
+are queued by the broker and delivered when it is back. Messages are acknowledged by
+hand (`manual_ack`): the broker's PUBACK for a panel's event goes out only when the
+handler says the event is committed, so a hub killed between reading an event and
+storing it gets it again from its session. paho runs on the hub's event loop through
+its external-loop API (socket callbacks, `loop_read`/`loop_write`/`loop_misc`), so every
+message reaches the hub on the loop's thread, with no hop between threads. This is the
+only hub module that imports paho.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
-import select
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-import aiomqtt
-from paho.mqtt.client import MQTT_ERR_SUCCESS
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+import paho.mqtt.client as mqtt
 
 from devices import topics
 from hub.clock import Clock, SystemClock
@@ -31,288 +30,268 @@ from hub.settings import BrokerAddress
 
 logger = logging.getLogger(__name__)
 
-MessageHandler = Callable[[str, bytes], None]
+Ack = Callable[[], None]
+# (topic, payload, ack): the handler calls ack() once the message is handled for good
+# (an event: committed, or refused and recorded). Never called: the broker hands the
+# message over again on the next connection.
+MessageHandler = Callable[[str, bytes, Ack], None]
 
-
-class _RecvBuffer:
-    """The socket read in large chunks; paho's small reads served from memory.
-
-    paho reads a packet a few bytes at a time (type, length, body), one system call
-    each. With 10,000 panels heartbeating that is thousands of calls a second, and each
-    one lets the database thread take the GIL from the event loop.
-    """
-
-    def __init__(self, recv: Callable[[int], bytes]) -> None:
-        self._recv = recv  # paho's own: BlockingIOError when the socket has nothing
-        self._data = b""
-        self._pos = 0
-        self._closed = False  # the broker closed the connection: paho must see b""
-        self._error: OSError | None = None  # met by fill(): paho's next read meets it
-
-    def recv(self, size: int) -> bytes:
-        if self._pos >= len(self._data):
-            if self._closed:
-                return b""
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            data = self._recv(_RECV_CHUNK)
-            if not data:
-                return data  # the broker closed the connection
-            self._data, self._pos = data, 0
-        start = self._pos
-        self._pos = min(start + size, len(self._data))
-        return self._data[start : self._pos]
-
-    def pending(self) -> bool:
-        """Whether bytes already read wait here (the socket will not say so again)."""
-        return self._pos < len(self._data)
-
-    def fill(self) -> None:
-        """Read what the socket holds if nothing waits here; what goes wrong, paho meets."""
-        if self._pos < len(self._data) or self._closed or self._error is not None:
-            return
-        try:
-            data = self._recv(_RECV_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._error = exc
-            return
-        if data:
-            self._data, self._pos = data, 0
-        else:
-            self._closed = True
-
-    def take_puback(self) -> int | None:
-        """The message id of the next packet if it is a whole PUBACK saying success (its
-        remaining length 2, in MQTT 3.1.1 and 5 alike); None leaves it for paho."""
-        data, pos = self._data, self._pos
-        if len(data) - pos < 4 or data[pos] != 0x40 or data[pos + 1] != 2:
-            return None
-        self._pos = pos + 4
-        return (data[pos + 2] << 8) | data[pos + 3]
-
-    def take_publish(self) -> tuple[str, bytes, int, int] | None:
-        """The next packet if it is a whole, well-formed PUBLISH of QoS 0 or 1 (MQTT 3.1.1):
-        (topic, payload, qos, message id). None leaves it for paho, which reads anything.
-        """
-        data, pos = self._data, self._pos
-        end = len(data)
-        if end - pos < 2:
-            return None
-        first = data[pos]
-        qos = (first >> 1) & 3
-        if first >> 4 != 3 or qos > 1:  # PUBLISH, at most once or at least once
-            return None
-        length, shift, i = 0, 0, pos + 1
-        while True:
-            if i >= end or i - pos > 4:
-                return None  # not all here yet, or malformed (paho says so)
-            byte = data[i]
-            length |= (byte & 127) << shift
-            shift += 7
-            i += 1
-            if not byte & 128:
-                break
-        stop = i + length
-        if stop > end or length < 2:
-            return None
-        topic_end = i + 2 + ((data[i] << 8) | data[i + 1])
-        body = topic_end + 2 * qos  # the message id comes first under QoS 1
-        if body > stop:
-            return None
-        mid = (data[topic_end] << 8) | data[topic_end + 1] if qos else 0
-        self._pos = stop
-        # A broker passes only UTF-8 topics; were one not, the hub refuses it by its name.
-        return data[i + 2 : topic_end].decode("utf-8", "replace"), data[body:stop], qos, mid
-
-
-class _DirectClient(aiomqtt.Client):
-    """aiomqtt that hands each message straight to the hub and drains the socket per wake-up.
-
-    Stock aiomqtt reads one packet per readiness event and passes every message through an
-    asyncio queue and an iterator that waits on two futures: three event-loop rounds per
-    message. In a burst (an alarm storm, a flood of garbage) a real alarm then waits behind
-    all of them. Here a wake-up reads every packet already there and each message goes to
-    the hub's handler at once, in arrival order; a PUBLISH is parsed here, without paho's
-    per-packet machinery (with 10,000 panels heartbeating, most of the loop's reading).
-    Writes made on the loop's thread go out at the end of the same pass, without a trip
-    through the loop's self-pipe and epoll.
-    """
-
-    def __init__(self, *args: Any, on_message: MessageHandler, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._handle = on_message
-        self._loop_thread = threading.get_ident()  # built on the loop that runs it
-        self._write_soon = False
-        # aiomqtt logs a warning on every publish while more than 10 wait for their PUBACK;
-        # in a storm hundreds do (receipts, unit alerts), and the warnings took a tenth of
-        # the loop at 500 alarms/s. Publishes that fail are logged by the hub itself.
-        self.pending_calls_threshold = 1 << 30
-        self._acks: dict[int, asyncio.Future[None]] = {}  # by message id: waiting for PUBACK
-        self._handing_over = False
-
-    @property
-    def accepted(self) -> bool:
-        """Whether the broker has accepted this connection (CONNACK) and it is not lost."""
-        connected = self._connected
-        return (
-            connected.done()
-            and not connected.cancelled()
-            and connected.exception() is None
-            and not self._disconnected.done()
-        )
-
-    def publish_now(
-        self, topic: str, payload: bytes, qos: int, retain: bool
-    ) -> asyncio.Future[None]:
-        """Write one message to the socket now; the future is done at the broker's PUBACK.
-
-        Only on the loop's thread. aiomqtt's own publish is a coroutine: as a task it
-        first runs a loop pass later, behind whatever else became ready (an SMS being
-        built, a burst of heartbeats), and its write waits one pass more.
-        """
-        self._handing_over = True  # the write below is now: none scheduled for later
-        try:
-            info = self._client.publish(topic, payload, qos, retain)
-        finally:
-            self._handing_over = False
-        if info.rc != MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        acked: asyncio.Future[None] = self._loop.create_future()
-        self._acks[info.mid] = acked
-        self._write_now(self._client, None, self._client.socket())
-        if qos == 0 and info.is_published():
-            self._acked(info.mid)  # nothing comes back for QoS 0: written is done
-        return acked
-
-    def fail_pending(self, exc: BaseException) -> None:
-        """The connection is gone: what waits for a PUBACK on it waits for nothing."""
-        acks, self._acks = self._acks, {}
-        for acked in acks.values():
-            if not acked.done():
-                acked.set_exception(exc)
-
-    def _acked(self, mid: int) -> None:
-        acked = self._acks.pop(mid, None)
-        if acked is not None and not acked.done():
-            acked.set_result(None)
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, *args: Any) -> None:
-        if mid in self._acks:
-            self._acked(mid)
-        else:
-            super()._on_publish(client, userdata, mid, *args)
-
-    def _deliver(self, topic: str, payload: bytes) -> None:
-        try:
-            self._handle(topic, payload)
-        except Exception:  # never into paho: a bad message must not cut the connection
-            logger.exception("message handler failed", extra={"topic": topic[:200]})
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        payload = message.payload
-        if not isinstance(payload, bytes | bytearray):
-            payload = str(payload or "").encode()
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:  # as take_publish: the hub refuses it by its name
-            topic = bytes(message._topic).decode("utf-8", "replace")
-        self._deliver(topic, bytes(payload))
-
-    def _take_publish(self, client: Any, topic: str, payload: bytes, qos: int, mid: int) -> None:
-        """A PUBLISH read without paho's per-packet machinery (most of the hub's reading
-        time with 10,000 panels heartbeating); answered as paho answers it."""
-        self._deliver(topic, payload)
-        if qos == 1:
-            client._send_puback(mid)
-
-    def _take_puback(self, client: Any, mid: int) -> None:
-        """A PUBACK read without paho's decoding, which makes a reason code and a
-        properties object for each (two per alarm: its receipt, its unit alert);
-        handled as paho handles it, so the window of messages in flight moves on."""
-        with client._out_message_mutex:
-            if mid in client._out_messages:
-                client._do_on_publish(mid, _PUBACK_SUCCESS, _NO_PROPERTIES)
-
-    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        read_one = client.loop_read
-        buffer = _RecvBuffer(functools.partial(type(client)._sock_recv, client))
-        client._sock_recv = buffer.recv
-
-        def read_packet() -> Any:
-            if client._in_packet["command"] == 0:  # paho is between packets
-                buffer.fill()
-                publish = buffer.take_publish()
-                if publish is not None:
-                    self._take_publish(client, *publish)
-                    return MQTT_ERR_SUCCESS
-                mid = buffer.take_puback()
-                if mid is not None:
-                    self._take_puback(client, mid)
-                    return MQTT_ERR_SUCCESS
-            return read_one()
-
-        def read_burst(max_packets: int = 1) -> Any:
-            rc = read_packet()
-            for _ in range(_BURST - 1):
-                if rc != 0 or client.socket() is None:
-                    break
-                if not buffer.pending():
-                    ready, _, _ = select.select([sock], [], [], 0)
-                    if not ready:
-                        break
-                rc = read_packet()
-            with client._msgtime_mutex:  # paho's keepalive: the broker is alive
-                client._last_bytes_received = time.monotonic()
-            if rc == 0 and buffer.pending():
-                # Bytes read but not handled yet: nothing would wake the loop for them.
-                self._loop.call_soon(self._read_more, client)
-            return rc
-
-        client.loop_read = read_burst
-        super()._on_socket_open(client, userdata, sock)
-
-    def _read_more(self, client: Any) -> None:
-        try:
-            client.loop_read()
-        except Exception as exc:  # as aiomqtt's own reader: the connection is broken
-            if not self._disconnected.done():
-                self._disconnected.set_exception(exc)
-
-    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        if threading.get_ident() != self._loop_thread:
-            super()._on_socket_register_write(client, userdata, sock)  # the CONNECT
-            return
-        if not self._write_soon and not self._handing_over:
-            self._write_soon = True
-            self._loop.call_soon(self._write_now, client, userdata, sock)
-
-    def _write_now(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._write_soon = False
-        if sock is None:
-            return  # the connection is gone; paho reports it
-        try:
-            client.loop_write()
-        except Exception as exc:
-            if not self._disconnected.done():
-                self._disconnected.set_exception(exc)
-            return
-        if client.want_write() and client.socket() is sock:
-            # The socket's buffer is full: wait until the broker takes more.
-            super()._on_socket_register_write(client, userdata, sock)
-
-
-# Shared by every PUBACK taken above: nothing the hub's callbacks keep or change.
-_PUBACK_SUCCESS = ReasonCode(PacketTypes.PUBACK)
-_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
-_BURST = 256  # packets read per wake-up at most, so other tasks still get their turn
-_RECV_CHUNK = 65536
+_KEEPALIVE_S = 30
+_CONNECT_TIMEOUT_S = 10.0
+# Receipts and alerts in flight at once; paho's default of 20 throttles bursts.
+_MAX_INFLIGHT = 1000
+# A topic that is not UTF-8 (no broker passes one): the hub refuses it by this name.
+_UNREADABLE_TOPIC = "\ufffd"
 
 
 class NotConnected(ConnectionError):
     """The hub is not connected to the broker right now."""
+
+
+class _Connection:
+    """One paho client, one socket, driven by the event loop until the connection ends."""
+
+    def __init__(self, transport: MqttTransport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self._loop_thread = threading.get_ident()
+        self.accepted: asyncio.Future[None] = loop.create_future()  # CONNACK
+        self.subscribed: asyncio.Future[None] = loop.create_future()  # SUBACK
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.open = False  # CONNACK received and the connection not lost
+        self._subscribe_mid: int | None = None
+        self._acks: dict[int, asyncio.Future[None]] = {}  # by message id: waiting for PUBACK
+        self._write_soon = False
+        self._sock: Any = None
+        self._reading = True
+        self._misc: asyncio.TimerHandle | None = None
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=transport.client_id,
+            clean_session=False,
+            manual_ack=True,
+        )
+        address = transport.address
+        if address.username is not None:
+            client.username_pw_set(address.username, address.password)
+        if address.tls:
+            client.tls_set_context(ssl.create_default_context(cafile=address.ca_file))
+        client.connect_timeout = _CONNECT_TIMEOUT_S
+        client.max_inflight_messages_set(_MAX_INFLIGHT)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        self.client = client
+
+    # -- the event loop drives the socket ------------------------------------------
+
+    def _on_loop(self, call: Callable[..., None], *args: Any) -> None:
+        """Run call on the loop's thread: now when already there, else as soon as it can."""
+        if threading.get_ident() == self._loop_thread:
+            call(*args)
+        else:  # paho's connect() runs in a worker thread (DNS, TCP, TLS block)
+            self.loop.call_soon_threadsafe(call, *args)
+
+    def _on_socket_open(self, _client: Any, _userdata: Any, sock: Any) -> None:
+        # Nagle would hold a receipt up to 40 ms behind a delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._on_loop(self._watch, sock)
+
+    def _watch(self, sock: Any) -> None:
+        if self.client.socket() is not sock:
+            return  # closed before the loop got to it
+        self._sock = sock
+        if self._reading:
+            self.loop.add_reader(sock, self._read)
+        self._misc = self.loop.call_later(1.0, self._keepalive)
+
+    def _on_socket_close(self, _client: Any, _userdata: Any, sock: Any) -> None:
+        self._on_loop(self._unwatch, sock)
+
+    def _unwatch(self, sock: Any) -> None:
+        if self._sock is sock:
+            self.loop.remove_reader(sock)
+            self.loop.remove_writer(sock)
+            self._sock = None
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        self._gone(NotConnected("the connection to the broker was closed"))
+
+    def _on_socket_register_write(self, _client: Any, _userdata: Any, _sock: Any) -> None:
+        self._on_loop(self._write_later)
+
+    def _write_later(self) -> None:
+        # Everything written on this pass of the loop (a receipt, its PUBACK, a unit
+        # alert) goes out in one write at its end, not one system call each.
+        if not self._write_soon:
+            self._write_soon = True
+            self.loop.call_soon(self._write)
+
+    def _on_socket_unregister_write(self, _client: Any, _userdata: Any, sock: Any) -> None:
+        self._on_loop(self._stop_writing, sock)
+
+    def _stop_writing(self, sock: Any) -> None:
+        if self._sock is sock:
+            self.loop.remove_writer(sock)
+
+    def _write(self) -> None:
+        self._write_soon = False
+        sock = self._sock
+        if sock is None:
+            return
+        self.client.loop_write()
+        if self.client.want_write() and self._sock is sock:
+            # The socket's buffer is full: go on when the broker has taken more.
+            self.loop.add_writer(sock, self._write)
+
+    def _read(self) -> None:
+        sock = self._sock
+        self.client.loop_read()
+        # TLS may have decrypted more than one packet: the socket will not say so again.
+        if isinstance(sock, ssl.SSLSocket) and self._sock is sock and sock.pending():
+            self.loop.call_soon(self._read)
+
+    def _keepalive(self) -> None:
+        self._misc = None
+        if self._sock is None:
+            return
+        self.client.loop_misc()  # PINGREQ when due; closes a connection the broker left
+        if self._sock is not None:
+            self._misc = self.loop.call_later(1.0, self._keepalive)
+
+    # -- paho's callbacks, on the loop's thread once connected ------------------------
+
+    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            _settle(self.accepted, ConnectionRefusedError(f"broker refused: {reason}"))
+            return
+        self.open = True
+        _settle(self.accepted)
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: Any, _props: Any) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [str(r) for r in reasons if r.is_failure]
+        _settle(
+            self.subscribed, NotConnected(f"subscription refused: {refused}") if refused else None
+        )
+
+    def _on_message(self, client: Any, _userdata: Any, message: Any) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = _UNREADABLE_TOPIC
+        mid, qos = message.mid, message.qos
+        acked = False
+
+        def ack() -> None:
+            nonlocal acked
+            # Once, and only on the connection the message came by: on another, the same
+            # id may name another message. A lost one is handed over again anyway.
+            if not acked and self.open:
+                acked = True
+                client.ack(mid, qos)
+
+        try:
+            self.transport.on_message(topic, bytes(message.payload), ack)
+        except Exception:  # never into paho: a bad message must not cut the connection
+            logger.exception("message handler failed", extra={"topic": topic[:200]})
+            ack()  # it would fail the same way every time it came again
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _reason: Any, _props: Any) -> None:
+        acked = self._acks.pop(mid, None)
+        if acked is not None and not acked.done():
+            acked.set_result(None)
+
+    def _on_disconnect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._on_loop(self._gone, NotConnected(f"disconnected from the broker: {reason}"))
+
+    def _gone(self, exc: NotConnected) -> None:
+        self.open = False
+        _settle(self.accepted, exc)
+        _settle(self.subscribed, exc)
+        _settle(self.lost)
+        # A PUBACK owed on this connection never comes: fail those waiting at once, so
+        # the outbox sends them again.
+        acks, self._acks = self._acks, {}
+        for acked in acks.values():
+            _settle(acked, NotConnected("the connection was lost before the broker acknowledged"))
+
+    # -- what the transport asks ---------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the socket (in a worker thread: it blocks) and wait for the CONNACK."""
+        address = self.transport.address
+        opening = self.loop.run_in_executor(
+            None, self.client.connect, address.host, address.port, _KEEPALIVE_S
+        )
+        try:
+            await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The thread goes on: whatever it opens is closed when it is done.
+            opening.add_done_callback(lambda _: self.close())
+            raise
+        async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+            await self.accepted
+
+    async def subscribe(self) -> None:
+        """Subscribe to every panel's topics and wait for the SUBACK."""
+        rc, mid = self.client.subscribe(list(topics.HUB_SUBSCRIPTIONS))
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"could not subscribe: {mqtt.error_string(rc)}")
+        self._subscribe_mid = mid
+        async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+            await self.subscribed
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> asyncio.Future[None]:
+        """Queue one message for this pass's write; the future is done at its PUBACK."""
+        if not self.open:
+            raise NotConnected("not connected to the broker")
+        info = self.client.publish(topic, payload, qos, retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"could not publish: {mqtt.error_string(info.rc)}")
+        acked: asyncio.Future[None] = self.loop.create_future()
+        if qos == 0:
+            acked.set_result(None)  # nothing comes back for QoS 0
+        else:
+            self._acks[info.mid] = acked
+        return acked
+
+    def stop_reading(self) -> None:
+        """Take no more messages; publishing and acknowledging go on."""
+        self._reading = False
+        if self._sock is not None:
+            self.loop.remove_reader(self._sock)
+
+    def close(self) -> None:
+        """Say goodbye to the broker if the socket takes it, then close; idempotent."""
+        self.open = False
+        if self.client.socket() is not None:
+            self.client.disconnect()
+            with contextlib.suppress(OSError):
+                self.client.loop_write()  # writing DISCONNECT closes paho's socket
+        sock = self.client.socket()
+        if sock is not None:  # the DISCONNECT did not fit: close without it
+            self._unwatch(sock)
+            sock.close()
+        self._gone(NotConnected("the connection was closed"))
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None = None) -> None:
+    if future.done():
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
+        future.exception()  # retrieved: nobody may be waiting for this one
 
 
 class MqttTransport:
@@ -338,76 +317,56 @@ class MqttTransport:
         self.connected = asyncio.Event()
         self.clock = clock or SystemClock()
         self.connected_at: int | None = None  # hub time of the current connection, if any
-        self._client: _DirectClient | None = None
-
-    def _new_client(self) -> _DirectClient:
-        return _DirectClient(
-            self.address.host,
-            self.address.port,
-            username=self.address.username,
-            password=self.address.password,
-            identifier=self.client_id,
-            clean_session=False,
-            keepalive=30,
-            timeout=10,
-            tls_context=(
-                ssl.create_default_context(cafile=self.address.ca_file)
-                if self.address.tls
-                else None
-            ),
-            # Nagle would hold a receipt up to 40 ms behind a delayed ACK.
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            # Receipts and alerts in flight at once; paho's default of 20 throttles bursts.
-            max_inflight_messages=1000,
-            on_message=self.on_message,
-        )
+        self._connection: _Connection | None = None
+        self._reading = True
 
     async def run(self) -> None:
         """Stay connected until cancelled: connect, subscribe, read; on loss, back off and retry."""
         delay = self.reconnect_initial_s
+        loop = asyncio.get_running_loop()
         while True:
-            client = self._new_client()
-            # Publishing from the broker's CONNACK on (see publish_now): with the session
-            # kept, it hands over the events queued while the hub was away at once, before
-            # the subscription below is confirmed, and their receipts must go out.
-            self._client = client
+            connection = _Connection(self, loop)
+            if not self._reading:
+                connection.stop_reading()
+            # Publishing from the broker's CONNACK on: with the session kept, it hands over
+            # the events queued while the hub was away at once, before the subscription
+            # below is confirmed, and their receipts must go out.
+            self._connection = connection
             try:
-                async with client:
-                    await client.subscribe(list(topics.HUB_SUBSCRIPTIONS))
-                    # aiomqtt waits with asyncio.wait_for, which on Python 3.11 can swallow
-                    # a cancel landing as the CONNACK or SUBACK arrives: the hub stopping
-                    # would then wait on this connection forever. The request still shows.
-                    if (task := asyncio.current_task()) is not None and task.cancelling():
-                        raise asyncio.CancelledError
-                    self.connected_at = self.clock.now_ms()
-                    self.connected.set()
-                    self.metrics.broker_connected.set(1)
-                    self.metrics.broker_connects.inc()
-                    logger.info(
-                        "connected to broker",
-                        extra={"broker": self.address.display(), "client_id": self.client_id},
-                    )
-                    delay = self.reconnect_initial_s
-                    # Messages go to the handler directly; this only waits for the end.
-                    async for _ in client.messages:
-                        pass
-            except aiomqtt.MqttError as exc:
+                await connection.connect()
+                await connection.subscribe()
+                self.connected_at = self.clock.now_ms()
+                self.connected.set()
+                self.metrics.broker_connected.set(1)
+                self.metrics.broker_connects.inc()
+                logger.info(
+                    "connected to broker",
+                    extra={"broker": self.address.display(), "client_id": self.client_id},
+                )
+                delay = self.reconnect_initial_s
+                await connection.lost
+                raise NotConnected("the connection to the broker was lost")
+            except OSError as exc:  # NotConnected, TimeoutError and ssl.SSLError among them
                 logger.warning(
                     "broker connection lost; reconnecting",
                     extra={"broker": self.address.display(), "error": str(exc), "retry_s": delay},
                 )
             finally:
-                self._client = None
-                # The next connection is a new client: a PUBACK owed on this one never
-                # comes. Fail those waiting at once, so the outbox sends them again.
-                client.fail_pending(
-                    NotConnected("the connection was lost before the broker acknowledged")
-                )
+                self._connection = None
+                connection.close()
                 self.connected_at = None
                 self.connected.clear()
                 self.metrics.broker_connected.set(0)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect_max_s)
+
+    def stop_reading(self) -> None:
+        """Take no more messages, so those taken can be finished and acknowledged before
+        the connection is closed (by cancelling run()); what the broker still holds, it
+        hands to the next connection."""
+        self._reading = False
+        if self._connection is not None:
+            self._connection.stop_reading()
 
     def publish_now(
         self,
@@ -417,21 +376,18 @@ class MqttTransport:
         retain: bool = False,
         timeout: float = 10.0,
     ) -> asyncio.Future[None]:
-        """Hand a message to the socket at once; the future is done at the broker's PUBACK.
+        """Hand a message to the connection at once; the future is done at the broker's PUBACK.
 
         Raises NotConnected at once when offline; the future fails with NotConnected
         when the connection is lost first, or no PUBACK came within `timeout` seconds.
         Only on the event loop's thread.
         """
-        client = self._client
-        if client is None or not client.accepted:
+        connection = self._connection
+        if connection is None:
             raise NotConnected("not connected to the broker")
-        try:
-            acked = client.publish_now(topic, payload, qos, retain)
-        except aiomqtt.MqttError as exc:
-            raise NotConnected(str(exc)) from exc
+        acked = connection.publish(topic, payload, qos, retain)
         if not acked.done():
-            expiry = asyncio.get_running_loop().call_later(timeout, _expire, acked)
+            expiry = connection.loop.call_later(timeout, _expire, acked)
             acked.add_done_callback(lambda _: expiry.cancel())
         return acked
 
