@@ -55,7 +55,8 @@ class Token(StrEnum):
     DUH = "DUH"
 
 
-ENCRYPTABLE = frozenset({Token.SIA_DCS, Token.ADM_CID, Token.NULL, Token.ACK})
+MESSAGES = frozenset({Token.SIA_DCS, Token.ADM_CID, Token.NULL})  # a transmitter's
+ENCRYPTABLE = MESSAGES | {Token.ACK}  # NAK and DUH go in clear: the key may be the trouble
 
 
 class Fault(StrEnum):
@@ -143,7 +144,9 @@ def _decrypt(key: bytes, hex_text: str, header: Dc09Message) -> str:
     if match is None or (match["content"] is None and match["bare"] is None):
         raise Dc09Error(Fault.UNDECRYPTABLE, "the key does not open the message", header)
     content = match["content"] if match["content"] is not None else match["bare"]
-    if not _PRINTABLE.fullmatch(content):
+    # What a wrong key yields is noise: only printable text ending in a timestamp is taken.
+    opened = _CONTENT.fullmatch(content)
+    if not _PRINTABLE.fullmatch(content) or opened is None or not opened["ts"]:
         raise Dc09Error(Fault.UNDECRYPTABLE, "the key does not open the message", header)
     return content
 
@@ -224,7 +227,7 @@ def decode(frame: bytes, keys: Mapping[str, bytes] | None = None) -> Dc09Message
             raise Dc09Error(Fault.NO_KEY, f"no key for account {header.account}", header)
         content = _decrypt(key, match["rest"], header)
     else:
-        if key is not None:
+        if key is not None and token in MESSAGES:
             raise Dc09Error(Fault.NOT_ENCRYPTED, f"account {header.account} must encrypt", header)
         content = match["rest"]
     return _with_content(header, content)
@@ -240,8 +243,6 @@ def _with_content(header: Dc09Message, content: str) -> Dc09Message:
             timestamp = datetime.strptime(match["ts"], TIME_FORMAT).replace(tzinfo=UTC)
         except ValueError:
             raise Dc09Error(Fault.FORMAT, f"timestamp {match['ts']!r} is no date", header) from None
-    elif header.encrypted:
-        raise Dc09Error(Fault.FORMAT, "an encrypted message carries a timestamp", header)
     extended = tuple(re.findall(r"\[([^\[\]]*)\]", match["ext"]))
     return replace(header, data=match["data"], extended=extended, timestamp=timestamp)
 
