@@ -139,10 +139,10 @@ def contact_id_signal(event: ContactIdEvent) -> DeviceSignal:
     """What a Contact ID event means: alarm, trouble, restore, heartbeat, ignored or unknown."""
     source = f"CID {event.qualifier.value}{event.code:03d}"
     zone = event.zone
-    if event.code in CID_IGNORED or event.code in CID_HEARTBEATS:
-        heartbeat = event.code in CID_HEARTBEATS and event.qualifier is not Qualifier.RESTORE
-        kind = SignalType.HEARTBEAT if heartbeat else SignalType.IGNORED
-        return DeviceSignal(kind, source, zone=zone)
+    if event.code in CID_HEARTBEATS:  # whatever its qualifier: the panel is alive
+        return DeviceSignal(SignalType.HEARTBEAT, source, zone=zone)
+    if event.code in CID_IGNORED:
+        return DeviceSignal(SignalType.IGNORED, source, zone=zone)
     if event.code in CID_TROUBLES:
         condition = CID_TROUBLES[event.code]
         if event.qualifier is Qualifier.RESTORE:
