@@ -78,6 +78,11 @@ class Settings(BaseModel):
     clock_epoch_ms: int | None = None
     log_level: str = "info"
     log_format: str = "text"
+    # The desk's map: an XYZ tile server (`https://tiles.example.org/{z}/{x}/{y}.png`; the
+    # city's own, say) and the credit its tiles require; unset, the desk draws a sketch.
+    map_tile_url: str | None = None
+    map_tile_attribution: str = ""
+    map_max_zoom: Annotated[int, Field(ge=1, le=22)] = 19
 
     @field_validator("broker_url")
     @classmethod
@@ -131,6 +136,30 @@ class Settings(BaseModel):
                     f"{item!r} is not an IP address or network (like 10.0.0.5 or 10.0.0.0/24)"
                 ) from None
         return v
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _check_tile_url(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        parts = urlsplit(v.replace("{", "").replace("}", ""))
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        missing = [p for p in ("{z}", "{x}", "{y}") if p not in v]
+        if missing:
+            raise ValueError(
+                f"a tile URL template needs {', '.join(missing)} (like .../{{z}}/{{x}}/{{y}}.png)"
+            )
+        return v
+
+    @property
+    def map_tile_origin(self) -> str | None:
+        """Where the desk's browsers fetch tiles from (scheme://host[:port]), or None."""
+        if not self.map_tile_url:
+            return None
+        parts = urlsplit(self.map_tile_url)
+        # `{s}.tiles.example.org` spreads tiles over subdomains: allow them all.
+        return f"{parts.scheme}://{parts.netloc.replace('{s}', '*')}"
 
     @field_validator("log_level")
     @classmethod

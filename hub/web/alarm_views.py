@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from hub.alarm_store import Alarm
 from hub.policy import Policy
+from hub.registry import Registry
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -29,6 +30,32 @@ def _next_step_name(alarm: Alarm) -> str | None:
         return None
     steps = Policy.from_json(alarm.ladder).steps
     return steps[alarm.next_step].label(alarm.next_step) if alarm.next_step < len(steps) else None
+
+
+def actor_name(registry: Registry, actor: str, unit_id: str) -> str:
+    """Who an actor is, for people: a household's address (and unit, if another one), a
+    patrol member's name, an account's name; the actor id itself when the registry has no
+    better word."""
+    kind, _, ref = actor.partition(":")
+    if kind == "household":
+        owner_id, _, household_id = ref.partition("/")
+        household = registry.household(owner_id, household_id)
+        unit = registry.unit(owner_id)
+        if household is not None and unit is not None:
+            return household.address if owner_id == unit_id else f"{household.address}, {unit.name}"
+    elif kind == "phone":
+        for patrol in registry.patrols:
+            for member in patrol.members:
+                if member.phone == ref:
+                    return member.name
+        for unit in registry.units:
+            for household in unit.households:
+                if ref in household.phones:
+                    place = household.address
+                    return place if unit.id == unit_id else f"{place}, {unit.name}"
+    elif kind == "user" and ref:
+        return ref
+    return actor
 
 
 async def summaries(hub: Hub, alarms: list[Alarm]) -> list[dict[str, Any]]:
@@ -60,6 +87,7 @@ async def summaries(hub: Hub, alarms: list[Alarm]) -> list[dict[str, Any]]:
                 "answered_by": [
                     {
                         "actor": e.actor,
+                        "who": actor_name(hub.registry, e.actor, alarm.unit_id),
                         "role": (e.detail or {}).get("role"),
                         "channel": e.channel,
                         "at": e.at,
@@ -80,7 +108,13 @@ async def detail(hub: Hub, alarm: Alarm) -> dict[str, Any]:
     return {
         **summary,
         "policy": alarm.policy,
-        "timeline": [asdict(e) for e in await hub.alarms.timeline(alarm.id)],
+        "timeline": [
+            {
+                **asdict(e),
+                "who": actor_name(hub.registry, e.actor, alarm.unit_id) if e.actor else None,
+            }
+            for e in await hub.alarms.timeline(alarm.id)
+        ],
         "steps": [asdict(s) for s in await hub.alarms.steps(alarm.id)],
         "notifications": [
             {

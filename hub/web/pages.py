@@ -31,9 +31,10 @@ NAV = (
     ("/patrol", "Patrol", ("patrol", "admin")),
     ("/admin", "Admin", ("admin",)),
 )
-# Pages load nothing from elsewhere, and no inline script or style runs.
+# Pages load nothing from elsewhere (but the map tiles the operator chose), and no inline
+# script or style runs.
 CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self';"
+    "default-src 'self'; img-src 'self' data:{tiles}; style-src 'self'; script-src 'self';"
     " connect-src 'self'; worker-src 'self'; manifest-src 'self'; base-uri 'none';"
     " form-action 'self'; frame-ancestors 'none'"
 )
@@ -59,7 +60,8 @@ def _render(
         {"user": user, "csrf": getattr(request.state, "csrf", None) or "", "nav": nav, **context},
         status_code=status,
     )
-    response.headers["Content-Security-Policy"] = CSP
+    tiles = request.app.state.hub.settings.map_tile_origin
+    response.headers["Content-Security-Policy"] = CSP.format(tiles=f" {tiles}" if tiles else "")
     response.headers["Cache-Control"] = "no-store"  # each page carries the session's CSRF token
     return response
 
@@ -90,7 +92,19 @@ async def home(user: PageUser) -> RedirectResponse:
 @router.get("/desk")
 async def desk(request: Request, user: PageUser) -> Response:
     """The police desk: open alarms, countdowns, offline panels, the map of units."""
-    return _page(request, user, "desk.html", ("police", "admin"))
+    if user.role not in ("police", "admin"):
+        return _forbidden(request, user)
+    settings = request.app.state.hub.settings
+    tiles = (
+        {
+            "url": settings.map_tile_url,
+            "attribution": settings.map_tile_attribution,
+            "max_zoom": settings.map_max_zoom,
+        }
+        if settings.map_tile_url
+        else None
+    )
+    return _render(request, user, "desk.html", tiles=tiles)
 
 
 @router.get("/alarms/{alarm_id}")
@@ -156,6 +170,14 @@ async def service_worker() -> FileResponse:
         STATIC_DIR / "sw.js",
         media_type="text/javascript",
         headers={"Service-Worker-Allowed": "/", "Cache-Control": "no-cache"},
+    )
+
+
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    """The tab icon browsers ask for by themselves (the app icon, small)."""
+    return Response(
+        _icon_png(32), media_type="image/png", headers={"Cache-Control": "public, max-age=86400"}
     )
 
 

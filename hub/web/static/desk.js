@@ -5,13 +5,19 @@ import { beep, offerSound } from "./beep.js";
 import { h, showEmpty } from "./dom.js";
 import { answerer, clock, countdownAttrs, elapsedAttrs, fullTime, label, startTicker, tick } from "./format.js";
 import { coalesced, listen } from "./live.js";
-import { drawMap } from "./map.js";
+import { sketchMap } from "./map.js";
 import { setupPush } from "./push.js";
+import { tileMap } from "./tilemap.js";
 
 const FLASH_MS = 10000;
 const tbody = document.querySelector("#alarms tbody");
 const rows = new Map(); // alarm id → its <tr>, kept across refreshes so a flash is not restarted
 let firstLoad = true;
+let openAlarms = [];
+const mapElement = document.getElementById("map");
+const unplacedNote = document.getElementById("unplaced");
+// Real tiles when the operator configured a tile source, else the local sketch.
+const map = mapElement.dataset.tileUrl ? tileMap(mapElement, unplacedNote) : sketchMap(mapElement, unplacedNote);
 
 function cells(alarm) {
   const href = `/alarms/${encodeURIComponent(alarm.id)}`;
@@ -40,6 +46,9 @@ function rowFor(alarm, fresh) {
     row.addEventListener("click", (event) => {
       if (!event.target.closest("a")) location.assign(`/alarms/${encodeURIComponent(alarm.id)}`);
     });
+    // Pointing at an alarm points out its unit on the map.
+    row.addEventListener("mouseenter", () => map.highlight(alarm.unit_id));
+    row.addEventListener("mouseleave", () => map.highlight(null));
     rows.set(alarm.id, row);
   }
   if (fresh) {
@@ -52,6 +61,7 @@ function rowFor(alarm, fresh) {
 }
 
 function renderAlarms(alarms) {
+  openAlarms = alarms;
   const fresh = firstLoad ? new Set() : new Set(alarms.filter((a) => !rows.has(a.id)).map((a) => a.id));
   const open = new Set(alarms.map((a) => a.id));
   for (const [id, row] of rows) {
@@ -104,21 +114,17 @@ function renderTroubles(troubles) {
 }
 
 const refreshAlarms = coalesced(async () => renderAlarms(await api("/api/alarms?state=open")));
-const refreshUnits = coalesced(async () =>
-  drawMap(document.getElementById("map"), await api("/api/units"), document.getElementById("unplaced")),
-);
+// After the alarms: the map marks the units of duress alarms among them.
+const refreshUnits = coalesced(async () => map.draw(await api("/api/units"), openAlarms));
 const refreshPanels = coalesced(async () => {
   renderOffline(await api("/api/panels?state=offline"));
   renderTroubles(await api("/api/troubles"));
 });
-const refreshAll = () => Promise.all([refreshAlarms(), refreshUnits(), refreshPanels()]);
+const refreshAll = () => Promise.all([refreshAlarms().then(refreshUnits), refreshPanels()]);
 
 listen({
   open: refreshAll,
-  alarm: () => {
-    refreshAlarms();
-    refreshUnits();
-  },
+  alarm: () => refreshAlarms().then(refreshUnits),
   panel: refreshPanels,
 });
 // A safety net behind the live feed: a desk must never show a stale picture for long.

@@ -24,10 +24,13 @@ export function duration(ms) {
 /** A state or entry name for people: on_scene → on scene. */
 export const label = (name) => String(name ?? "").replaceAll("_", " ");
 
-/** Who answered: "Team 1, Zhang Wei (patrol, sms)". */
+const ROLE_WORDS = { neighbors: "neighbour", key_households: "key household", police: "police", patrol: "patrol", command: "command" };
+
+/** Who answered: "Team 1, Zhang Wei (patrol, sms)", "2-402 (neighbour, panel)". */
 export function answerer(a) {
-  const how = [a.role, a.channel].filter(Boolean).join(", ");
-  return how ? `${a.actor} (${how})` : a.actor;
+  const how = [ROLE_WORDS[a.role] ?? label(a.role), a.channel].filter(Boolean).join(", ");
+  const who = a.who ?? a.actor;
+  return how ? `${who} (${how})` : who;
 }
 
 /**

@@ -77,7 +77,8 @@ function placeLabels(points) {
 const count = (households) => (Array.isArray(households) ? households.length : households);
 
 /** Draw `units` into `svg`; units without a location are named in `note`. */
-export function drawMap(svg, units, note) {
+function drawMap(svg, units, alarms, note) {
+  const duressUnits = new Set(alarms.filter((a) => a.duress).map((a) => a.unit_id));
   const placed = units.filter((u) => u.location);
   const points = placed.length ? project(placed) : [];
   spread(points);
@@ -85,9 +86,10 @@ export function drawMap(svg, units, note) {
   svg.replaceChildren(
     s("rect", { class: "ground", x: 0, y: 0, width: WIDTH, height: HEIGHT, rx: 6 }),
     ...points.map((p) =>
-      s("g", { class: p.unit.open_alarms ? "unit alarm" : "unit", "data-unit-id": p.unit.id },
+      s("g", { class: ["unit", p.unit.open_alarms ? "alarm" : "", duressUnits.has(p.unit.id) ? "duress" : ""].join(" ").trim(),
+        "data-unit-id": p.unit.id },
         s("title", {}, `${p.unit.name} (${p.unit.zone}): ${count(p.unit.households)} households, ` +
-          `${p.unit.open_alarms} open alarms`),
+          `${p.unit.open_alarms} open alarm${p.unit.open_alarms === 1 ? "" : "s"}`),
         s("circle", { cx: p.x.toFixed(1), cy: p.y.toFixed(1), r: p.unit.open_alarms ? 8 : 6 }),
         s("text", { x: p.label.tx.toFixed(1), y: p.label.ty.toFixed(1), "text-anchor": p.label.anchor }, p.unit.name),
       ),
@@ -96,4 +98,14 @@ export function drawMap(svg, units, note) {
   const unplaced = units.filter((u) => !u.location).map((u) => u.name);
   note.hidden = unplaced.length === 0;
   note.textContent = unplaced.length ? `Not on the map (no location): ${unplaced.join(", ")}` : "";
+}
+
+/** The local sketch of the units, drawn without tiles: same calls as the tile map. */
+export function sketchMap(svg, note) {
+  return {
+    draw: (units, alarms) => drawMap(svg, units, alarms, note),
+    highlight(unitId) {
+      for (const g of svg.querySelectorAll(".unit")) g.classList.toggle("selected", g.dataset.unitId === unitId);
+    },
+  };
 }

@@ -37,5 +37,6 @@ export function describe(entry) {
 /** The who column: the actor, and as which role. */
 export function who(entry) {
   const role = entry.detail?.role;
-  return role ? `${entry.actor} (${label(role)})` : (entry.actor ?? "");
+  const who = entry.who ?? entry.actor ?? "";
+  return role ? `${who} (${label(role)})` : who;
 }
