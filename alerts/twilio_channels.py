@@ -1,33 +1,36 @@
 """The `sms` and `voice` channels: Twilio, through the official `twilio` client.
 
-The client's async calls run on the hub's event loop over the project's own small HTTP
-client (no thread per request: under load those threads took the GIL from the loop that
-answers panels; aiohttp took twice the CPU per send).
+The client's `*_async` calls run on the hub's event loop over twilio's own aiohttp client
+(`TwilioHttp`), one pool of kept-alive connections per channel.
 Errors are sorted by one question: can the request have reached Twilio? If it cannot,
 the send is retried; if it may have, the outcome is unknown and it is never sent again.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
+import aiohttp
 from requests.adapters import HTTPAdapter
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
-from twilio.http import AsyncHttpClient
+from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
 
 from alerts.channel import OutboxMessage, OutcomeUnknown, PermanentError, RetryableError
-from alerts.http_client import AnswerLost, HttpClient, RequestNotSent
+
+# A kept-alive connection idle longer is closed, not reused: the server may be closing it
+# (uvicorn does after 5 s), and a POST written into a connection the server is closing is
+# lost without telling whether it arrived: an SMS in doubt that was never sent.
+IDLE_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -42,51 +45,74 @@ class TwilioSettings:
     timeout_s: float = 10.0
 
 
+def rebased(url: str, api_base: str | None) -> str:
+    """`url` sent to `api_base` instead of the Twilio host the client built it for."""
+    if not api_base:
+        return url
+    # Messages and Calls both live on the Api domain (2010-04-01), whose paths the
+    # gateway serves as Twilio does; an edge or region (TWILIO_EDGE, TWILIO_REGION) only
+    # changes the host name, which is replaced here.
+    parts = urlsplit(url)
+    return api_base.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+class PointedHttpClient(TwilioHttpClient):
+    """twilio's blocking HTTP client, sending to `api_base` when one is given."""
+
+    def __init__(self, api_base: str | None, timeout_s: float, pool_size: int) -> None:
+        super().__init__(timeout=timeout_s)
+        self.api_base = api_base
+        if self.session is not None:
+            # No retries inside the client: a POST retried after a lost answer sends twice.
+            for scheme in ("https://", "http://"):
+                adapter = HTTPAdapter(pool_maxsize=pool_size, max_retries=0)
+                self.session.mount(scheme, adapter)
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> TwilioResponse:
+        """twilio's request, to `api_base`."""
+        return super().request(method, rebased(url, self.api_base), *args, **kwargs)
+
+
 def twilio_client(settings: TwilioSettings, pool_size: int = 32) -> Client:
     """A blocking twilio `Client` for these settings (for tools and tests; the hub sends
     with `async_twilio_client`)."""
-    http = TwilioHttpClient(timeout=settings.timeout_s)
-    if http.session is not None:
-        # No retries inside the client: a POST retried after a lost answer sends twice.
-        for scheme in ("https://", "http://"):
-            http.session.mount(scheme, HTTPAdapter(pool_maxsize=pool_size, max_retries=0))
-    return _pointed(Client(settings.account_sid, settings.auth_token, http_client=http), settings)
+    http = PointedHttpClient(settings.api_base, settings.timeout_s, pool_size)
+    return Client(settings.account_sid, settings.auth_token, http_client=http)
 
 
 def async_twilio_client(settings: TwilioSettings, pool_size: int = 32) -> Client:
-    """A twilio `Client` whose `*_async` calls go through `TwilioTransport`."""
-    http = TwilioTransport(settings.timeout_s, pool_size)
-    return _pointed(Client(settings.account_sid, settings.auth_token, http_client=http), settings)
+    """A twilio `Client` whose `*_async` calls go through `TwilioHttp`."""
+    http = TwilioHttp(settings.api_base, settings.timeout_s, pool_size)
+    return Client(settings.account_sid, settings.auth_token, http_client=http)
 
 
-def _pointed(client: Client, settings: TwilioSettings) -> Client:
-    if settings.api_base:
-        # Messages and Calls both live on the Api domain (2010-04-01), which joins its
-        # base_url with each path; the edge/region from TWILIO_EDGE/TWILIO_REGION would
-        # rewrite the host name, so they are cleared.
-        client.api.base_url = settings.api_base.rstrip("/")
-        client.edge = client.region = None
-    return client
+class TwilioHttp(AsyncTwilioHttpClient):
+    """twilio's aiohttp client, sending to `api_base` when one is given, with a pool of
+    at most `pool_size` kept-alive connections made in the loop that first uses it.
 
-
-class TwilioTransport(AsyncHttpClient):
-    """twilio's async HTTP interface over `HttpClient`.
-
-    No retries (a POST repeated after a lost answer sends twice), and the connect and
-    read timeouts kept apart, so a request that never left can be told from one that
-    got no answer. (twilio's own async client retries on request and has one timeout.)
+    Its `request` differs from the parent's where a send's fate depends on it: the
+    parent passes aiohttp one total timeout, or none at all when the resource call names
+    none (so `timeout` was never applied and a send could wait forever), where here a
+    connection not made within `timeout_s` (nothing left: ConnectionTimeoutError) is
+    told from an answer not come within `timeout_s` of sending (it may have arrived);
+    credentials go in the Authorization header (aiohttp deprecates its `auth` argument);
+    nothing is retried, as a POST repeated after a lost answer sends twice.
     """
 
-    def __init__(self, timeout_s: float, pool_size: int = 32) -> None:
-        super().__init__(logging.getLogger("twilio.http_client"), True, timeout_s)
-        self.http = HttpClient(
-            connect_timeout_s=timeout_s, read_timeout_s=timeout_s, pool_size=pool_size
+    def __init__(self, api_base: str | None, timeout_s: float, pool_size: int = 32) -> None:
+        super().__init__(pool_connections=False, timeout=timeout_s)
+        self.api_base = api_base
+        self.pool_size = pool_size
+        # The whole exchange is bounded too (an answer trickling in byte by byte); it
+        # cannot end before the connect timeout, so it always means "after sending".
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=2 * timeout_s, connect=timeout_s, sock_read=timeout_s
         )
 
     async def request(
         self,
         method: str,
-        uri: str,
+        url: str,
         params: dict[str, object] | None = None,
         data: dict[str, object] | None = None,
         headers: dict[str, str] | None = None,
@@ -94,23 +120,36 @@ class TwilioTransport(AsyncHttpClient):
         timeout: float | None = None,
         allow_redirects: bool = False,
     ) -> TwilioResponse:
-        """One request; its errors go up as they are (see `sort_error`). Redirects are
-        not followed: Twilio's API answers where it is asked."""
+        """One request; its errors go up as aiohttp raises them (see `sort_error`)."""
+        if self.session is None:
+            # Made here, in the running loop, which its connections belong to.
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.pool_size, keepalive_timeout=IDLE_S),
+                timeout=self.client_timeout,
+            )
         headers = dict(headers or {})
         if auth is not None:
-            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
-            headers["Authorization"] = f"Basic {token}"
-        body: bytes | None = None
+            headers["Authorization"] = aiohttp.encode_basic_auth(*auth)
+        body = None
         if data:
-            body = urlencode(data, doseq=True).encode("ascii")
+            body = urlencode(data, doseq=True)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        response = await self.http.request(method, uri, headers=headers, body=body, params=params)
-        return TwilioResponse(response.status, response.body.decode("utf-8", "replace"),
-                              response.headers)  # fmt: skip
-
-    async def close(self) -> None:
-        """Close the connections (the hub's channels live as long as the hub)."""
-        await self.http.close()
+        per_request = self.client_timeout
+        if timeout is not None:  # a resource call's own timeout
+            per_request = aiohttp.ClientTimeout(
+                total=2 * timeout, connect=timeout, sock_read=timeout
+            )
+        async with self.session.request(
+            method.upper(),
+            rebased(url, self.api_base),
+            params=params,
+            data=body,
+            headers=headers,
+            timeout=per_request,
+            allow_redirects=allow_redirects,
+        ) as response:
+            text = await response.text(errors="replace")
+        return TwilioResponse(response.status, text, response.headers)
 
 
 def _payload(message: OutboxMessage) -> dict[str, Any]:
@@ -123,6 +162,15 @@ def _payload(message: OutboxMessage) -> dict[str, Any]:
     return payload
 
 
+# Raised before anything of the request was written: no connection could be made.
+NEVER_LEFT = (
+    aiohttp.ClientConnectorError,  # refused, unresolved, TLS refused or unverified
+    aiohttp.ConnectionTimeoutError,  # no connection within the timeout
+    aiohttp.InvalidURL,
+    aiohttp.NonHttpUrlClientError,
+)
+
+
 def sort_error(exc: BaseException, timeout_s: float) -> Exception:
     """The channel error a failed twilio call means: retry, never, or unknown."""
     if isinstance(exc, TwilioRestException | TwilioServiceException):
@@ -133,18 +181,35 @@ def sort_error(exc: BaseException, timeout_s: float) -> Exception:
         if 400 <= exc.status < 500:
             return PermanentError(summary)
         return RetryableError(summary)
-    # Before the request could leave: no connection (refused, unresolved, no TLS session).
-    if isinstance(exc, RequestNotSent):
-        return RetryableError(f"cannot reach Twilio: {exc}")
-    # After it left: Twilio may have acted on it.
-    if isinstance(exc, AnswerLost) and exc.timed_out:
-        return OutcomeUnknown(f"no answer from Twilio within {timeout_s} s after sending")
-    if isinstance(exc, AnswerLost | OSError):
-        return OutcomeUnknown(f"connection to Twilio lost after sending: {exc}")
+    if isinstance(exc, NEVER_LEFT):
+        return RetryableError(f"cannot reach Twilio: {why_unreachable(exc, timeout_s)}")
+    # After it left: Twilio may have acted on it. Anything aiohttp raises past the
+    # connection (no answer in time, the connection closed or reset, an answer that is
+    # not HTTP) leaves the send in doubt, to be settled by asking Twilio.
+    if isinstance(exc, TimeoutError):
+        return OutcomeUnknown(f"no answer from Twilio within {timeout_s:g} s after sending")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return OutcomeUnknown(f"connection to Twilio lost after sending: {exc!r}")
     if isinstance(exc, json.JSONDecodeError):
         # Twilio answered but the answer was not JSON: it may well have sent.
         return OutcomeUnknown(f"unreadable answer from Twilio: {exc}")
     return RetryableError(f"{type(exc).__name__}: {exc}")
+
+
+def why_unreachable(exc: BaseException, timeout_s: float) -> str:
+    """What kept a request from leaving, in words."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"connect timed out after {timeout_s:g} s"
+    if not isinstance(exc, aiohttp.ClientConnectorError):
+        return str(exc)
+    where = f"({exc.host}:{exc.port})"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS failed {where}: {exc.os_error}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve the host {where}: {exc.os_error.strerror}"
+    if exc.os_error.errno:
+        return f"{os.strerror(exc.os_error.errno)} {where}"
+    return str(exc)
 
 
 # How far before a send's claim the provider's records are read: the provider's clock
@@ -166,7 +231,7 @@ class _TwilioChannel:
     async def close(self) -> None:
         """Close the client's connections."""
         http = self.client.http_client
-        if isinstance(http, TwilioTransport):
+        if isinstance(http, TwilioHttp):
             await http.close()
 
     async def _call(self, create: Callable[[], Awaitable[Any]]) -> str:

@@ -10,9 +10,10 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,11 +22,19 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from twilio.request_validator import RequestValidator
 
+from alerts import twilio_channels
 from alerts.channel import OutboxMessage, OutcomeUnknown, PermanentError, RetryableError
-from alerts.twilio_channels import SmsChannel, TwilioSettings, VoiceChannel, twilio_client
+from alerts.twilio_channels import (
+    SmsChannel,
+    TwilioSettings,
+    VoiceChannel,
+    async_twilio_client,
+    twilio_client,
+)
 from simulator.gateway_process import GatewayProcess
 from simulator.twilio_gateway import TwilioGateway
 from simulator.twilio_store import SentMessage
+from tests.tls_certs import make_tls_files
 
 HUB_NUMBER = "+15550001000"
 ALICE = "+15550000101"
@@ -168,6 +177,69 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Relay:
+    """A TCP relay in front of the gateway, as the network between hub and Twilio: it
+    counts the connections made through it and can lose or garble the next answer."""
+
+    def __init__(self, target: str) -> None:
+        self.target = urlsplit(target)
+        self.connections = 0
+        self.open_now = 0
+        self.most_open = 0
+        # What happens to the next answer: None (passed on), "cut" (the connection
+        # closes before it) or "garble" (something that is not HTTP comes instead).
+        self.fault: str | None = None
+        self.server: asyncio.Server | None = None
+
+    async def start(self, tls: ssl.SSLContext | None = None) -> str:
+        """Listen; the base URL to send to."""
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0, ssl=tls)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        upstream_r, upstream_w = await asyncio.open_connection(
+            self.target.hostname, self.target.port
+        )
+
+        async def requests() -> None:
+            while data := await client_r.read(65536):
+                upstream_w.write(data)
+            upstream_w.close()
+
+        forward = asyncio.create_task(requests())
+        try:
+            while data := await upstream_r.read(65536):
+                fault, self.fault = self.fault, None
+                if fault == "cut":
+                    return
+                client_w.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n" if fault == "garble" else data)
+                await client_w.drain()
+                if fault == "garble":
+                    return
+        except ConnectionError:
+            pass
+        finally:
+            self.open_now -= 1
+            forward.cancel()
+            client_w.close()
+            upstream_w.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+async def relay(gateway: TwilioGateway) -> AsyncIterator[Relay]:
+    r = Relay(gateway.base_url)
+    yield r
+    await r.stop()
 
 
 # -- SMS -----------------------------------------------------------------------------------
@@ -365,6 +437,90 @@ async def test_a_connect_timeout_is_retried_later(settings):
     finally:
         for s in [*fillers, listener]:
             s.close()
+
+
+async def test_an_answer_lost_with_its_connection_is_an_unknown_outcome(settings, gateway, relay):
+    through = replace(settings, api_base=await relay.start())
+    relay.fault = "cut"
+
+    with pytest.raises(OutcomeUnknown, match="connection to Twilio lost"):
+        await SmsChannel(through).send(outbox(ALICE, text="Alarm"))
+
+    assert [m.body for m in gateway.messages(to=ALICE)] == ["Alarm"]
+
+
+async def test_an_answer_that_is_not_http_is_an_unknown_outcome(settings, gateway, relay):
+    through = replace(settings, api_base=await relay.start())
+    relay.fault = "garble"
+
+    with pytest.raises(OutcomeUnknown):
+        await VoiceChannel(through).send(outbox(ALICE, "voice", text="Alarm"))
+
+    assert [c.to for c in gateway.calls()] == [ALICE]
+
+
+async def test_a_certificate_nobody_vouches_for_is_refused_before_sending(
+    settings, gateway, relay, tmp_path
+):
+    files = make_tls_files(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(files.cert, files.key)
+    through = replace(settings, api_base=await relay.start(tls))
+
+    with pytest.raises(RetryableError, match="TLS failed"):
+        await SmsChannel(through).send(outbox(ALICE, text="Alarm"))
+
+    assert gateway.messages() == []
+
+
+async def test_an_unresolvable_host_is_retried_later(settings):
+    nowhere = replace(settings, api_base="http://twilio-gateway.invalid")
+
+    with pytest.raises(RetryableError, match="cannot resolve the host"):
+        await SmsChannel(nowhere).send(outbox(ALICE, text="Alarm"))
+
+
+# -- connections ---------------------------------------------------------------------------
+
+
+async def test_many_sms_share_one_kept_alive_connection(settings, gateway, relay):
+    through = replace(settings, api_base=await relay.start())
+    sms = SmsChannel(through)
+
+    for i in range(5):
+        await sms.send(replace(outbox(ALICE, text=f"Alarm {i}"), id=i))
+
+    assert len(gateway.messages(to=ALICE)) == 5
+    assert relay.connections == 1
+
+
+async def test_no_more_connections_than_the_pool_allows(settings, gateway, relay):
+    through = replace(settings, api_base=await relay.start())
+    sms = SmsChannel(through, async_twilio_client(through, pool_size=3))
+
+    await asyncio.gather(
+        *(sms.send(replace(outbox(f"+155500003{i:02d}", text="Alarm"), id=i)) for i in range(20))
+    )
+
+    assert len(gateway.messages()) == 20
+    assert relay.most_open <= 3
+
+
+async def test_a_connection_idle_too_long_is_not_reused(settings, gateway, relay, monkeypatch):
+    # The server may be closing it meanwhile (uvicorn does after 5 s idle): a POST written
+    # into it could be lost without telling whether it arrived.
+    monkeypatch.setattr(twilio_channels, "IDLE_S", 0.2)
+    through = replace(settings, api_base=await relay.start())
+    sms = SmsChannel(through)
+
+    await sms.send(outbox(ALICE, text="first"))
+    await sms.send(outbox(ALICE, text="right after"))
+    assert relay.connections == 1
+    await asyncio.sleep(0.4)  # idle past IDLE_S
+    await sms.send(outbox(ALICE, text="a while later"))
+
+    assert relay.connections == 2
+    assert len(gateway.messages(to=ALICE)) == 3
 
 
 async def test_an_unusable_payload_fails_for_good(settings, gateway):
