@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -215,26 +216,50 @@ def _ladder_summary(policies: PolicySet) -> str:
 @app.command()
 def demo(
     registry: Annotated[
-        Path, typer.Option("--registry", "-r", help="Registry of the virtual fleet.")
-    ] = Path("config/registry.example.yaml"),
-    every: Annotated[float, typer.Option(help="Seconds between alarms.")] = 4.0,
+        Path | None,
+        typer.Option(
+            "--registry",
+            "-r",
+            help="Registry of the virtual fleet (default: a city generated for the pace).",
+        ),
+    ] = None,
+    every: Annotated[float, typer.Option(help="Seconds between stories.")] = 4.0,
+    loops: Annotated[
+        int, typer.Option(help="Stop after this many loops of stories (0: run on).")
+    ] = 0,
     alarms: Annotated[int, typer.Option(help="Stop after this many alarms (0: run on).")] = 0,
     http_addr: Annotated[str, typer.Option(help="Where the web side listens.")] = (
         "127.0.0.1:8080"
     ),
     data_dir: Annotated[
-        Path | None, typer.Option(help="Keep the database here (default: a new temp dir).")
+        Path | None,
+        typer.Option(help="Keep the database here (default: a temp dir, removed on exit)."),
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the temp data dir on exit.")] = False,
+    tiles: Annotated[
+        str | None,
+        typer.Option(
+            help="XYZ tile URL for the desk map (default: $TENHUB_MAP_TILE_URL, else tiles"
+            " the demo draws itself)."
+        ),
     ] = None,
 ) -> None:
-    """Everything on one machine: embedded broker, hub, a fleet of virtual panels, alarms."""
+    """Everything on one machine: embedded broker, hub, a fleet of virtual panels, stories."""
     from hub.logs import setup_logging
     from simulator.demo import DemoOptions, run_demo
 
     setup_logging("warning")  # the demo's own lines tell the story; logs only for trouble
-    path = _demo_registry(registry)
-    reg = _registry_or_exit(path)
+    reg = _registry_or_exit(_demo_registry(registry)) if registry is not None else None
     options = DemoOptions(
-        registry=reg, every_s=every, alarms=alarms, http_addr=http_addr, data_dir=data_dir
+        registry=reg,
+        every_s=every,
+        loops=loops,
+        alarms=alarms,
+        http_addr=http_addr,
+        data_dir=data_dir,
+        keep=keep,
+        tile_url=tiles or os.environ.get("TENHUB_MAP_TILE_URL") or None,
+        tile_attribution=os.environ.get("TENHUB_MAP_TILE_ATTRIBUTION", ""),
     )
     raise typer.Exit(asyncio.run(run_demo(options, out)))
 

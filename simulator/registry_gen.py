@@ -24,8 +24,15 @@ def default_zones(units: int) -> int:
     return math.ceil(units / UNITS_PER_ZONE)
 
 
-def make_registry(units: int, *, zones: int | None = None, seed: int = 0) -> str:
-    """Registry YAML with units of ten households, ~20 units a zone, each zone patrolled."""
+def make_registry(
+    units: int,
+    *,
+    zones: int | None = None,
+    seed: int = 0,
+    box: tuple[float, float, float, float] = (_LAT_MIN, _LAT_MAX, _LON_MIN, _LON_MAX),
+) -> str:
+    """Registry YAML with units of ten households, ~20 units a zone, each zone patrolled;
+    units lie in `box` (lat_min, lat_max, lon_min, lon_max), zone by zone."""
     if not 1 <= units <= MAX_UNITS:
         raise ValueError(f"units must be between 1 and {MAX_UNITS}, not {units}")
     zones = zones if zones is not None else default_zones(units)
@@ -36,8 +43,9 @@ def make_registry(units: int, *, zones: int | None = None, seed: int = 0) -> str
     # Zone centres on a grid over the box; a zone's units lie close to its centre.
     columns = math.ceil(math.sqrt(zones))
     rows = math.ceil(zones / columns)
-    cell_lat = (_LAT_MAX - _LAT_MIN) / rows
-    cell_lon = (_LON_MAX - _LON_MIN) / columns
+    lat_min, lat_max, lon_min, lon_max = box
+    cell_lat = (lat_max - lat_min) / rows
+    cell_lon = (lon_max - lon_min) / columns
     lines = [
         f"# Generated registry: {units} units, {zones} zones, seed {seed}.",
         "units:",
@@ -46,8 +54,8 @@ def make_registry(units: int, *, zones: int | None = None, seed: int = 0) -> str
         z = (u - 1) * zones // units
         unit_id = f"u-{u:06d}"
         row, column = divmod(z, columns)
-        lat = _LAT_MIN + (row + rng.random()) * cell_lat
-        lon = _LON_MIN + (column + rng.random()) * cell_lon
+        lat = lat_min + (row + rng.random()) * cell_lat
+        lon = lon_min + (column + rng.random()) * cell_lon
         key = rng.randrange(1, HOUSEHOLDS_PER_UNIT + 1)
         lines += [
             f"  - id: {unit_id}",
