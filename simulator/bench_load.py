@@ -23,7 +23,7 @@ from devices.protocol import ReceiptStatus
 from devices.unit_alarms import AlertChange
 from hub.settings import BrokerAddress
 from hub.thread_cpu import stat_cpu_seconds
-from simulator.mqtt_lite import Message, MqttClient
+from simulator.paho_asyncio import AsyncPahoClient, Message
 from simulator.registry_gen import HOUSEHOLDS_PER_UNIT
 from simulator.twilio_store import Record, SentMessage
 from simulator.virtual_panel import PendingEvent, VirtualPanel
@@ -120,7 +120,7 @@ class BrokerProbe:
 
     def __init__(self, address: BrokerAddress) -> None:
         self.topic = f"tenhub-bench/probe/{os.getpid()}"
-        self.client = MqttClient(
+        self.client = AsyncPahoClient(
             f"tenhub-bench-probe-{os.getpid()}", address.host, address.port,
             username=address.username, password=address.password, on_message=self._received,
         )  # fmt: skip

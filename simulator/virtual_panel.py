@@ -1,7 +1,8 @@
-"""A virtual alarm panel on `mqtt_lite`: the reference panel's wire behaviour, asyncio-native.
+"""A virtual alarm panel: the reference panel's wire behaviour on paho-mqtt, asyncio-native.
 
-A panel is one MQTT connection (one reader task) plus loop timers for its heartbeat and
-its event repeats, so that ten thousand of them fit in one process.
+A panel is one paho client driven by the loop (a watched socket and a keepalive timer)
+plus loop timers for its heartbeat and its event repeats, so that ten thousand of them
+fit in one process.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from devices.topics import (
     unit_alert_topic,
 )
 from devices.unit_alarms import AlertChange, UnitAlarms
-from simulator.mqtt_lite import Message, MqttClient, MqttError, Will
+from simulator.paho_asyncio import AsyncPahoClient, Message, MqttError
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,11 @@ def _now_ms() -> int:
 class PendingEvent(EventInFlight):
     """One event, repeated byte for byte until its receipt comes; `await` it for the receipt."""
 
-    __slots__ = ("_future", "_timer")
+    __slots__ = ("_future", "repeat_timer")
 
     def __init__(self, payload: dict[str, Any]) -> None:
         super().__init__(payload)
-        self._timer: asyncio.TimerHandle | None = None
+        self.repeat_timer: asyncio.TimerHandle | None = None  # the panel's next copy
         self._future: asyncio.Future[Receipt | None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -79,10 +80,11 @@ class PendingEvent(EventInFlight):
         except TimeoutError:
             return None
 
-    def _finish(self, receipt: Receipt | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def finish(self, receipt: Receipt | None) -> None:
+        """End the event: with its receipt, or None when the panel gave up or stopped."""
+        if self.repeat_timer is not None:
+            self.repeat_timer.cancel()
+            self.repeat_timer = None
         self.receipt = receipt
         self.receipt_at = time.monotonic() if receipt is not None else None
         self.gave_up = receipt is None
@@ -142,7 +144,7 @@ class VirtualPanel:
         self._heartbeat: asyncio.TimerHandle | None = None
         self._receipt_topic = receipt_topic(panel_id)
         self._alert_topic = unit_alert_topic(unit_id) if unit_id is not None else None
-        self._client = MqttClient(
+        self._client = AsyncPahoClient(
             panel_id,
             host,
             port,
@@ -150,7 +152,7 @@ class VirtualPanel:
             password=password,
             clean_session=False,  # the broker keeps receipts and alerts for us while away
             keepalive=keepalive_s,
-            will=Will(status_topic(panel_id), encode(PanelStatus(state="offline")), 1, True),
+            will=(status_topic(panel_id), encode(PanelStatus(state="offline")), 1, True),
             on_message=self._on_message,
             on_reconnect=self._on_reconnect,
             reconnect_initial_s=retry_initial_s,
@@ -281,8 +283,8 @@ class VirtualPanel:
         """Publish one copy now and arm the next; offline, the reconnect sends it."""
         if self._pending.get(event.seq) is not event or not self._client.connected:
             return
-        if event._timer is not None:
-            event._timer.cancel()
+        if event.repeat_timer is not None:
+            event.repeat_timer.cancel()
         loop = asyncio.get_running_loop()
         if self.max_attempts is None or event.attempts < self.max_attempts:
             event.attempts += 1
@@ -290,16 +292,16 @@ class VirtualPanel:
                 event.first_sent_at = time.monotonic()
             self._client.publish_nowait(event_topic(self.panel_id), event.body, qos=1)
         # At max_attempts the timer still runs once more: giving up waits for a last receipt.
-        event._timer = loop.call_later(self._backoff(event.attempts), self._retry, event)
+        event.repeat_timer = loop.call_later(self._backoff(event.attempts), self._retry, event)
 
     def _retry(self, event: PendingEvent) -> None:
-        event._timer = None
+        event.repeat_timer = None
         if self._pending.get(event.seq) is not event:
             return
         if self.max_attempts is not None and event.attempts >= self.max_attempts:
             del self._pending[event.seq]
             self._log(logging.ERROR, "event gave up without receipt", seq=event.seq)
-            event._finish(None)
+            event.finish(None)
             return
         self._send(event)
 
@@ -332,15 +334,16 @@ class VirtualPanel:
             self._heartbeat = None
         pending, self._pending = self._pending, {}
         for event in pending.values():
-            event._finish(None)
+            event.finish(None)
         return True
 
     # -- receipts and alerts --------------------------------------------------------------
 
     def _on_message(self, message: Message) -> None:
-        if message.topic == self._receipt_topic:
+        topic = message.topic  # paho decodes it on each read
+        if topic == self._receipt_topic:
             self._handle_receipt(message.payload)
-        elif message.topic == self._alert_topic:
+        elif topic == self._alert_topic:
             self._handle_alert(message.payload)
 
     def _handle_receipt(self, payload: bytes) -> None:
@@ -363,7 +366,7 @@ class VirtualPanel:
             and receipt.alarm_id is not None
         )
         silenced = self._alarms.mark_own(receipt.alarm_id) if own_alarm else None  # type: ignore[arg-type]
-        event._finish(receipt)
+        event.finish(receipt)
         if receipt.status == ReceiptStatus.REJECTED:
             self._log(logging.WARNING, "event rejected", seq=receipt.seq, error=receipt.error)
         if silenced is not None:

@@ -1,4 +1,4 @@
-"""The asyncio fleet: its small MQTT client, virtual panels against a real hub, a thousand panels.
+"""The asyncio fleet: paho on the loop, virtual panels against a real hub, a thousand panels.
 
 The MQTT client's stories run against a real Mosquitto and the embedded broker; the panel
 stories against a real hub on Mosquitto.
@@ -20,15 +20,7 @@ from devices.signing import sign_event, verify_event
 from devices.topics import event_topic, receipt_topic, status_topic
 from hub.registry import parse_registry
 from simulator.fleet_async import AsyncFleet
-from simulator.mqtt_lite import (
-    CONNACK,
-    PUBACK,
-    ConnectRefused,
-    Message,
-    MqttClient,
-    Will,
-    read_packet,
-)
+from simulator.paho_asyncio import AsyncPahoClient, ConnectRefused, Message
 from simulator.registry_gen import make_registry
 from simulator.virtual_panel import VirtualPanel
 from tests.brokers import Mosquitto
@@ -38,28 +30,26 @@ from tests.waiting import until, within
 UNIT1 = [f"p-0001-{i:02d}" for i in range(1, 11)]
 
 
-async def next_message(client: MqttClient, timeout: float = 20.0) -> Message:
+async def next_message(client: AsyncPahoClient, timeout: float = 20.0) -> Message:
     assert client.messages is not None
     return await within(client.messages.get(), f"a message for {client.client_id}", timeout)
 
 
-def lite(broker, client_id: str, **options) -> MqttClient:
+def lite(broker, client_id: str, **options) -> AsyncPahoClient:
     # The embedded broker refuses clients without a user name.
-    return MqttClient(client_id, broker.host, broker.port, username=client_id, **options)
+    return AsyncPahoClient(client_id, broker.host, broker.port, username=client_id, **options)
 
 
-# --- mqtt_lite against real brokers -----------------------------------------------------
+# --- paho on the loop, against real brokers -----------------------------------------------
 
 
 async def test_qos1_round_trip_and_the_last_will_on_a_dropped_connection(broker):
     watcher = lite(broker, "watcher")
-    sender = lite(
-        broker, "sender", will=Will("lite/will/sender", b'{"state":"offline"}', qos=1, retain=True)
-    )
+    sender = lite(broker, "sender", will=("lite/will/sender", b'{"state":"offline"}', 1, True))
     await watcher.connect()
     await sender.connect()
     assert await watcher.subscribe([("lite/#", 1)]) == [1]
-    sock = sender._writer.get_extra_info("socket")
+    sock = sender.socket()
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "Nagle must be off"
 
     # Non-ASCII topic and a payload long enough for a 3-byte remaining length.
@@ -77,7 +67,7 @@ async def test_qos1_round_trip_and_the_last_will_on_a_dropped_connection(broker)
     assert not watcher.connected
 
 
-async def test_a_refused_login_says_which_return_code(tmp_path: Path):
+async def test_a_refused_login_says_why(tmp_path: Path):
     passwords = tmp_path / "passwords"
     command = ["mosquitto_passwd", "-b", "-c", str(passwords), "p-0001-01", "s3cret"]
     await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True)
@@ -88,15 +78,15 @@ async def test_a_refused_login_says_which_return_code(tmp_path: Path):
     )
     await asyncio.to_thread(broker.start)
     try:
-        good = MqttClient("p-0001-01", broker.host, broker.port,
+        good = AsyncPahoClient("p-0001-01", broker.host, broker.port,
                           username="p-0001-01", password="s3cret")  # fmt: skip
         await good.connect()
         await good.disconnect()
-        bad = MqttClient("p-0001-01", broker.host, broker.port,
+        bad = AsyncPahoClient("p-0001-01", broker.host, broker.port,
                          username="p-0001-01", password="guess")  # fmt: skip
-        with pytest.raises(ConnectRefused, match=r"return code 5 \(not authorized\)") as refused:
+        with pytest.raises(ConnectRefused, match="Not authorized") as refused:
             await bad.connect()
-        assert refused.value.return_code == 5
+        assert refused.value.reason == "Not authorized"
         assert not bad.connected
     finally:
         broker.stop()
@@ -131,37 +121,6 @@ async def test_after_a_broker_crash_it_resubscribes_and_resends_the_unacknowledg
     assert (got.topic, got.payload) == ("crash/y", b"m2")
     assert client.reconnects == 2
     await client.disconnect()
-
-
-async def test_a_resent_publish_carries_the_dup_flag_and_the_same_packet_id():
-    """A scripted broker drops the first copy unacknowledged: DUP is seen only on the wire."""
-    copies: list[tuple[int, bytes]] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_packet(reader, 1 << 16)  # CONNECT
-        writer.write(bytes((CONNACK, 2, 0, 0)))
-        first, body = await read_packet(reader, 1 << 16)
-        copies.append((first, body))
-        if len(copies) == 1:
-            writer.transport.abort()  # the connection drops before PUBACK
-            return
-        packet_id = body[5:7]  # after the topic "a/b" and its 2-byte length
-        writer.write(bytes((PUBACK, 2)) + packet_id)
-        await read_packet(reader, 1 << 16)  # DISCONNECT
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = MqttClient("dup", "127.0.0.1", port, reconnect_initial_s=0.05)
-    try:
-        await client.connect()
-        await client.publish("a/b", b"payload", qos=1, wait=True, timeout=5)
-    finally:
-        await client.disconnect()
-        server.close()
-    (first_flags, first_body), (again_flags, again_body) = copies
-    assert first_flags == 0x32 and again_flags == 0x3A, "QoS 1, then QoS 1 with DUP"
-    assert again_body == first_body, "same packet id, topic and payload"
 
 
 # --- virtual panels against a real hub --------------------------------------------------
