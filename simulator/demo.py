@@ -188,14 +188,15 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         f"  map tiles: {settings.map_tile_url}"
         + ("" if options.tile_url else " (drawn by the demo: an imaginary street plan)")
     )
-    fate = "removed on exit (--keep keeps it)" if temporary and not options.keep else "kept on exit"
+    fate = "removed on exit; --keep keeps it" if temporary and not options.keep else "kept on exit"
     console.print(f"  data: {data_dir} ({fate})")
 
     board = AlertBoard()
     fleet = PanelFleet(
         registry, "127.0.0.1", broker_port, data_dir / "panels", on_alert=board.on_alert
     )
-    await asyncio.to_thread(fleet.start)
+    # A few at a time: the embedded broker stumbles over many connects at once.
+    await asyncio.to_thread(fleet.start, parallel=4, timeout=30.0)
 
     def restart_panel(panel_id: str) -> ReferencePanel:
         place = registry.panel_place(panel_id)
