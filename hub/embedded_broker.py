@@ -1,4 +1,9 @@
-"""The embedded MQTT broker (amqtt, in-process) used when no external broker is configured."""
+"""The embedded MQTT broker (amqtt, in-process) used when no external broker is configured.
+
+The listening socket is the hub's own (amqtt's `external` listener): the hub accepts each
+connection and hands its streams to the broker, so on stop it can refuse new connections
+first and cut the open ones, which amqtt does only last, or not at all when a session hangs.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import contextlib
 import logging
 import socket
 
+from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
 
 logger = logging.getLogger(__name__)
@@ -14,27 +20,6 @@ logger = logging.getLogger(__name__)
 # amqtt logs every connection and packet at INFO; the hub's own logs say what matters.
 for _name in ("amqtt", "transitions"):
     logging.getLogger(_name).setLevel(logging.WARNING)
-
-
-class _SnapshotDict(dict):
-    """A dict whose iteration walks a copy.
-
-    amqtt iterates its subscription table with awaits inside the loop; a client that
-    subscribes meanwhile changes the dict's size and kills the other client's connection
-    ("dictionary changed size during iteration"), which a fleet connecting at once hits.
-    """
-
-    def __iter__(self):  # type: ignore[override]
-        return iter(list(super().keys()))
-
-    def keys(self):  # type: ignore[override]
-        return list(super().keys())
-
-    def items(self):  # type: ignore[override]
-        return list(super().items())
-
-    def values(self):  # type: ignore[override]
-        return list(super().values())
 
 
 class BrokerAddressInUse(RuntimeError):
@@ -52,6 +37,8 @@ class EmbeddedBroker:
         self.host = host
         self.port = port
         self._broker: Broker | None = None
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -59,7 +46,8 @@ class EmbeddedBroker:
 
     def _config(self) -> dict:
         return {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            # `bind` only registers the listener: the hub's own server listens there.
+            "listeners": {"default": {"type": "external", "bind": f"{self.host}:{self.port}"}},
             "plugins": {
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": False},
             },
@@ -81,46 +69,48 @@ class EmbeddedBroker:
     async def start(self) -> None:
         """Start listening; raises BrokerAddressInUse when the port is taken."""
         self._check_address_free()
-        self._broker = Broker(self._config())
-        self._broker._subscriptions = _SnapshotDict()
-        await self._broker.start()
+        broker = Broker(self._config())
+        await broker.start()
+        self._broker = broker
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
         logger.info("embedded broker listening", extra={"addr": f"{self.host}:{self.port}"})
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        broker = self._broker
+        if broker is None:
+            writer.transport.abort()
+            return
+        self._clients.add(writer)
+        try:
+            await broker.external_connected(
+                StreamReaderAdapter(reader), StreamWriterAdapter(writer), "default"
+            )
+        except Exception as exc:
+            # amqtt walks its subscription table across awaits when a client connects:
+            # another client subscribing meanwhile ends this one's connection with
+            # "dictionary changed size during iteration". It connects again.
+            logger.warning("embedded broker dropped a connection", extra={"error": repr(exc)})
+        finally:
+            self._clients.discard(writer)
+            writer.transport.abort()
 
     async def stop(self) -> None:
         """Stop the broker and close every client connection."""
-        if self._broker is not None:
-            broker, self._broker = self._broker, None
-            # No new connections, and the open ones cut, before amqtt's own shutdown: it
-            # closes its listeners last, so a client reconnecting meanwhile (the hub retries
-            # within 0.2 s) was taken and never cleaned up; and stopping a session can hang
-            # on its reader, leaving that client connected to a broker that is gone.
-            for server in broker._servers.values():
-                if server.instance is not None:
-                    server.instance.close()
-            for transport in _client_transports(broker):
-                transport.abort()
-            try:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(10):
-                        await broker.shutdown()
-            finally:
-                # amqtt closes its listeners last, after every session: a session that
-                # fails to clean up would leave the port taken, and the next start refused.
-                for server in broker._servers.values():
-                    if server.instance is not None:
-                        server.instance.close()
-                        with contextlib.suppress(Exception):
-                            async with asyncio.timeout(5):
-                                await server.instance.wait_closed()
+        broker, self._broker = self._broker, None
+        server, self._server = self._server, None
+        if server is not None:
+            # No new connections, and the open ones cut, before amqtt's own shutdown: a
+            # client reconnecting meanwhile (the hub retries within 0.2 s) was taken and
+            # never cleaned up; and stopping a session can hang on its reader, leaving
+            # that client connected to a broker that is gone.
+            server.close()
+            for writer in list(self._clients):
+                writer.transport.abort()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await server.wait_closed()
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    await broker.shutdown()
             logger.info("embedded broker stopped")
-
-
-def _client_transports(broker: Broker) -> list[asyncio.BaseTransport]:
-    """The connections of the broker's sessions (amqtt has no public way to cut them)."""
-    found = []
-    for _session, handler in list(broker._sessions.values()):
-        stream = getattr(getattr(handler, "writer", None), "_writer", None)
-        transport = getattr(stream, "transport", None)
-        if transport is not None and not transport.is_closing():
-            found.append(transport)
-    return found

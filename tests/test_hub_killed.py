@@ -30,7 +30,10 @@ from tests.brokers import Mosquitto, free_port, mosquitto_available
 from tests.conftest import EXAMPLE_REGISTRY
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto")
+pytestmark = [
+    pytest.mark.skipif(not mosquitto_available(), reason="needs mosquitto"),
+    pytest.mark.timeout(300),  # a minute of load, and ten restarts of a real hub
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 PANELS = [f"p-0001-{n:02d}" for n in range(1, 11)]
