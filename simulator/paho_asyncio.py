@@ -95,6 +95,7 @@ class AsyncPahoClient:
         self._closing = False
         self._sock: Any = None
         self._writer_added = False
+        self._reading = False
         self._flush_due = False
         self._misc_timer: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
@@ -103,7 +104,6 @@ class AsyncPahoClient:
         self._connack: asyncio.Future[bool] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._waiters: dict[int, asyncio.Future[None]] = {}
-        self._unacknowledged: set[int] = set()  # QoS 1 mids without PUBACK yet
         self._sub_waiters: dict[int, tuple[list[str], asyncio.Future[list[int]] | None]] = {}
         self._subscriptions: dict[str, int] = {}
 
@@ -126,7 +126,8 @@ class AsyncPahoClient:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.on_publish = self._on_publish
+        # on_publish is set only while someone waits: paho builds a reason code and
+        # properties for every call, a QoS 0 heartbeat included.
         client.on_message = self._on_paho_message
         client.connect_async(host, port, keepalive)
         self.client = client
@@ -137,8 +138,8 @@ class AsyncPahoClient:
 
     @property
     def unacknowledged(self) -> int:
-        """QoS 1 publishes the broker has not acknowledged yet."""
-        return len(self._unacknowledged)
+        """QoS 1 publishes awaited with `publish(wait=True)` the broker has not acknowledged."""
+        return len(self._waiters)
 
     def socket(self) -> Any:
         """The connection's socket while one is open (paho's `socket()`), else None."""
@@ -173,10 +174,7 @@ class AsyncPahoClient:
         if qos == 0 and not self._connected:
             return None
         info = self.client.publish(topic, payload, qos, retain)
-        if not qos:
-            return None
-        self._unacknowledged.add(info.mid)
-        return info.mid
+        return info.mid if qos else None
 
     async def publish(
         self,
@@ -189,9 +187,11 @@ class AsyncPahoClient:
         timeout: float | None = None,
     ) -> int | None:
         """Publish; with wait, return only once the broker acknowledged it (across reconnects)."""
+        if not wait or qos == 0:
+            return self.publish_nowait(topic, payload, qos, retain)
+        self.client.on_publish = self._on_publish
         mid = self.publish_nowait(topic, payload, qos, retain)
-        if mid is None or not wait:
-            return mid
+        assert mid is not None
         future = asyncio.get_running_loop().create_future()
         self._waiters[mid] = future
         try:
@@ -199,6 +199,8 @@ class AsyncPahoClient:
                 await future
         finally:
             self._waiters.pop(mid, None)
+            if not self._waiters:
+                self.client.on_publish = None
         return mid
 
     async def subscribe(
@@ -385,15 +387,22 @@ class AsyncPahoClient:
     # -- the loop drives paho ------------------------------------------------------------
 
     def _readable(self) -> None:
-        self.client.loop_read()
+        self._reading = True
+        try:
+            self.client.loop_read()
+        finally:
+            self._reading = False
+        if self._flush_due:  # PUBACKs and replies queued while reading
+            self._flush()
 
     def _on_register_write(self, _client: mqtt.Client, _userdata: Any, _sock: Any) -> None:
-        if threading.get_ident() != self._loop_thread or self._flush_due:
+        if threading.get_ident() != self._loop_thread:
             return  # the connect thread's CONNECT: _open flushes it on the loop
-        assert self._loop is not None
-        # Written at the loop's next turn, with whatever else is queued by then.
-        self._flush_due = True
-        self._loop.call_soon(self._flush)
+        if self._reading:
+            self._flush_due = True  # written once the read is done, together
+            return
+        # Written now, as paho itself does without an external loop: no loop turn is lost.
+        self._flush()
 
     def _flush(self) -> None:
         self._flush_due = False
@@ -441,7 +450,6 @@ class AsyncPahoClient:
     def _on_publish(
         self, _client: mqtt.Client, _userdata: Any, mid: int, _rc: Any, _p: Any
     ) -> None:
-        self._unacknowledged.discard(mid)
         future = self._waiters.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(None)

@@ -100,7 +100,11 @@ async def test_after_a_broker_crash_it_resubscribes_and_resends_the_unacknowledg
 
     mosquitto.proc.send_signal(19)  # SIGSTOP: the publish goes out but is never acknowledged
     publishing = asyncio.create_task(client.publish("crash/x", b"m1", 1, wait=True, timeout=15))
-    await until(lambda: client.unacknowledged == 1, timeout=20, message="the publish sent")
+    await until(
+        lambda: client.unacknowledged == 1 and not client.client.want_write(),
+        timeout=20,
+        message="the publish handed to the socket",
+    )
     assert not publishing.done()
     mosquitto.proc.kill()
     mosquitto.proc.wait()
