@@ -80,6 +80,10 @@ class PendingEvent(EventInFlight):
         except TimeoutError:
             return None
 
+    def rearm(self, payload: dict[str, Any]) -> None:
+        """Carry a new payload (a new seq) from the next copy on."""
+        self._arm(payload)
+
     def finish(self, receipt: Receipt | None) -> None:
         """End the event: with its receipt, or None when the panel gave up or stopped."""
         if self.repeat_timer is not None:
@@ -266,7 +270,7 @@ class VirtualPanel:
             return False
         self.clock_offset_ms = hub_time - _now_ms()
         fields = resend_fields(event.payload)
-        event._arm(self._build(event.type, fields))
+        event.rearm(self._build(event.type, fields))
         event.resent += 1
         self._pending[event.seq] = event
         self._log(logging.WARNING, "clock corrected from the hub; event sent again",
