@@ -195,8 +195,9 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     fleet = PanelFleet(
         registry, "127.0.0.1", broker_port, data_dir / "panels", on_alert=board.on_alert
     )
-    # A few at a time: the embedded broker stumbles over many connects at once.
-    await asyncio.to_thread(fleet.start, parallel=4, timeout=30.0)
+    # One at a time: the embedded broker (amqtt) drops connections when others connect
+    # at the same moment ("dictionary changed size during iteration").
+    await asyncio.to_thread(fleet.start, parallel=1, timeout=30.0)
 
     def restart_panel(panel_id: str) -> ReferencePanel:
         place = registry.panel_place(panel_id)
