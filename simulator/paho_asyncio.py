@@ -248,7 +248,14 @@ class AsyncPahoClient:
 
     async def _open(self) -> None:
         """Open the socket and send CONNECT (in a thread: paho's TCP connect blocks)."""
-        await asyncio.to_thread(self.client.reconnect)
+        opening = asyncio.ensure_future(asyncio.to_thread(self.client.reconnect))
+        try:
+            await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # Timed out or cancelled: the thread still finishes, and its socket must not
+            # stay open unread (the broker would keep it as this client's connection).
+            opening.add_done_callback(self._drop_after_thread)
+            raise
         sock = self.client.socket()
         if sock is None:
             raise ConnectionLost(f"client {self.client_id}: the socket closed as it opened")
@@ -259,6 +266,10 @@ class AsyncPahoClient:
         self._sock = sock
         self._loop.add_reader(sock, self._readable)
         self._flush()  # the CONNECT paho queued in the thread
+
+    def _drop_after_thread(self, opening: asyncio.Future[Any]) -> None:
+        if not opening.cancelled() and opening.exception() is None:
+            self._drop_socket()
 
     def _on_socket_open(self, _client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         # In the connect thread. Nagle would hold a small publish up to 40 ms behind a
