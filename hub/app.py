@@ -42,7 +42,7 @@ from hub.registry import Registry
 from hub.rejects import RejectLog
 from hub.settings import BrokerAddress, Settings, parse_host_port
 from hub.supervision import PanelSupervisor
-from hub.web import create_web_app
+from hub.web import BrokerLink, LiveRegistry, WebServices, create_web_app
 from hub.web.server import EmbeddedServer
 from hub.work import AlarmChange, AlarmContext, LifecycleRules
 
@@ -161,7 +161,7 @@ class Hub:
             JobRunner(self.reconciler, tick_s=5.0, speed=speed),
         ]
         self.actions = AlarmService(self.db, self.context, self.clock, self._after_commit)
-        self.web = create_web_app(self)
+        self.web = create_web_app(self._web_services())
         self.started = asyncio.Event()
         self._stop = asyncio.Event()
         self._stop_now = asyncio.Event()  # asked to stop twice: do not wait for sends
@@ -266,15 +266,31 @@ class Hub:
         else:
             self.metrics.outbox_errors.labels(channel, outcome).inc()
 
-    async def describe_alarm(self, alarm_id: str) -> str:
-        """Where and what an alarm is, for replies to responders: `Block 3, 2-101 (fire)`."""
-        alarm = await self.alarms.get(alarm_id)
-        if alarm is None:
-            return alarm_id
-        unit = self.registry.unit(alarm.unit_id)
-        household = self.registry.household(alarm.unit_id, alarm.household_id)
-        where = f"{unit.name}, {household.address}" if unit and household else alarm.unit_id
-        return f"{where} ({alarm.kind})"
+    def _web_services(self) -> WebServices:
+        """What the web may use of this hub: its parts, never the hub itself."""
+        return WebServices(
+            settings=self.settings,
+            public_url=self.public_url,
+            clock=self.clock,
+            registry=LiveRegistry(current=lambda: self.registry, replace=self.replace_registry),
+            actions=self.actions,
+            alarms=self.alarms,
+            outbox=self.outbox,
+            contacts=self.contacts,
+            accounts=self.accounts,
+            login_failures=self.login_failures,
+            panels=self.panels,
+            presence=self.presence,
+            rejects=self.rejects,
+            events=self.events,
+            metrics=self.metrics,
+            db=self.db,
+            broker=BrokerLink(
+                url=self.broker_address.display(), connected=self.transport.connected.is_set
+            ),
+            channels=self.sender.channels,  # filled in place at start, with the keyed ones
+            jobs=tuple(self.job_runners),
+        )
 
     def stop(self) -> None:
         """Ask `run()` to shut down in order and return; asked again, without waiting for

@@ -27,7 +27,7 @@ from hub.db import Database
 from hub.login_throttle_store import LoginThrottleStore
 from hub.passwords import hash_password, verify_password
 from hub.user_cli import users
-from hub.web import auth
+from hub.web import auth, services
 from hub.web.auth import csrf_protect, current_user, install_auth, page_user, require_role
 from tests.conftest import EXAMPLE_REGISTRY
 
@@ -37,7 +37,7 @@ PASSWORD = "correct horse battery"
 
 @dataclass
 class FakeHub:
-    """What the auth routes reach through `app.state.hub`."""
+    """The parts of the hub's `WebServices` that the auth routes use."""
 
     accounts: AccountStore
     login_failures: LoginThrottleStore
@@ -48,7 +48,7 @@ class FakeHub:
 def build_app(hub: FakeHub) -> FastAPI:
     """The login routes, plus a few routes that use the dependencies as other routers will."""
     app = FastAPI()
-    app.state.hub = hub
+    services.attach(app, hub)  # type: ignore[arg-type]  # only the parts auth uses
     install_auth(app)
     app.include_router(auth.router)
 

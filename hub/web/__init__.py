@@ -1,5 +1,6 @@
 """The hub's HTTP side: health, metrics and the JSON API (FastAPI)."""
 
 from hub.web.app import create_web_app
+from hub.web.services import BrokerLink, LiveRegistry, WebServices
 
-__all__ = ["create_web_app"]
+__all__ = ["BrokerLink", "LiveRegistry", "WebServices", "create_web_app"]

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from html import escape
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
+from hub.web.alarm_views import describe
+from hub.web.services import AlarmActionsDep, AlarmStoreDep, ContactStoreDep, RegistryDep
 from hub.work import Responder
-
-if TYPE_CHECKING:
-    from hub.app import Hub
 
 router = APIRouter(tags=["acknowledge links"])
 
@@ -40,12 +38,13 @@ _PAGE = """<!doctype html><html><head><meta charset="utf-8">
     response_class=HTMLResponse,
     responses={404: {"description": "No such link", "content": _HTML}},
 )
-async def ack_page(request: Request, token: str) -> Response:
-    hub: Hub = request.app.state.hub
-    target = await hub.contacts.by_token(token)
+async def ack_page(
+    token: str, contacts: ContactStoreDep, alarms: AlarmStoreDep, registry: RegistryDep
+) -> Response:
+    target = await contacts.by_token(token)
     if target is None:
         return HTMLResponse(_PAGE.format(title="Unknown link", text="", form=""), 404)
-    where = escape(await hub.describe_alarm(target.alarm_id))
+    where = escape(await describe(alarms, registry, target.alarm_id))
     if target.alarm_state in ("resolved", "cancelled"):
         text = f"The alarm at {where} is already {target.alarm_state}."
         return HTMLResponse(_PAGE.format(title="Alarm over", text=text, form=""))
@@ -63,17 +62,23 @@ async def ack_page(request: Request, token: str) -> Response:
         409: {"model": AckAnswer, "description": "The alarm is over (JSON only; a page says so)"},
     },
 )
-async def ack(request: Request, token: str) -> Response:
-    hub: Hub = request.app.state.hub
-    target = await hub.contacts.by_token(token)
+async def ack(
+    request: Request,
+    token: str,
+    contacts: ContactStoreDep,
+    actions: AlarmActionsDep,
+    alarms: AlarmStoreDep,
+    registry: RegistryDep,
+) -> Response:
+    target = await contacts.by_token(token)
     wants_json = "application/json" in request.headers.get("accept", "")
     if target is None:
         body = {"ok": False, "error": "unknown link"}
         return JSONResponse(body, 404) if wants_json else HTMLResponse("Unknown link", 404)
-    result = await hub.actions.acknowledge(
+    result = await actions.acknowledge(
         target.alarm_id, Responder(f"phone:{target.phone}", target.role), "push"
     )
-    where = escape(await hub.describe_alarm(target.alarm_id))
+    where = escape(await describe(alarms, registry, target.alarm_id))
     if wants_json:
         return JSONResponse(
             {"ok": result.ok, "alarm_id": target.alarm_id, "error": result.error},

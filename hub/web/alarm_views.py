@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hub.alarm_store import Alarm
+from hub.alarm_store import Alarm, AlarmStore
+from hub.outbox_store import OutboxStore
 from hub.policy import Policy
 from hub.registry import Registry
-
-if TYPE_CHECKING:
-    from hub.app import Hub
 
 OPEN_STATES = ("raised", "acknowledged", "on_scene")
 _STATE_URGENCY = {"raised": 0, "acknowledged": 1, "on_scene": 2}
@@ -58,15 +56,17 @@ def actor_name(registry: Registry, actor: str, unit_id: str) -> str:
     return actor
 
 
-async def summaries(hub: Hub, alarms: list[Alarm]) -> list[dict[str, Any]]:
+async def summaries(
+    store: AlarmStore, registry: Registry, alarms: list[Alarm]
+) -> list[dict[str, Any]]:
     """One summary per alarm: where, what, how far, who was told, who answered."""
     ids = [a.id for a in alarms]
-    answers = await hub.alarms.answers(ids)
-    notified = await hub.alarms.notified_counts(ids)
+    answers = await store.answers(ids)
+    notified = await store.notified_counts(ids)
     found = []
     for alarm in alarms:
-        unit = hub.registry.unit(alarm.unit_id)
-        household = hub.registry.household(alarm.unit_id, alarm.household_id)
+        unit = registry.unit(alarm.unit_id)
+        household = registry.household(alarm.unit_id, alarm.household_id)
         location = unit.location if unit else None
         found.append(
             {
@@ -87,7 +87,7 @@ async def summaries(hub: Hub, alarms: list[Alarm]) -> list[dict[str, Any]]:
                 "answered_by": [
                     {
                         "actor": e.actor,
-                        "who": actor_name(hub.registry, e.actor, alarm.unit_id),
+                        "who": actor_name(registry, e.actor, alarm.unit_id),
                         "role": (e.detail or {}).get("role"),
                         "channel": e.channel,
                         "at": e.at,
@@ -101,21 +101,23 @@ async def summaries(hub: Hub, alarms: list[Alarm]) -> list[dict[str, Any]]:
     return found
 
 
-async def detail(hub: Hub, alarm: Alarm) -> dict[str, Any]:
+async def detail(
+    store: AlarmStore, outbox: OutboxStore, registry: Registry, alarm: Alarm
+) -> dict[str, Any]:
     """The summary plus the whole timeline, every notification and every ladder step."""
-    (summary,) = await summaries(hub, [alarm])
-    notes = await hub.outbox.for_alarm(alarm.id)
+    (summary,) = await summaries(store, registry, [alarm])
+    notes = await outbox.for_alarm(alarm.id)
     return {
         **summary,
         "policy": alarm.policy,
         "timeline": [
             {
                 **asdict(e),
-                "who": actor_name(hub.registry, e.actor, alarm.unit_id) if e.actor else None,
+                "who": actor_name(registry, e.actor, alarm.unit_id) if e.actor else None,
             }
-            for e in await hub.alarms.timeline(alarm.id)
+            for e in await store.timeline(alarm.id)
         ],
-        "steps": [asdict(s) for s in await hub.alarms.steps(alarm.id)],
+        "steps": [asdict(s) for s in await store.steps(alarm.id)],
         "notifications": [
             {
                 k: n[k]
@@ -134,3 +136,14 @@ async def detail(hub: Hub, alarm: Alarm) -> dict[str, Any]:
             for n in notes
         ],
     }
+
+
+async def describe(store: AlarmStore, registry: Registry, alarm_id: str) -> str:
+    """Where and what an alarm is, for replies to responders: `Block 3, 2-101 (fire)`."""
+    alarm = await store.get(alarm_id)
+    if alarm is None:
+        return alarm_id
+    unit = registry.unit(alarm.unit_id)
+    household = registry.household(alarm.unit_id, alarm.household_id)
+    where = f"{unit.name}, {household.address}" if unit and household else alarm.unit_id
+    return f"{where} ({alarm.kind})"

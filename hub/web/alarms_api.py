@@ -6,21 +6,28 @@ it did not exist. Every action is on the alarm's timeline with the user's name.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from hub.account_store import User
-from hub.alarm_service import ActionResult
-from hub.alarm_store import Alarm
+from hub.alarm_service import ActionResult, AlarmService
+from hub.alarm_store import Alarm, AlarmStore
+from hub.outbox_store import OutboxStore
+from hub.registry import Registry
 from hub.web.alarm_views import OPEN_STATES, detail, summaries, urgency_key
 from hub.web.auth import csrf_protect, current_user
 from hub.web.contract import EpochMs, Limit, refusals
+from hub.web.services import (
+    AlarmActionsDep,
+    AlarmStoreDep,
+    OutboxStoreDep,
+    RegistryDep,
+    RejectsDep,
+)
 from hub.work import Responder
-
-if TYPE_CHECKING:
-    from hub.app import Hub
 
 router = APIRouter(prefix="/api", tags=["alarms"], responses=refusals(401))
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -30,23 +37,17 @@ StateFilter = Literal["open", "raised", "acknowledged", "on_scene", "resolved", 
 _ROLE_ON_LADDER = {"admin": "police", "police": "police", "patrol": "patrol"}
 
 
-def _hub(request: Request) -> Hub:
-    return request.app.state.hub
-
-
-def visible_units(hub: Hub, user: User, zone: str | None = None) -> list[str]:
+def visible_units(registry: Registry, user: User, zone: str | None = None) -> list[str]:
     """Ids of the units the user may see (in `zone`, when given)."""
     return [
-        u.id
-        for u in hub.registry.units
-        if user.sees_zone(u.zone) and (zone is None or u.zone == zone)
+        u.id for u in registry.units if user.sees_zone(u.zone) and (zone is None or u.zone == zone)
     ]
 
 
-async def visible_alarm(hub: Hub, user: User, alarm_id: str) -> Alarm:
+async def visible_alarm(store: AlarmStore, registry: Registry, user: User, alarm_id: str) -> Alarm:
     """The alarm if the user may see it; 404 otherwise, never saying that it exists."""
-    alarm = await hub.alarms.get(alarm_id)
-    unit = hub.registry.unit(alarm.unit_id) if alarm else None
+    alarm = await store.get(alarm_id)
+    unit = registry.unit(alarm.unit_id) if alarm else None
     if alarm is None or not user.sees_zone(unit.zone if unit else ""):
         raise HTTPException(404, f"no alarm {alarm_id!r}")
     return alarm
@@ -58,8 +59,9 @@ def responder(user: User) -> Responder:
 
 @router.get("/alarms", summary="Alarms of your zones, with filters")
 async def list_alarms(
-    request: Request,
     user: CurrentUser,
+    store: AlarmStoreDep,
+    registry: RegistryDep,
     state: StateFilter | None = None,
     zone: str | None = None,
     unit: str | None = None,
@@ -69,17 +71,16 @@ async def list_alarms(
     limit: Annotated[Limit, Query(description="at most this many")] = 200,
 ) -> list[dict[str, Any]]:
     """`state=open` lists what still needs someone, most urgent first; else newest first."""
-    hub = _hub(request)
-    units = visible_units(hub, user, zone)
+    units = visible_units(registry, user, zone)
     if unit is not None:
         units = [u for u in units if u == unit]
     if not units:
         return []
     states = OPEN_STATES if state == "open" else (state,) if state else None
-    alarms = await hub.alarms.search(
+    alarms = await store.search(
         states=states, unit_ids=units, kind=kind, since=since, until=until, limit=limit
     )
-    found = await summaries(hub, alarms)
+    found = await summaries(store, registry, alarms)
     if state == "open":
         found.sort(key=urgency_key)
     return found
@@ -90,9 +91,15 @@ async def list_alarms(
     summary="One alarm: timeline, ladder steps, notifications",
     responses=refusals(404),
 )
-async def get_alarm(request: Request, user: CurrentUser, alarm_id: str) -> dict[str, Any]:
-    hub = _hub(request)
-    return await detail(hub, await visible_alarm(hub, user, alarm_id))
+async def get_alarm(
+    user: CurrentUser,
+    store: AlarmStoreDep,
+    outbox: OutboxStoreDep,
+    registry: RegistryDep,
+    alarm_id: str,
+) -> dict[str, Any]:
+    alarm = await visible_alarm(store, registry, user, alarm_id)
+    return await detail(store, outbox, registry, alarm)
 
 
 class Note(BaseModel):
@@ -109,10 +116,33 @@ _ACTION_REFUSALS = refusals(403, 404, 409)
 _NOTED_ACTION_REFUSALS = refusals(400, 403, 404, 409)
 
 
-async def _answer(hub: Hub, result: ActionResult) -> dict[str, Any]:
-    if not result.ok or result.alarm is None:
-        raise HTTPException(409, (result.error or "refused").split(": ", 1)[-1])
-    return await detail(hub, result.alarm)
+@dataclass(frozen=True)
+class _Acting:
+    """What an action on an alarm uses: the alarm (in the user's zones), the action, the answer."""
+
+    store: AlarmStore
+    outbox: OutboxStore
+    registry: Registry
+    actions: AlarmService
+
+    async def check(self, user: User, alarm_id: str) -> None:
+        """404 unless the user may see the alarm."""
+        await visible_alarm(self.store, self.registry, user, alarm_id)
+
+    async def answer(self, result: ActionResult) -> dict[str, Any]:
+        """The alarm whole after the action; 409 when its state did not allow it."""
+        if not result.ok or result.alarm is None:
+            raise HTTPException(409, (result.error or "refused").split(": ", 1)[-1])
+        return await detail(self.store, self.outbox, self.registry, result.alarm)
+
+
+async def _acting(
+    store: AlarmStoreDep, outbox: OutboxStoreDep, registry: RegistryDep, actions: AlarmActionsDep
+) -> _Acting:
+    return _Acting(store, outbox, registry, actions)
+
+
+Acting = Annotated[_Acting, Depends(_acting)]
 
 
 @router.post(
@@ -121,10 +151,9 @@ async def _answer(hub: Hub, result: ActionResult) -> dict[str, Any]:
     responses=_ACTION_REFUSALS,
     summary="Take the alarm: someone is coming",
 )
-async def acknowledge(request: Request, user: CurrentUser, alarm_id: str) -> dict[str, Any]:
-    hub = _hub(request)
-    await visible_alarm(hub, user, alarm_id)
-    return await _answer(hub, await hub.actions.acknowledge(alarm_id, responder(user), "web"))
+async def acknowledge(user: CurrentUser, acting: Acting, alarm_id: str) -> dict[str, Any]:
+    await acting.check(user, alarm_id)
+    return await acting.answer(await acting.actions.acknowledge(alarm_id, responder(user), "web"))
 
 
 @router.post(
@@ -133,10 +162,9 @@ async def acknowledge(request: Request, user: CurrentUser, alarm_id: str) -> dic
     responses=_ACTION_REFUSALS,
     summary="A responder is there",
 )
-async def on_scene(request: Request, user: CurrentUser, alarm_id: str) -> dict[str, Any]:
-    hub = _hub(request)
-    await visible_alarm(hub, user, alarm_id)
-    return await _answer(hub, await hub.actions.on_scene(alarm_id, responder(user), "web"))
+async def on_scene(user: CurrentUser, acting: Acting, alarm_id: str) -> dict[str, Any]:
+    await acting.check(user, alarm_id)
+    return await acting.answer(await acting.actions.on_scene(alarm_id, responder(user), "web"))
 
 
 @router.post(
@@ -145,11 +173,10 @@ async def on_scene(request: Request, user: CurrentUser, alarm_id: str) -> dict[s
     responses=_NOTED_ACTION_REFUSALS,
     summary="The alarm is over; say how",
 )
-async def resolve(request: Request, user: CurrentUser, alarm_id: str, body: Note) -> dict[str, Any]:
-    hub = _hub(request)
-    await visible_alarm(hub, user, alarm_id)
-    return await _answer(
-        hub, await hub.actions.resolve(alarm_id, responder(user), "web", body.note)
+async def resolve(user: CurrentUser, acting: Acting, alarm_id: str, body: Note) -> dict[str, Any]:
+    await acting.check(user, alarm_id)
+    return await acting.answer(
+        await acting.actions.resolve(alarm_id, responder(user), "web", body.note)
     )
 
 
@@ -160,14 +187,12 @@ async def resolve(request: Request, user: CurrentUser, alarm_id: str, body: Note
     summary="The alarm was false: resolve it as such",
 )
 async def false_alarm(
-    request: Request, user: CurrentUser, alarm_id: str, body: OptionalNote | None = None
+    user: CurrentUser, acting: Acting, alarm_id: str, body: OptionalNote | None = None
 ) -> dict[str, Any]:
-    hub = _hub(request)
-    await visible_alarm(hub, user, alarm_id)
+    await acting.check(user, alarm_id)
     note = (body.note if body else "") or "false alarm"
-    return await _answer(
-        hub,
-        await hub.actions.resolve(alarm_id, responder(user), "web", note, "false_alarm"),
+    return await acting.answer(
+        await acting.actions.resolve(alarm_id, responder(user), "web", note, "false_alarm")
     )
 
 
@@ -177,18 +202,17 @@ async def false_alarm(
     responses=_ACTION_REFUSALS,
     summary="Fire the next escalation step now",
 )
-async def escalate(request: Request, user: CurrentUser, alarm_id: str) -> dict[str, Any]:
-    hub = _hub(request)
-    await visible_alarm(hub, user, alarm_id)
-    return await _answer(hub, await hub.actions.escalate_now(alarm_id, responder(user), "web"))
+async def escalate(user: CurrentUser, acting: Acting, alarm_id: str) -> dict[str, Any]:
+    await acting.check(user, alarm_id)
+    return await acting.answer(await acting.actions.escalate_now(alarm_id, responder(user), "web"))
 
 
 @router.get(
     "/rejected", summary="The latest refused panel messages, newest first", responses=refusals(403)
 )
 async def rejected(
-    request: Request, user: CurrentUser, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    user: CurrentUser, rejects: RejectsDep, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> list[dict[str, Any]]:
     if not user.is_admin:
         raise HTTPException(403, "this needs the role admin")
-    return _hub(request).rejects.recent(limit)
+    return rejects.recent(limit)

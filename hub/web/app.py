@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from fastapi import FastAPI
 
 from hub.web import (
@@ -19,19 +17,17 @@ from hub.web import (
     twilio_hooks,
     users_api,
 )
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from hub.web.services import WebServices, attach
 
 
-def create_web_app(hub: Hub) -> FastAPI:
-    """The web application of one hub; routes reach the hub through `app.state.hub`."""
+def create_web_app(services: WebServices) -> FastAPI:
+    """The web application of one hub; routes get its parts as typed dependencies."""
     app = FastAPI(
         title="tenhub",
         summary="Hub of a ten-household joint alarm network",
         version="0.1.0",
     )
-    app.state.hub = hub
+    attach(app, services)
     auth.install_auth(app)
     for module in (
         health,

@@ -2,7 +2,7 @@
 
 Routes get the user with `Depends(current_user)` (JSON: 401 when not logged in) or
 `Depends(page_user)` (HTML: redirect to /login); state-changing routes add
-`Depends(csrf_protect)`. The accounts live in `request.app.state.hub.accounts`.
+`Depends(csrf_protect)`. The accounts are the `AccountStore` of `hub.web.services`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from hub.clock import Clock
 from hub.login_throttle_store import Failures, LoginThrottleStore
 from hub.passwords import hash_password, verify_password
 from hub.web.contract import pages, refusals
+from hub.web.services import AccountStoreDep, ClockDep, LoginFailuresDep, PublicUrlDep
 
 logger = logging.getLogger(__name__)
 
@@ -154,19 +155,10 @@ def _wait_words(wait_ms: int) -> str:
 # --- who is asking ---------------------------------------------------------------------
 
 
-def _accounts(request: Request) -> AccountStore:
-    return request.app.state.hub.accounts
-
-
-def _now(request: Request) -> int:
-    return request.app.state.hub.clock.now_ms()
-
-
-async def _authenticate(request: Request) -> User | None:
+async def _authenticate(request: Request, accounts: AccountStore, now: int) -> User | None:
     """The user of the request's API token or session cookie, noted on request.state."""
     if getattr(request.state, "user", None) is not None:
         return request.state.user
-    accounts, now = _accounts(request), _now(request)
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         user = await accounts.token_user(credentials.strip(), now)
@@ -184,17 +176,17 @@ async def _authenticate(request: Request) -> User | None:
     return request.state.user
 
 
-async def current_user(request: Request) -> User:
+async def current_user(request: Request, accounts: AccountStoreDep, clock: ClockDep) -> User:
     """The logged-in user (API token or session); HTTP 401 when there is none."""
-    user = await _authenticate(request)
+    user = await _authenticate(request, accounts, clock.now_ms())
     if user is None:
         raise HTTPException(401, "log in first", headers={"WWW-Authenticate": "Bearer"})
     return user
 
 
-async def page_user(request: Request) -> User:
+async def page_user(request: Request, accounts: AccountStoreDep, clock: ClockDep) -> User:
     """The logged-in user of an HTML page; redirects to /login when there is none."""
-    user = await _authenticate(request)
+    user = await _authenticate(request, accounts, clock.now_ms())
     if user is None:
         query = request.url.query
         raise LoginRequired(request.url.path + (f"?{query}" if query else ""))
@@ -215,14 +207,16 @@ def require_role(*roles: str) -> Callable[..., Awaitable[User]]:
     return user_with_role
 
 
-async def csrf_protect(request: Request, user: Annotated[User, Depends(current_user)]) -> None:
+async def csrf_protect(
+    request: Request, user: Annotated[User, Depends(current_user)], public_url: PublicUrlDep
+) -> None:
     """For a state change from a browser session: same origin and the session's CSRF token.
 
     Requests with an API token pass: a browser never adds that header on its own.
     """
     if request.method not in UNSAFE_METHODS or request.state.via != "session":
         return
-    if not _same_origin(request):
+    if not _same_origin(request, public_url):
         raise HTTPException(403, "cross-site request refused")
     sent = request.headers.get("x-csrf-token")
     if sent is None and request.headers.get("content-type", "").startswith(_FORM_TYPES):
@@ -232,12 +226,12 @@ async def csrf_protect(request: Request, user: Annotated[User, Depends(current_u
         raise HTTPException(403, "CSRF token missing or wrong")
 
 
-def _same_origin(request: Request) -> bool:
+def _same_origin(request: Request, public_url: str) -> bool:
     """False when the browser says the request comes from another site."""
     origin = request.headers.get("origin")
     if origin is None:
         return True  # not every browser sends Origin; the CSRF token still has to match
-    allowed = {_origin_of(request.app.state.hub.public_url)}
+    allowed = {_origin_of(public_url)}
     host = request.headers.get("host")
     if host:
         allowed.add(_origin_of(f"{request.url.scheme}://{host}"))
@@ -285,7 +279,7 @@ _dummy_hash: str | None = None
 
 
 def _login_form(
-    request: Request, next_path: str, status: int = 200, error: str = "", username: str = ""
+    public_url: str, next_path: str, status: int = 200, error: str = "", username: str = ""
 ) -> HTMLResponse:
     """The form with a fresh pre-session CSRF token, in a cookie and a hidden field."""
     csrf = secrets.token_urlsafe(24)
@@ -305,15 +299,15 @@ def _login_form(
         csrf,
         max_age=LOGIN_FORM_TTL_S,
         path="/login",
-        secure=_secure(request),
+        secure=_secure(public_url),
         httponly=True,
         samesite="lax",
     )
     return response
 
 
-def _secure(request: Request) -> bool:
-    return request.app.state.hub.public_url.startswith("https://")
+def _secure(public_url: str) -> bool:
+    return public_url.startswith("https://")
 
 
 def safe_next(next_path: str | None) -> str:
@@ -325,10 +319,13 @@ def safe_next(next_path: str | None) -> str:
     return next_path
 
 
-def _throttle(request: Request) -> LoginThrottle:
+async def login_throttle(
+    request: Request, clock: ClockDep, failures: LoginFailuresDep
+) -> LoginThrottle:
+    """The app's one throttle of failed logins (its turns are per app, not per request)."""
     state = request.app.state
     if getattr(state, "login_throttle", None) is None:
-        state.login_throttle = LoginThrottle(state.hub.clock, state.hub.login_failures)
+        state.login_throttle = LoginThrottle(clock, failures)
     return state.login_throttle
 
 
@@ -346,8 +343,8 @@ async def _check_password(password: str, found: tuple[User, str] | None) -> User
 
 
 @router.get("/login", summary="The login form", response_class=HTMLResponse)
-async def login_page(request: Request, next: str = "/") -> Response:
-    return _login_form(request, safe_next(next))
+async def login_page(public_url: PublicUrlDep, next: str = "/") -> Response:
+    return _login_form(public_url, safe_next(next))
 
 
 @router.post(
@@ -359,6 +356,10 @@ async def login_page(request: Request, next: str = "/") -> Response:
 )
 async def login(
     request: Request,
+    accounts: AccountStoreDep,
+    clock: ClockDep,
+    public_url: PublicUrlDep,
+    throttle: Annotated[LoginThrottle, Depends(login_throttle)],
     username: Annotated[str, Form(max_length=200)] = "",
     password: Annotated[str, Form(max_length=1000)] = "",
     csrf_token: Annotated[str, Form(max_length=200)] = "",
@@ -367,33 +368,32 @@ async def login(
     next_path = safe_next(next)
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if (
-        not _same_origin(request)
+        not _same_origin(request, public_url)
         or not cookie
         or not csrf_token
         or not hmac.compare_digest(cookie.encode(), csrf_token.encode())
     ):
         error = "the login form expired; please try again"
-        return _login_form(request, next_path, 403, error, username)
+        return _login_form(public_url, next_path, 403, error, username)
     ip = request.client.host if request.client else "unknown"
-    address, throttle = throttle_address(ip), _throttle(request)
-    accounts = _accounts(request)
+    address = throttle_address(ip)
     async with throttle.turn(address):
         wait_ms = await throttle.retry_after_ms(username, address)
         if wait_ms:
             error = f"too many attempts; try again in {_wait_words(wait_ms)}"
             logger.warning("login throttled", extra={"username": username, "ip": ip})
-            response = _login_form(request, next_path, 429, error, username)
+            response = _login_form(public_url, next_path, 429, error, username)
             response.headers["Retry-After"] = str(max(1, math.ceil(wait_ms / 1000)))
             return response
         user = await _check_password(password, await accounts.find_user(username))
         if user is None:
             await throttle.failed(username, address)
             logger.info("login failed", extra={"username": username, "ip": ip})
-            return _login_form(request, next_path, 401, "wrong username or password", username)
+            return _login_form(public_url, next_path, 401, "wrong username or password", username)
         await throttle.succeeded(username, address)
     if old := request.cookies.get(SESSION_COOKIE):
         await accounts.end_session(old)  # a new login never keeps a session it was handed
-    token, _ = await accounts.new_session(user.id, _now(request), SESSION_TTL_MS)
+    token, _ = await accounts.new_session(user.id, clock.now_ms(), SESSION_TTL_MS)
     logger.info("login", extra={"username": user.username, "ip": ip})
     response = RedirectResponse(next_path, 303)
     response.set_cookie(
@@ -401,7 +401,7 @@ async def login(
         token,
         max_age=SESSION_TTL_MS // 1000,
         path="/",
-        secure=_secure(request),
+        secure=_secure(public_url),
         httponly=True,
         samesite="lax",
     )
@@ -417,11 +417,11 @@ async def login(
     response_class=RedirectResponse,
     responses={**pages(303), **refusals(401, 403)},
 )
-async def logout(request: Request) -> Response:
-    await _accounts(request).end_session(request.cookies.get(SESSION_COOKIE, ""))
+async def logout(request: Request, accounts: AccountStoreDep, public_url: PublicUrlDep) -> Response:
+    await accounts.end_session(request.cookies.get(SESSION_COOKIE, ""))
     response = RedirectResponse("/login", 303)
     response.delete_cookie(
-        SESSION_COOKIE, path="/", secure=_secure(request), httponly=True, samesite="lax"
+        SESSION_COOKIE, path="/", secure=_secure(public_url), httponly=True, samesite="lax"
     )
     return response
 

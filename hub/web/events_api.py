@@ -6,17 +6,16 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
 from hub.account_store import User
+from hub.events import EventBus
 from hub.web.auth import current_user
 from hub.web.contract import document, refusals
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from hub.web.services import EventBusDep
 
 router = APIRouter(prefix="/api", tags=["live events"], responses=refusals(401))
 KEEPALIVE_S = 15.0
@@ -28,17 +27,16 @@ KEEPALIVE_S = 15.0
     responses=document("text/event-stream", {"type": "string"}),
     summary="Server-Sent Events: `alarm` and `panel` changes of your zones",
 )
-async def events(request: Request, user: Annotated[User, Depends(current_user)]):
-    hub: Hub = request.app.state.hub
+async def events(request: Request, user: Annotated[User, Depends(current_user)], bus: EventBusDep):
     return StreamingResponse(
-        _stream(hub, user, request),
+        _stream(bus, user, request),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(hub: Hub, user: User, request: Request) -> AsyncIterator[str]:
-    with hub.events.subscribe() as queue:
+async def _stream(bus: EventBus, user: User, request: Request) -> AsyncIterator[str]:
+    with bus.subscribe() as queue:
         yield "retry: 2000\n\n"
         while not await request.is_disconnected():
             event = None

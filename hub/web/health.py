@@ -16,6 +16,15 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from hub.metrics import CONTENT_TYPE_LATEST
 from hub.web.contract import PLAIN_TEXT
+from hub.web.services import (
+    BrokerDep,
+    ChannelsDep,
+    DatabaseDep,
+    JobsDep,
+    MetricsDep,
+    PresenceDep,
+    SettingsDep,
+)
 
 router = APIRouter(tags=["operations"])
 
@@ -30,23 +39,28 @@ router = APIRouter(tags=["operations"])
         }
     },
 )
-async def healthz(request: Request) -> JSONResponse:
+async def healthz(
+    db: DatabaseDep,
+    broker: BrokerDep,
+    presence: PresenceDep,
+    channels: ChannelsDep,
+    jobs: JobsDep,
+) -> JSONResponse:
     """200 when the broker is connected and the database answers; 503 otherwise, saying which."""
-    hub = request.app.state.hub
     db_ok = True
     db_error = None
     try:
-        await hub.db.read(lambda d: d.execute("SELECT 1").fetchone())
+        await db.read(lambda d: d.execute("SELECT 1").fetchone())
     except Exception as exc:
         db_ok, db_error = False, str(exc)
-    connected = hub.transport.connected.is_set()
+    connected = broker.connected()
     body: dict[str, Any] = {
         "status": "ok" if connected and db_ok else "degraded",
-        "broker": {"connected": connected, "url": hub.broker_address.display()},
-        "database": {"ok": db_ok, "schema_version": hub.db.schema_version},
-        "panels_online": hub.presence.online_count(),
-        "channels": sorted(hub.sender.channels),
-        "jobs": {runner.job.name: {"runs": runner.runs} for runner in hub.job_runners},
+        "broker": {"connected": connected, "url": broker.url},
+        "database": {"ok": db_ok, "schema_version": db.schema_version},
+        "panels_online": presence.online_count(),
+        "channels": sorted(channels),
+        "jobs": {runner.job.name: {"runs": runner.runs} for runner in jobs},
     }
     if db_error:
         body["database"]["error"] = db_error
@@ -62,9 +76,9 @@ async def healthz(request: Request) -> JSONResponse:
         403: {"description": "A client elsewhere, and no token is set", "content": PLAIN_TEXT},
     },
 )
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, settings: SettingsDep, hub_metrics: MetricsDep) -> Response:
     """The metrics for a loopback client or one with the token; 401 or 403 for others."""
-    token = request.app.state.hub.settings.metrics_token
+    token = settings.metrics_token
     if not _may_read_metrics(request, token):
         if token is None:
             return PlainTextResponse(
@@ -77,7 +91,7 @@ async def metrics(request: Request) -> Response:
             status_code=401,
             headers={"WWW-Authenticate": 'Bearer realm="tenhub metrics"'},
         )
-    return Response(request.app.state.hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(hub_metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _may_read_metrics(request: Request, token: str | None) -> bool:

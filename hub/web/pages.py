@@ -16,8 +16,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from hub.account_store import User
+from hub.settings import Settings
 from hub.web.alarms_api import visible_alarm
 from hub.web.auth import page_user
+from hub.web.services import AlarmStoreDep, RegistryDep, SettingsDep
 
 HERE = Path(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -47,7 +49,12 @@ def mount_static(app: FastAPI) -> None:
 
 
 def _render(
-    request: Request, user: User, template: str, status: int = 200, **context: Any
+    request: Request,
+    settings: Settings,
+    user: User,
+    template: str,
+    status: int = 200,
+    **context: Any,
 ) -> Response:
     nav = [
         {"href": href, "label": label, "current": request.url.path == href}
@@ -60,15 +67,16 @@ def _render(
         {"user": user, "csrf": getattr(request.state, "csrf", None) or "", "nav": nav, **context},
         status_code=status,
     )
-    tiles = request.app.state.hub.settings.map_tile_origin
+    tiles = settings.map_tile_origin
     response.headers["Content-Security-Policy"] = CSP.format(tiles=f" {tiles}" if tiles else "")
     response.headers["Cache-Control"] = "no-store"  # each page carries the session's CSRF token
     return response
 
 
-def _forbidden(request: Request, user: User) -> Response:
+def _forbidden(request: Request, settings: Settings, user: User) -> Response:
     return _render(
         request,
+        settings,
         user,
         "error.html",
         403,
@@ -77,10 +85,12 @@ def _forbidden(request: Request, user: User) -> Response:
     )
 
 
-def _page(request: Request, user: User, template: str, roles: tuple[str, ...]) -> Response:
+def _page(
+    request: Request, settings: Settings, user: User, template: str, roles: tuple[str, ...]
+) -> Response:
     if user.role not in roles:
-        return _forbidden(request, user)
-    return _render(request, user, template)
+        return _forbidden(request, settings, user)
+    return _render(request, settings, user, template)
 
 
 @router.get("/")
@@ -90,11 +100,10 @@ async def home(user: PageUser) -> RedirectResponse:
 
 
 @router.get("/desk")
-async def desk(request: Request, user: PageUser) -> Response:
+async def desk(request: Request, user: PageUser, settings: SettingsDep) -> Response:
     """The police desk: open alarms, countdowns, offline panels, the map of units."""
     if user.role not in ("police", "admin"):
-        return _forbidden(request, user)
-    settings = request.app.state.hub.settings
+        return _forbidden(request, settings, user)
     tiles = (
         {
             "url": settings.map_tile_url,
@@ -104,38 +113,46 @@ async def desk(request: Request, user: PageUser) -> Response:
         if settings.map_tile_url
         else None
     )
-    return _render(request, user, "desk.html", tiles=tiles)
+    return _render(request, settings, user, "desk.html", tiles=tiles)
 
 
 @router.get("/alarms/{alarm_id}")
-async def alarm(request: Request, alarm_id: str, user: PageUser) -> Response:
+async def alarm(
+    request: Request,
+    alarm_id: str,
+    user: PageUser,
+    settings: SettingsDep,
+    alarms: AlarmStoreDep,
+    registry: RegistryDep,
+) -> Response:
     """One alarm: its story and the actions on it; 404 outside the user's zones."""
     if user.role not in ("police", "admin", "patrol"):
-        return _forbidden(request, user)
+        return _forbidden(request, settings, user)
     try:
-        await visible_alarm(request.app.state.hub, user, alarm_id)
+        await visible_alarm(alarms, registry, user, alarm_id)
     except HTTPException:
         return _render(
             request,
+            settings,
             user,
             "error.html",
             404,
             title="No such alarm",
             message=f"There is no alarm {alarm_id} in your zones.",
         )
-    return _render(request, user, "alarm.html", alarm_id=alarm_id)
+    return _render(request, settings, user, "alarm.html", alarm_id=alarm_id)
 
 
 @router.get("/patrol")
-async def patrol(request: Request, user: PageUser) -> Response:
+async def patrol(request: Request, user: PageUser, settings: SettingsDep) -> Response:
     """The patrol's phone page: its zone's open alarms, big buttons."""
-    return _page(request, user, "patrol.html", ("patrol", "admin"))
+    return _page(request, settings, user, "patrol.html", ("patrol", "admin"))
 
 
 @router.get("/admin")
-async def admin(request: Request, user: PageUser) -> Response:
+async def admin(request: Request, user: PageUser, settings: SettingsDep) -> Response:
     """Registry import and export, and the accounts."""
-    return _page(request, user, "admin.html", ("admin",))
+    return _page(request, settings, user, "admin.html", ("admin",))
 
 
 @router.get("/manifest.webmanifest")

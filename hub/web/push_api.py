@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from hub.account_store import User
 from hub.web.auth import csrf_protect, current_user
 from hub.web.contract import refusals
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from hub.web.services import ChannelsDep, ClockDep, ContactStoreDep
 
 router = APIRouter(prefix="/api/push", tags=["push"], responses=refusals(401))
 CurrentUser = Annotated[User, Depends(current_user)]
@@ -38,9 +36,8 @@ class Endpoint(BaseModel):
 @router.get(
     "/key", summary="The hub's VAPID public key, for pushManager.subscribe", responses=refusals(503)
 )
-async def key(request: Request, user: CurrentUser) -> dict[str, str]:
-    hub: Hub = request.app.state.hub
-    channel = hub.sender.channels.get("push")
+async def key(user: CurrentUser, channels: ChannelsDep) -> dict[str, str]:
+    channel = channels.get("push")
     if channel is None:
         raise HTTPException(503, "push is not ready yet")
     return {"public_key": channel.public_key}  # type: ignore[attr-defined]
@@ -54,14 +51,15 @@ async def key(request: Request, user: CurrentUser) -> dict[str, str]:
     responses=refusals(400, 403, 422),
     summary="Receive alarms as pushes in this browser",
 )
-async def subscribe(request: Request, user: CurrentUser, body: Subscription) -> dict[str, str]:
-    hub: Hub = request.app.state.hub
+async def subscribe(
+    user: CurrentUser, contacts: ContactStoreDep, clock: ClockDep, body: Subscription
+) -> dict[str, str]:
     if not user.phone:
         raise HTTPException(
             422, "your account has no phone number; an admin links it to a responder first"
         )
-    sub_id = await hub.contacts.add_subscription(
-        user.phone, body.endpoint, body.keys.p256dh, body.keys.auth, hub.clock.now_ms()
+    sub_id = await contacts.add_subscription(
+        user.phone, body.endpoint, body.keys.p256dh, body.keys.auth, clock.now_ms()
     )
     return {"id": sub_id}
 
@@ -73,7 +71,6 @@ async def subscribe(request: Request, user: CurrentUser, body: Subscription) -> 
     responses=refusals(400, 403),
     summary="Stop pushes to this browser",
 )
-async def unsubscribe(request: Request, user: CurrentUser, body: Endpoint) -> Response:
-    hub: Hub = request.app.state.hub
-    await hub.contacts.forget_endpoint(user.phone or "", body.endpoint)
+async def unsubscribe(user: CurrentUser, contacts: ContactStoreDep, body: Endpoint) -> Response:
+    await contacts.forget_endpoint(user.phone or "", body.endpoint)
     return Response(status_code=204)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -22,25 +22,27 @@ from hub.registry_io import (
 )
 from hub.web.auth import csrf_protect, current_user, require_role
 from hub.web.contract import ImportRefusal, document, raw_body, refusals
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from hub.web.services import (
+    AlarmStoreDep,
+    LiveRegistry,
+    LiveRegistryDep,
+    PresenceDep,
+    RegistryDep,
+    SettingsDep,
+)
 
 router = APIRouter(prefix="/api", tags=["registry"], responses=refusals(401))
 CurrentUser = Annotated[User, Depends(current_user)]
 Admin = Annotated[User, Depends(require_role("admin"))]
 
 
-def _hub(request: Request) -> Hub:
-    return request.app.state.hub
-
-
 @router.get("/units", summary="Units of your zones, with their open alarms")
-async def units(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
-    hub = _hub(request)
-    mine = [u for u in hub.registry.units if user.sees_zone(u.zone)]
+async def units(
+    user: CurrentUser, registry: RegistryDep, alarms: AlarmStoreDep
+) -> list[dict[str, Any]]:
+    mine = [u for u in registry.units if user.sees_zone(u.zone)]
     open_alarms = (
-        await hub.alarms.search(
+        await alarms.search(
             states=("raised", "acknowledged", "on_scene"), unit_ids=[u.id for u in mine], limit=1000
         )
         if mine
@@ -63,8 +65,7 @@ async def units(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
 
 
 @router.get("/households", summary="Households of your zones (PINs never leave the hub)")
-async def households(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
-    registry = _hub(request).registry
+async def households(user: CurrentUser, registry: RegistryDep) -> list[dict[str, Any]]:
     key_of: dict[tuple[str, str], list[str]] = {}
     for unit in registry.units:
         for owner, household in registry.key_households_of(unit.id):
@@ -86,15 +87,12 @@ async def households(request: Request, user: CurrentUser) -> list[dict[str, Any]
 
 
 @router.get("/patrols", summary="Patrols of your zones")
-async def patrols(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
-    return [
-        p.model_dump(mode="json") for p in _hub(request).registry.patrols if user.sees_zone(p.zone)
-    ]
+async def patrols(user: CurrentUser, registry: RegistryDep) -> list[dict[str, Any]]:
+    return [p.model_dump(mode="json") for p in registry.patrols if user.sees_zone(p.zone)]
 
 
 @router.get("/desks", summary="Police desks covering your zones, and the command posts")
-async def desks(request: Request, user: CurrentUser) -> dict[str, list[dict[str, Any]]]:
-    registry = _hub(request).registry
+async def desks(user: CurrentUser, registry: RegistryDep) -> dict[str, list[dict[str, Any]]]:
     return {
         "police_desks": [
             d.model_dump(mode="json")
@@ -107,16 +105,18 @@ async def desks(request: Request, user: CurrentUser) -> dict[str, list[dict[str,
 
 @router.get("/panels", summary="Panels of your zones with their online state and last seen")
 async def panels(
-    request: Request, user: CurrentUser, state: Literal["online", "offline"] | None = None
+    user: CurrentUser,
+    registry: RegistryDep,
+    presence: PresenceDep,
+    state: Literal["online", "offline"] | None = None,
 ) -> list[dict[str, Any]]:
     """`state=offline` lists every panel not known to be online (offline or never heard)."""
-    hub = _hub(request)
     found = []
-    for unit in hub.registry.units:
+    for unit in registry.units:
         if not user.sees_zone(unit.zone):
             continue
         for h in unit.households:
-            seen = hub.presence.get(h.panel)
+            seen = presence.get(h.panel)
             panel_state = seen.state if seen else "unknown"
             if state == "online" and panel_state != "online":
                 continue
@@ -143,8 +143,8 @@ async def panels(
     response_class=Response,
     responses={**refusals(403), **document("application/yaml", {"type": "object"})},
 )
-async def export_registry(request: Request, user: Admin) -> PlainTextResponse:
-    return PlainTextResponse(registry_yaml(_hub(request).registry), media_type="application/yaml")
+async def export_registry(user: Admin, registry: RegistryDep) -> PlainTextResponse:
+    return PlainTextResponse(registry_yaml(registry), media_type="application/yaml")
 
 
 @router.get(
@@ -153,8 +153,8 @@ async def export_registry(request: Request, user: Admin) -> PlainTextResponse:
     response_class=Response,
     responses={**refusals(403), **document("text/csv", {"type": "string"})},
 )
-async def export_households(request: Request, user: Admin) -> PlainTextResponse:
-    return PlainTextResponse(households_csv(_hub(request).registry), media_type="text/csv")
+async def export_households(user: Admin, registry: RegistryDep) -> PlainTextResponse:
+    return PlainTextResponse(households_csv(registry), media_type="text/csv")
 
 
 _IMPORT_REFUSALS = {
@@ -163,10 +163,12 @@ _IMPORT_REFUSALS = {
 }
 
 
-async def _install(hub: Hub, registry: Registry | None, problems: list) -> JSONResponse:
+async def _install(
+    live: LiveRegistry, saved_path: str | None, registry: Registry | None, problems: list
+) -> JSONResponse:
     if registry is not None and not any(p.is_error for p in problems):
         # PINs marked as set keep the hub's; new ones are hashed (off the event loop).
-        registry, sealing = await asyncio.to_thread(seal_pins, registry, hub.registry)
+        registry, sealing = await asyncio.to_thread(seal_pins, registry, live.current())
         problems = [*problems, *sealing]
     errors = [p for p in problems if p.is_error]
     if registry is None or errors:
@@ -175,11 +177,11 @@ async def _install(hub: Hub, registry: Registry | None, problems: list) -> JSONR
             status_code=422,
         )
     saved_to = None
-    if hub.settings.registry:
-        saved_to = hub.settings.registry
+    if saved_path:
+        saved_to = saved_path
         text = registry_file_yaml(registry)  # the hashes, so the PINs outlive a restart
         await asyncio.to_thread(write_atomically, Path(saved_to), text)
-    hub.replace_registry(registry)
+    live.replace(registry)
     return JSONResponse(
         {
             "detail": "registry replaced",
@@ -199,10 +201,12 @@ async def _install(hub: Hub, registry: Registry | None, problems: list) -> JSONR
         "application/yaml", {"type": "object"}, "The registry, as `tenhub check-config` reads it"
     ),
 )
-async def import_registry(request: Request, user: Admin) -> JSONResponse:
+async def import_registry(
+    request: Request, user: Admin, live: LiveRegistryDep, settings: SettingsDep
+) -> JSONResponse:
     text = (await request.body()).decode("utf-8", errors="replace")
     registry, problems = parse_registry(text, "registry.yaml")
-    return await _install(_hub(request), registry, problems)
+    return await _install(live, settings.registry, registry, problems)
 
 
 @router.put(
@@ -214,14 +218,15 @@ async def import_registry(request: Request, user: Admin) -> JSONResponse:
         "text/csv", {"type": "string"}, "Households with the columns of the export"
     ),
 )
-async def import_households(request: Request, user: Admin) -> JSONResponse:
-    hub = _hub(request)
+async def import_households(
+    request: Request, user: Admin, live: LiveRegistryDep, settings: SettingsDep
+) -> JSONResponse:
     text = (await request.body()).decode("utf-8-sig", errors="replace")
-    registry, problems = merge_households_csv(hub.registry, text)
-    return await _install(hub, registry, problems)
+    registry, problems = merge_households_csv(live.current(), text)
+    return await _install(live, settings.registry, registry, problems)
 
 
-def check_zone(hub: Hub, zone: str) -> None:
+def check_zone(registry: Registry, zone: str) -> None:
     """400 unless the zone is one the registry knows."""
-    if zone not in {u.zone for u in hub.registry.units}:
+    if zone not in {u.zone for u in registry.units}:
         raise HTTPException(400, f"no zone {zone!r} in the registry")

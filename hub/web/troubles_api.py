@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Path
 
 from hub.account_store import User
+from hub.registry import Registry
 from hub.web.auth import csrf_protect, current_user, require_role
 from hub.web.contract import RowId, refusals
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from hub.web.services import ClockDep, PanelStoreDep, RegistryDep
 
 router = APIRouter(prefix="/api/troubles", tags=["troubles"], responses=refusals(401))
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
-def _panels_of(hub: Hub, user: User) -> list[str]:
-    return [h.panel for u in hub.registry.units if user.sees_zone(u.zone) for h in u.households]
+def _panels_of(registry: Registry, user: User) -> list[str]:
+    return [h.panel for u in registry.units if user.sees_zone(u.zone) for h in u.households]
 
 
 @router.get("", summary="Troubles of panels in your zones: open ones, or all with closed=true")
 async def troubles(
-    request: Request, user: CurrentUser, closed: bool = False
+    user: CurrentUser, panels: PanelStoreDep, registry: RegistryDep, closed: bool = False
 ) -> list[dict[str, Any]]:
-    hub: Hub = request.app.state.hub
-    found = await hub.panels.troubles(panel_ids=_panels_of(hub, user), open_only=not closed)
+    found = await panels.troubles(panel_ids=_panels_of(registry, user), open_only=not closed)
     answer = []
     for t in found:
-        place = hub.registry.panel_place(t.panel_id)
+        place = registry.panel_place(t.panel_id)
         answer.append(
             {
                 **asdict(t),
@@ -49,14 +47,15 @@ async def troubles(
     summary="Close a trouble someone has dealt with (tamper, a fault)",
 )
 async def close(
-    request: Request,
     trouble_id: Annotated[RowId, Path(description="the trouble's number, as listed")],
     user: Annotated[User, Depends(require_role("admin", "police", "patrol"))],
+    panels: PanelStoreDep,
+    registry: RegistryDep,
+    clock: ClockDep,
 ) -> dict[str, str]:
-    hub: Hub = request.app.state.hub
-    trouble = await hub.panels.get_trouble(trouble_id)
-    if trouble is None or trouble.panel_id not in _panels_of(hub, user):
+    trouble = await panels.get_trouble(trouble_id)
+    if trouble is None or trouble.panel_id not in _panels_of(registry, user):
         raise HTTPException(404, f"no trouble {trouble_id}")
-    if not await hub.panels.close_trouble(trouble_id, hub.clock.now_ms()):
+    if not await panels.close_trouble(trouble_id, clock.now_ms()):
         raise HTTPException(409, "the trouble is closed already")
     return {"detail": "closed"}

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import logging
 import re
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
@@ -20,11 +19,21 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
+from hub.clock import Clock
+from hub.outbox_store import OutboxStore
+from hub.web.alarm_views import describe
 from hub.web.contract import PLAIN_TEXT, document
+from hub.web.services import (
+    AlarmActionsDep,
+    AlarmStoreDep,
+    ClockDep,
+    ContactStoreDep,
+    OutboxStoreDep,
+    PublicUrlDep,
+    RegistryDep,
+    SettingsDep,
+)
 from hub.work import Responder
-
-if TYPE_CHECKING:
-    from hub.app import Hub
 
 logger = logging.getLogger(__name__)
 _UNSIGNED = {
@@ -52,16 +61,18 @@ def parse_reply(body: str) -> int | str | None:
     return None
 
 
-async def _signed_form(request: Request) -> dict[str, str] | None:
+async def _signed_form(
+    request: Request, auth_token: str | None, public_url: str
+) -> dict[str, str] | None:
     """The form parameters when the request is really from Twilio, else None."""
     if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         form = parse_form(await request.body())
     else:
         form = {k: str(v) for k, v in (await request.form()).items()}
-    hub: Hub = request.app.state.hub
     path, query = request.scope["path"], request.scope.get("query_string", b"")
     signature = request.headers.get("X-Twilio-Signature", "")
-    return form if is_from_twilio(hub, path, query, signature, form) else None
+    signed = is_from_twilio(auth_token, public_url, path, query, signature, form)
+    return form if signed else None
 
 
 def parse_form(body: bytes) -> dict[str, str]:
@@ -70,12 +81,19 @@ def parse_form(body: bytes) -> dict[str, str]:
     return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
-def is_from_twilio(hub: Hub, path: str, query: bytes, signature: str, form: dict[str, str]) -> bool:
-    """Whether `X-Twilio-Signature` signs this request for the URL Twilio was given."""
-    token = hub.settings.twilio_auth_token
+def is_from_twilio(
+    token: str | None,
+    public_url: str,
+    path: str,
+    query: bytes,
+    signature: str,
+    form: dict[str, str],
+) -> bool:
+    """Whether `X-Twilio-Signature` signs this request for the URL Twilio was given
+    (`public_url` + `path`), with the account's auth `token`."""
     if not token or not signature:
         return False
-    url = hub.public_url + path
+    url = public_url + path
     if query:
         url += "?" + query.decode("latin-1")
     if hmac.compare_digest(signature_of(token, url, form), signature.encode("utf-8", "replace")):
@@ -115,13 +133,20 @@ def _sms(text: str) -> Response:
     response_class=Response,
     responses=_TWIML_ANSWER,
 )
-async def inbound_sms(request: Request) -> Response:
-    form = await _signed_form(request)
+async def inbound_sms(
+    request: Request,
+    settings: SettingsDep,
+    public_url: PublicUrlDep,
+    registry: RegistryDep,
+    contacts: ContactStoreDep,
+    actions: AlarmActionsDep,
+    alarms: AlarmStoreDep,
+) -> Response:
+    form = await _signed_form(request, settings.twilio_auth_token, public_url)
     if form is None:
         return _forbidden()
-    hub: Hub = request.app.state.hub
     phone, body = form.get("From", ""), form.get("Body", "")
-    if not hub.registry.who_has_phone(phone):
+    if not registry.who_has_phone(phone):
         logger.info("SMS from an unknown number", extra={"phone": phone})
         return _sms("This number is not registered with tenhub; nothing was changed.")
     meaning = parse_reply(body)
@@ -131,17 +156,17 @@ async def inbound_sms(request: Request) -> Response:
             " or ACK for the latest alarm."
         )
     target = (
-        await hub.contacts.latest(phone)
+        await contacts.latest(phone)
         if meaning == "latest"
-        else await hub.contacts.by_code(phone, int(meaning))
+        else await contacts.by_code(phone, int(meaning))
     )
     if target is None:
         what = "no open alarm was sent to you" if meaning == "latest" else f"no alarm {meaning}"
         return _sms(f"Nothing to acknowledge: {what}. Nothing was changed.")
-    result = await hub.actions.acknowledge(
+    result = await actions.acknowledge(
         target.alarm_id, Responder(f"phone:{phone}", target.role), "sms"
     )
-    where = await hub.describe_alarm(target.alarm_id)
+    where = await describe(alarms, registry, target.alarm_id)
     if not result.ok:
         return _sms(f"The alarm at {where} is already over. Nothing was changed.")
     return _sms(f"Thank you: you acknowledged the alarm at {where}.")
@@ -153,21 +178,24 @@ async def inbound_sms(request: Request) -> Response:
     response_class=Response,
     responses=_TWIML_ANSWER,
 )
-async def voice_keypress(request: Request) -> Response:
-    form = await _signed_form(request)
+async def voice_keypress(
+    request: Request,
+    settings: SettingsDep,
+    public_url: PublicUrlDep,
+    contacts: ContactStoreDep,
+    actions: AlarmActionsDep,
+) -> Response:
+    form = await _signed_form(request, settings.twilio_auth_token, public_url)
     if form is None:
         return _forbidden()
-    hub: Hub = request.app.state.hub
     alarm_id = request.query_params.get("alarm_id", "")
     phone = form.get("Called") or form.get("To", "")
     reply = VoiceResponse()
-    target = await hub.contacts.by_phone_and_alarm(phone, alarm_id)
+    target = await contacts.by_phone_and_alarm(phone, alarm_id)
     if form.get("Digits") != "1" or target is None:
         reply.say("Nothing was acknowledged. Goodbye.")
         return Response(str(reply), media_type=TWIML)
-    result = await hub.actions.acknowledge(
-        alarm_id, Responder(f"phone:{phone}", target.role), "voice"
-    )
+    result = await actions.acknowledge(alarm_id, Responder(f"phone:{phone}", target.role), "voice")
     reply.say("Acknowledged. Thank you." if result.ok else "This alarm is already over.")
     return Response(str(reply), media_type=TWIML)
 
@@ -187,20 +215,26 @@ FORM = "application/x-www-form-urlencoded"
         415: {"description": "A body that is not form-encoded", "content": PLAIN_TEXT},
     },
 )
-async def status_callback(request: Request) -> Response:
+async def status_callback(
+    request: Request,
+    settings: SettingsDep,
+    public_url: PublicUrlDep,
+    outbox: OutboxStoreDep,
+    clock: ClockDep,
+) -> Response:
     if not request.headers.get("content-type", "").startswith(FORM):
         return PlainTextResponse("status callbacks are form-encoded", status_code=415)
     body = await _body_within(request, MAX_STATUS_BODY)
     if body is None:
         return PlainTextResponse("request body too large", status_code=413)
     form = parse_form(body)
-    hub: Hub = request.app.state.hub
     query = request.scope.get("query_string", b"")
     signature = request.headers.get("X-Twilio-Signature", "")
-    if not is_from_twilio(hub, request.scope["path"], query, signature, form):
+    path = request.scope["path"]
+    if not is_from_twilio(settings.twilio_auth_token, public_url, path, query, signature, form):
         return _forbidden()
     try:
-        await record_status(hub, form)
+        await record_status(outbox, clock, form)
     except Exception:
         # Twilio is told it failed; the report is lost, the message itself is not.
         logger.exception("status callback not recorded")
@@ -221,8 +255,8 @@ async def _body_within(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-async def record_status(hub: Hub, form: dict[str, str]) -> None:
+async def record_status(outbox: OutboxStore, clock: Clock, form: dict[str, str]) -> None:
     """Record the delivery word of a signed status callback (never moving backwards)."""
     sid = form.get("MessageSid") or form.get("CallSid") or ""
     status = form.get("MessageStatus") or form.get("CallStatus") or ""
-    await hub.outbox.record_delivery(sid, status, hub.clock.now_ms(), form.get("ErrorCode") or None)
+    await outbox.record_delivery(sid, status, clock.now_ms(), form.get("ErrorCode") or None)

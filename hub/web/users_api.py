@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from hub.account_store import AccountError, User
@@ -14,9 +14,7 @@ from hub.passwords import hash_password
 from hub.web.auth import csrf_protect, require_role
 from hub.web.contract import refusals
 from hub.web.registry_api import check_zone
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from hub.web.services import AccountStoreDep, ClockDep, RegistryDep
 
 router = APIRouter(prefix="/api/users", tags=["users"], responses=refusals(401, 403))
 Admin = Annotated[User, Depends(require_role("admin"))]
@@ -35,9 +33,8 @@ def _public(user: User) -> dict[str, Any]:
 
 
 @router.get("", summary="Every account")
-async def list_users(request: Request, admin: Admin) -> list[dict[str, Any]]:
-    hub: Hub = request.app.state.hub
-    return [_public(u) for u in await hub.accounts.list_users()]
+async def list_users(admin: Admin, accounts: AccountStoreDep) -> list[dict[str, Any]]:
+    return [_public(u) for u in await accounts.list_users()]
 
 
 @router.post(
@@ -47,19 +44,24 @@ async def list_users(request: Request, admin: Admin) -> list[dict[str, Any]]:
     summary="Add an account",
     responses=refusals(400),
 )
-async def add_user(request: Request, admin: Admin, body: NewUser) -> dict[str, Any]:
-    hub: Hub = request.app.state.hub
+async def add_user(
+    admin: Admin,
+    accounts: AccountStoreDep,
+    registry: RegistryDep,
+    clock: ClockDep,
+    body: NewUser,
+) -> dict[str, Any]:
     for zone in body.zones:
-        check_zone(hub, zone)
+        check_zone(registry, zone)
     try:
         password_hash = await asyncio.to_thread(hash_password, body.password)
-        user = await hub.accounts.add_user(
+        user = await accounts.add_user(
             body.username,
             password_hash,
             body.role,
             tuple(body.zones),
             body.phone or None,
-            hub.clock.now_ms(),
+            clock.now_ms(),
         )
     except (AccountError, ValueError) as exc:
         raise HTTPException(400, str(exc)) from None
@@ -72,12 +74,11 @@ async def add_user(request: Request, admin: Admin, body: NewUser) -> dict[str, A
     responses=refusals(400, 404),
     summary="Lock an account out; its sessions and tokens stop working",
 )
-async def disable_user(request: Request, admin: Admin, username: str) -> dict[str, str]:
-    hub: Hub = request.app.state.hub
+async def disable_user(admin: Admin, accounts: AccountStoreDep, username: str) -> dict[str, str]:
     if username.lower() == admin.username.lower():
         raise HTTPException(400, "you cannot disable your own account")
     try:
-        await hub.accounts.set_disabled(username, True)
+        await accounts.set_disabled(username, True)
     except AccountError as exc:
         raise HTTPException(404, str(exc)) from None
     return {"detail": f"{username} disabled"}
