@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 from alerts.channel import OutboxMessage
 
@@ -25,6 +27,12 @@ DEFAULT_TIERS: Mapping[str, tuple[Tier, ...]] = {
 RecentSends = Callable[[str, str, int], Awaitable[list[int]]]
 
 
+@dataclass(slots=True)
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding or waiting for the lock
+
+
 class RateLimiter:
     """Says how long a message must wait so that no tier of its channel is exceeded."""
 
@@ -34,6 +42,31 @@ class RateLimiter:
         # (channel, recipient, since_ms) → when messages went out, oldest first
         self.recent_sends = recent_sends
         self.tiers = dict(tiers)
+        self._turns: dict[tuple[str, str], _Turn] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, message: OutboxMessage) -> AsyncIterator[None]:
+        """The message's recipient's turn on its channel: one message at a time per
+        (channel, recipient), for channels with tiers.
+
+        Asking `hold_until` and recording the send where `recent_sends` reads it must both
+        happen within the turn. Sends in flight together would otherwise all read the same
+        count before any of them is recorded, and all go: a storm would reach a phone as
+        many times as it has alarms, whatever the limit.
+        """
+        if not self.tiers.get(message.channel):
+            yield
+            return
+        key = (message.channel, message.recipient)
+        turn = self._turns.setdefault(key, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if turn.users == 0:  # nobody waits: the next message makes a new one
+                del self._turns[key]
 
     async def hold_until(self, message: OutboxMessage, now: int) -> tuple[int, str] | None:
         """(until, why) when the message must wait, None when it may go now."""

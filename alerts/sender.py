@@ -202,14 +202,26 @@ class OutboxSender:
             # Held back or retried past the alarm's end: telling people now only misleads.
             await self.queue.mark_dropped(message.id, f"alarm {message.alarm_state} first")
             return "dropped"
-        if self.limiter is not None:
-            hold = await self.limiter.hold_until(message, now)
-            if hold is not None:
-                await self.queue.hold(message.id, hold[0], hold[1], now)
-                return "held"
         claimed = not channel.idempotent
-        if claimed and not await self.queue.claim(message.id, now):
-            return None  # not queued any more
+        async with contextlib.AsyncExitStack() as turn:
+            if self.limiter is not None:
+                await turn.enter_async_context(self.limiter.turn(message))
+                now = self.clock.now_ms()  # the turn may have been waited for
+                hold = await self.limiter.hold_until(message, now)
+                if hold is not None:
+                    await turn.aclose()  # a held message changes no count
+                    await self.queue.hold(message.id, hold[0], hold[1], now)
+                    return "held"
+            if claimed:
+                if not await self.queue.claim(message.id, now):
+                    return None  # not queued any more
+                # The claim recorded the send (its sent_at): the next message's count sees it.
+                await turn.aclose()
+            # An unclaimed message is recorded once sent: its turn lasts until then.
+            return await self._deliver(message, channel, claimed)
+
+    async def _deliver(self, message: OutboxMessage, channel: Channel, claimed: bool) -> str:
+        """Send a message that may go now and record the outcome."""
         async with self._limit if channel.remote else contextlib.nullcontext():
             try:
                 provider_id = await channel.send(message)
