@@ -241,6 +241,10 @@ class Database:
         self._queue.put(_WriteJob(fn, future, loop, urgent, due))
         return await future
 
+    def queued(self) -> int:
+        """Writes waiting for the writer to take them (those it is running not counted)."""
+        return self._queue.qsize()
+
     async def read(self, fn: Callable[[Conn], T]) -> T:
         """Run fn(conn) in a read-only transaction on a connection of the reader pool."""
         if self._closed or self._pool is None:

@@ -80,6 +80,7 @@ def upgrade(conn: Connection) -> int:
             command.upgrade(config, "head")
         finally:
             config.attributes.pop("connection", None)
+        conn.commit()  # what Alembic's own look-ups began, once it has nothing to run
         if conn.dialect.name == "sqlite":
             with conn.begin():
                 conn.exec_driver_sql(f"PRAGMA user_version = {newest}")
