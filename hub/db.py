@@ -103,6 +103,12 @@ def database_url(target: str | Path) -> sa.URL:
     )
 
 
+def display_target(target: str | Path) -> str:
+    """A SQLite path as it is, a database URL without its password: for logs and messages."""
+    text = str(target)
+    return _without_password(text) if "://" in text else text
+
+
 def _without_password(text: str) -> str:
     try:
         return sa.make_url(text).render_as_string(hide_password=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
 
 from hub.metrics import CONTENT_TYPE_LATEST
 from hub.web.contract import PLAIN_TEXT
@@ -36,14 +37,18 @@ async def healthz(request: Request) -> JSONResponse:
     db_ok = True
     db_error = None
     try:
-        await hub.db.read(lambda d: d.execute("SELECT 1").fetchone())
+        await hub.db.read(lambda conn: conn.execute(text("SELECT 1")).scalar_one())
     except Exception as exc:
         db_ok, db_error = False, str(exc)
     connected = hub.transport.connected.is_set()
     body: dict[str, Any] = {
         "status": "ok" if connected and db_ok else "degraded",
         "broker": {"connected": connected, "url": hub.broker_address.display()},
-        "database": {"ok": db_ok, "schema_version": hub.db.schema_version},
+        "database": {
+            "ok": db_ok,
+            "kind": hub.db.dialect,  # sqlite or postgresql
+            "schema_version": hub.db.schema_version,
+        },
         "panels_online": hub.presence.online_count(),
         "channels": sorted(hub.sender.channels),
         "jobs": {runner.job.name: {"runs": runner.runs} for runner in hub.job_runners},
