@@ -27,6 +27,16 @@ logger = logging.getLogger(__name__)
 _HERE = Path(__file__).resolve().parent
 
 
+class _OnlyRevisions(logging.Filter):
+    """Keeps Alembic's lines about revisions run, not those about itself at every open."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Context impl", "Will assume"))
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_OnlyRevisions())
+
+
 class SchemaTooNew(RuntimeError):
     """The database was written by a newer tenhub than this one."""
 
