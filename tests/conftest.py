@@ -29,7 +29,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Every test that touches the database, directly or through a hub, runs once per kind.
     if "db_kind" in metafunc.fixturenames:
         chosen = metafunc.config.getoption("--db")
-        metafunc.parametrize("db_kind", DB_KINDS if chosen == "both" else [chosen])
+        # Module scope: a module's fixtures that outlive one test (a hub shared by its
+        # stories) can depend on it; pytest runs a module's stories kind by kind.
+        metafunc.parametrize("db_kind", DB_KINDS if chosen == "both" else [chosen], scope="module")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -96,6 +98,19 @@ def empty_db_target(db_kind: str, tmp_path: Path, request: pytest.FixtureRequest
         return
     server: PostgresServer = request.getfixturevalue("postgres")
     url = server.new_database(migrated=False)
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def module_db_url(db_kind: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """For a hub shared by a module's stories: the db_url of a fresh PostgreSQL database,
+    or None (SQLite: the hub creates its file where its db_path says)."""
+    if db_kind == "sqlite":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.new_database()
     yield url
     server.drop_database(url)
 

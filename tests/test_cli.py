@@ -18,7 +18,7 @@ import pytest
 
 from devices.panel import ReferencePanel
 from tests.brokers import free_port, wait_for_port
-from tests.conftest import EXAMPLE_REGISTRY
+from tests.conftest import EXAMPLE_REGISTRY, db_url_of
 from tests.waiting import ProcessLogs, ProcessOutput, settled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,20 +162,23 @@ def _raise_one_fire(tmp_path: Path, broker_port: int) -> None:
         panel.stop()
 
 
-def _env_alone(tmp_path: Path, broker_port: int, http_port: int) -> dict[str, str]:
+def _env_alone(
+    tmp_path: Path, broker_port: int, http_port: int, db_url: str | None = None
+) -> dict[str, str]:
     """All `tenhub serve` needs from its environment: registry, database, embedded broker."""
     return {
         "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
         "TENHUB_DB_PATH": str(tmp_path / "hub.db"),
+        **({"TENHUB_DB_URL": db_url} if db_url else {}),
         "TENHUB_HTTP_ADDR": f"127.0.0.1:{http_port}",
         "TENHUB_EMBEDDED_BROKER_ADDR": f"127.0.0.1:{broker_port}",
         "TENHUB_LOG_FORMAT": "json",
     }
 
 
-def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path):
+def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path, db_target):
     broker_port, http_port = free_port(), free_port()
-    env = _env_alone(tmp_path, broker_port, http_port)
+    env = _env_alone(tmp_path, broker_port, http_port, db_url_of(db_target))
     err = _serve_and_raise_one_alarm(tmp_path, [], env, broker_port, http_port)
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     messages = [entry["msg"] for entry in logs]
