@@ -357,14 +357,18 @@ class Database:
             transaction = conn.begin()
             while (job := next_job()) is not None:
                 batch.append(job)
-                savepoint = conn.begin_nested()
+                # Plain SQL rather than begin_nested(), which names each savepoint anew
+                # and so compiles its SAVEPOINT and RELEASE for every write: 0.15 ms of
+                # the writer's time per write, on the path of every receipt.
+                conn.exec_driver_sql("SAVEPOINT job")
                 try:
                     result = job.fn(conn)
                 except BaseException as exc:  # the job's own failure: undo only its writes
-                    savepoint.rollback()
+                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT job")
+                    conn.exec_driver_sql("RELEASE SAVEPOINT job")
                     outcomes.append((job, False, exc))
                 else:
-                    savepoint.commit()
+                    conn.exec_driver_sql("RELEASE SAVEPOINT job")
                     outcomes.append((job, True, result))
             started = time.perf_counter()
             transaction.commit()
