@@ -85,6 +85,21 @@ def test_check_config_refuses_unknown_settings_keys_with_their_line(tmp_path):
     assert f"{config}:2:1: error: broker_ulr: unknown key 'broker_ulr'" in result.stderr
 
 
+def test_check_config_refuses_a_database_url_the_hub_cannot_use_and_hides_its_password():
+    result = tenhub(
+        "check-config",
+        "--registry",
+        str(EXAMPLE_REGISTRY),
+        env={"TENHUB_DB_URL": "mysql://tenhub:s3cret@db.example/tenhub"},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "$TENHUB_DB_URL: error: db_url: 'mysql://tenhub:***@db.example/tenhub'" in (
+        result.stderr
+    )
+    assert "tenhub stores its data in PostgreSQL" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
 def test_check_config_refuses_a_broker_ca_file_the_hub_could_not_use(tmp_path):
     not_pem = tmp_path / "ca.pem"
     not_pem.write_text("not a certificate\n")
