@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from hub.db import Conn, Database
 from hub.registry import PHONE_RE
+from hub.sql_text import query
 
 ROLES = ("admin", "police", "patrol")
 API_TOKEN_PREFIX = "thk_"
@@ -25,21 +26,25 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 # requests off the single writer.
 _LAST_USED_EVERY_MS = 60_000
 
-_USER_COLUMNS = "u.id, u.username, u.role, u.zones, u.phone, u.disabled"
+_USER = ("id", "username", "role", "zones", "phone", "disabled")
+_USER_COLUMNS = ", ".join(f"u.{c}" for c in _USER)
 # Usernames are unique whatever their case (`Alice` is `alice`); they are ASCII, where
 # lower() is the same in SQLite and PostgreSQL.
-_USER_ID = text("SELECT id FROM users WHERE lower(username) = lower(:username)")
-_ADD_USER = text(
+_USER_ID = query("SELECT id FROM users WHERE lower(username) = lower(:username)", "id")
+_ADD_USER = query(
     "INSERT INTO users (username, password_hash, role, zones, phone, created_at)"
-    " VALUES (:username, :password_hash, :role, :zones, :phone, :now) RETURNING id"
+    " VALUES (:username, :password_hash, :role, :zones, :phone, :now) RETURNING id",
+    "id",
 )
-_FIND_USER = text(
+_FIND_USER = query(
     f"SELECT {_USER_COLUMNS}, u.password_hash FROM users u"
-    " WHERE lower(u.username) = lower(:username)"
+    " WHERE lower(u.username) = lower(:username)",
+    *_USER,
+    "password_hash",
 )
-_GET_USER = text(f"SELECT {_USER_COLUMNS} FROM users u WHERE u.id = :id")
-_LIST_USERS = text(f"SELECT {_USER_COLUMNS} FROM users u ORDER BY lower(u.username)")
-_COUNT_USERS = text("SELECT count(*) FROM users")
+_GET_USER = query(f"SELECT {_USER_COLUMNS} FROM users u WHERE u.id = :id", *_USER)
+_LIST_USERS = query(f"SELECT {_USER_COLUMNS} FROM users u ORDER BY lower(u.username)", *_USER)
+_COUNT_USERS = query("SELECT count(*) AS n FROM users", "n")
 _SET_DISABLED = text("UPDATE users SET disabled = :disabled WHERE id = :id")
 _SET_PASSWORD = text("UPDATE users SET password_hash = :password_hash WHERE id = :id")
 _END_SESSIONS_OF = text("DELETE FROM sessions WHERE user_id = :user_id")
@@ -48,23 +53,33 @@ _NEW_SESSION = text(
     "INSERT INTO sessions (token_hash, user_id, csrf_token, created_at, expires_at)"
     " VALUES (:token_hash, :user_id, :csrf_token, :now, :expires_at)"
 )
-_SESSION_USER = text(
+_SESSION_USER = query(
     f"SELECT {_USER_COLUMNS}, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id"
-    " WHERE s.token_hash = :token_hash AND s.expires_at > :now AND u.disabled = 0"
+    " WHERE s.token_hash = :token_hash AND s.expires_at > :now AND u.disabled = 0",
+    *_USER,
+    "csrf_token",
 )
 _END_SESSION = text("DELETE FROM sessions WHERE token_hash = :token_hash")
 _NEW_API_TOKEN = text(
     "INSERT INTO api_tokens (user_id, name, token_hash, created_at)"
     " VALUES (:user_id, :name, :token_hash, :now)"
 )
-_TOKEN_USER = text(
-    f"SELECT {_USER_COLUMNS}, t.id, t.last_used_at FROM api_tokens t"
-    " JOIN users u ON u.id = t.user_id WHERE t.token_hash = :token_hash AND u.disabled = 0"
+_TOKEN_USER = query(
+    f"SELECT {_USER_COLUMNS}, t.id AS token_id, t.last_used_at FROM api_tokens t"
+    " JOIN users u ON u.id = t.user_id WHERE t.token_hash = :token_hash AND u.disabled = 0",
+    *_USER,
+    "token_id",
+    "last_used_at",
 )
 _TOKEN_USED = text("UPDATE api_tokens SET last_used_at = :now WHERE id = :id")
-_LIST_API_TOKENS = text(
+_LIST_API_TOKENS = query(
     "SELECT id, user_id, name, created_at, last_used_at FROM api_tokens"
-    " WHERE user_id = :user_id ORDER BY id"
+    " WHERE user_id = :user_id ORDER BY id",
+    "id",
+    "user_id",
+    "name",
+    "created_at",
+    "last_used_at",
 )
 _REVOKE_API_TOKEN = text("DELETE FROM api_tokens WHERE id = :id")
 

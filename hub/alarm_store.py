@@ -11,9 +11,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, column, select, table, text
+from sqlalchemy import column, select, table, text
 
 from hub.db import Conn, Database
+from hub.sql_text import query
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +94,12 @@ def _timeline(row: Any) -> TimelineEntry:
 
 _ALARM_COLUMNS = ", ".join(Alarm.__slots__)
 _EVENT_COLUMNS = ", ".join(StoredEvent.__slots__)
-_ALARM_BY_ID = text("SELECT * FROM alarms WHERE id = :alarm_id")
-_FIND_EVENT = text("SELECT * FROM panel_events WHERE panel_id = :panel_id AND seq = :seq")
+_TIMELINE_COLUMNS = ("id", "alarm_id", "at", "entry", "state", "actor", "channel", "detail")
+_ALARM_BY_ID = query(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE id = :alarm_id", *Alarm.__slots__)
+_FIND_EVENT = query(
+    f"SELECT {_EVENT_COLUMNS} FROM panel_events WHERE panel_id = :panel_id AND seq = :seq",
+    *StoredEvent.__slots__,
+)
 _INSERT_EVENT = text(
     f"INSERT INTO panel_events ({_EVENT_COLUMNS})"
     f" VALUES ({', '.join(':' + c for c in StoredEvent.__slots__)})"
@@ -107,46 +112,66 @@ _DELETE_EVENT = text("DELETE FROM panel_events WHERE panel_id = :panel_id AND se
 _INSERT_ALARM = text(
     f"INSERT INTO alarms ({_ALARM_COLUMNS}) VALUES ({', '.join(':' + c for c in Alarm.__slots__)})"
 )
-_OPEN_ALARM_OF = text(
-    "SELECT * FROM alarms WHERE unit_id = :unit_id AND household_id = :household_id"
-    " AND kind = :kind AND state NOT IN ('resolved', 'cancelled')"
-    " ORDER BY raised_at DESC LIMIT 1"
+_OPEN_ALARM_OF = query(
+    f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE unit_id = :unit_id"
+    " AND household_id = :household_id AND kind = :kind"
+    " AND state NOT IN ('resolved', 'cancelled') ORDER BY raised_at DESC LIMIT 1",
+    *Alarm.__slots__,
 )
 _SET_STATE = text("UPDATE alarms SET state = :state, updated_at = :now WHERE id = :alarm_id")
-_APPEND_TIMELINE = text(
+_APPEND_TIMELINE = query(
     "INSERT INTO alarm_timeline (alarm_id, at, entry, state, actor, channel, detail)"
-    " VALUES (:alarm_id, :at, :entry, :state, :actor, :channel, :detail) RETURNING id"
+    " VALUES (:alarm_id, :at, :entry, :state, :actor, :channel, :detail) RETURNING id",
+    "id",
 )
 _SET_NEXT_STEP = text(
     "UPDATE alarms SET next_step = :step, next_step_at = :due_at WHERE id = :alarm_id"
 )
 _SET_DURESS = text("UPDATE alarms SET duress = 1 WHERE id = :alarm_id")
-_DUE_ALARMS = text(
-    "SELECT * FROM alarms WHERE next_step_at IS NOT NULL AND next_step_at <= :now"
-    " ORDER BY next_step_at, id LIMIT :limit"
+_DUE_ALARMS = query(
+    f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE next_step_at IS NOT NULL"
+    " AND next_step_at <= :now ORDER BY next_step_at, id LIMIT :limit",
+    *Alarm.__slots__,
 )
-_NEXT_STEP_DUE_AT = text("SELECT min(next_step_at) FROM alarms WHERE next_step_at IS NOT NULL")
+_NEXT_STEP_DUE_AT = query(
+    "SELECT min(next_step_at) AS due_at FROM alarms WHERE next_step_at IS NOT NULL", "due_at"
+)
 _RECORD_STEP = text(
     "INSERT INTO alarm_steps (alarm_id, step, outcome, due_at, at, reason)"
     " VALUES (:alarm_id, :step, :outcome, :due_at, :at, :reason)"
 )
-_ACK_DETAILS = text(
-    "SELECT detail FROM alarm_timeline WHERE alarm_id = :alarm_id AND entry = 'acknowledged'"
+_ACK_DETAILS = query(
+    "SELECT detail FROM alarm_timeline WHERE alarm_id = :alarm_id AND entry = 'acknowledged'",
+    "detail",
 )
-_COUNT_TIMELINE = text(
-    "SELECT count(*) FROM alarm_timeline WHERE alarm_id = :alarm_id AND entry = :entry"
+_COUNT_TIMELINE = query(
+    "SELECT count(*) AS n FROM alarm_timeline WHERE alarm_id = :alarm_id AND entry = :entry", "n"
 )
-_ANSWERS = text(
-    "SELECT * FROM alarm_timeline WHERE alarm_id IN :alarm_ids"
-    " AND entry IN ('acknowledged', 'on_scene') ORDER BY id"
-).bindparams(bindparam("alarm_ids", expanding=True))
-_TIMELINE = text("SELECT * FROM alarm_timeline WHERE alarm_id = :alarm_id ORDER BY id")
-_STEPS = text("SELECT * FROM alarm_steps WHERE alarm_id = :alarm_id ORDER BY step")
+_ANSWERS = query(
+    f"SELECT {', '.join(_TIMELINE_COLUMNS)} FROM alarm_timeline WHERE alarm_id IN :alarm_ids"
+    " AND entry IN ('acknowledged', 'on_scene') ORDER BY id",
+    *_TIMELINE_COLUMNS,
+    lists=["alarm_ids"],
+)
+_TIMELINE = query(
+    f"SELECT {', '.join(_TIMELINE_COLUMNS)} FROM alarm_timeline WHERE alarm_id = :alarm_id"
+    " ORDER BY id",
+    *_TIMELINE_COLUMNS,
+)
+_STEPS = query(
+    f"SELECT {', '.join(StepRecord.__slots__)} FROM alarm_steps WHERE alarm_id = :alarm_id"
+    " ORDER BY step",
+    *StepRecord.__slots__,
+)
+_COUNT = query("SELECT count(*) AS n FROM alarms", "n")
 _ALARMS = table("alarms", *(column(c) for c in Alarm.__slots__))
-_NOTIFIED_COUNTS = text(
-    "SELECT alarm_id, count(*) FROM outbox WHERE alarm_id IN :alarm_ids"
-    " AND channel != 'panel' GROUP BY alarm_id"
-).bindparams(bindparam("alarm_ids", expanding=True))
+_NOTIFIED_COUNTS = query(
+    "SELECT alarm_id, count(*) AS n FROM outbox WHERE alarm_id IN :alarm_ids"
+    " AND channel != 'panel' GROUP BY alarm_id",
+    "alarm_id",
+    "n",
+    lists=["alarm_ids"],
+)
 
 
 class AlarmTx:
@@ -278,19 +303,21 @@ class AlarmStore:
         limit: int = 200,
     ) -> list[Alarm]:
         """Alarms matching every filter given, newest first."""
-        query = select(_ALARMS).order_by(_ALARMS.c.raised_at.desc(), _ALARMS.c.id.desc())
+        statement = select(_ALARMS).order_by(_ALARMS.c.raised_at.desc(), _ALARMS.c.id.desc())
         if states is not None:
-            query = query.where(_ALARMS.c.state.in_(list(states)))
+            statement = statement.where(_ALARMS.c.state.in_(list(states)))
         if unit_ids is not None:
-            query = query.where(_ALARMS.c.unit_id.in_(list(unit_ids)))
+            statement = statement.where(_ALARMS.c.unit_id.in_(list(unit_ids)))
         if kind is not None:
-            query = query.where(_ALARMS.c.kind == kind)
+            statement = statement.where(_ALARMS.c.kind == kind)
         if since is not None:
-            query = query.where(_ALARMS.c.raised_at >= since)
+            statement = statement.where(_ALARMS.c.raised_at >= since)
         if until is not None:
-            query = query.where(_ALARMS.c.raised_at < until)
-        query = query.limit(limit)
-        return await self.db.read(lambda conn: [_alarm(r) for r in conn.execute(query).mappings()])
+            statement = statement.where(_ALARMS.c.raised_at < until)
+        statement = statement.limit(limit)
+        return await self.db.read(
+            lambda conn: [_alarm(r) for r in conn.execute(statement).mappings()]
+        )
 
     async def answers(self, alarm_ids: Collection[str]) -> dict[str, list[TimelineEntry]]:
         """The acknowledgements and arrivals of each alarm, oldest first."""
@@ -320,6 +347,4 @@ class AlarmStore:
         return await self.db.read(q)
 
     async def count(self) -> int:
-        return await self.db.read(
-            lambda conn: conn.execute(text("SELECT count(*) FROM alarms")).scalar_one()
-        )
+        return await self.db.read(lambda conn: conn.execute(_COUNT).scalar_one())

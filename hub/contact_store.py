@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from sqlalchemy import text
 
 from hub.db import Conn, Database
+from hub.sql_text import query
 
 _OPEN = "a.state NOT IN ('resolved', 'cancelled')"
 _FEW_CODES = 32  # a phone's open alarms read in one go before the index is asked
 
-_CODE_OF = text("SELECT code FROM reply_codes WHERE phone = :phone AND alarm_id = :alarm_id")
+_CODE_OF = query(
+    "SELECT code FROM reply_codes WHERE phone = :phone AND alarm_id = :alarm_id", "code"
+)
 _INSERT_CODE = text(
     "INSERT INTO reply_codes (phone, alarm_id, code, role, name, created_at)"
     " VALUES (:phone, :alarm_id, :code, :role, :name, :now)"
@@ -22,44 +25,55 @@ _INSERT_CODE = text(
 # every alarm of its zone, its open alarms do not. Each of these is read from the
 # partial index reply_codes_open alone.
 _OF_PHONE = "FROM reply_codes WHERE phone = :phone AND alarm_open = 1"
-_LOWEST_CODES = text(f"SELECT code {_OF_PHONE} ORDER BY code LIMIT {_FEW_CODES}")
-_HIGHEST_CODE = text(f"SELECT max(code) {_OF_PHONE}")
-_CODES_IN_USE = text(f"SELECT count(*) {_OF_PHONE}")
-_CODES_FROM = text(f"SELECT code {_OF_PHONE} AND code >= :free ORDER BY code")
+_LOWEST_CODES = query(f"SELECT code {_OF_PHONE} ORDER BY code LIMIT {_FEW_CODES}", "code")
+_HIGHEST_CODE = query(f"SELECT max(code) AS code {_OF_PHONE}", "code")
+_CODES_IN_USE = query(f"SELECT count(*) AS n {_OF_PHONE}", "n")
+_CODES_FROM = query(f"SELECT code {_OF_PHONE} AND code >= :free ORDER BY code", "code")
 _INSERT_TOKEN = text(
     "INSERT INTO ack_tokens (token, alarm_id, phone, role, name, created_at)"
     " VALUES (:token, :alarm_id, :phone, :role, :name, :now)"
 )
-_SUBSCRIPTION_IDS = text(
-    "SELECT id FROM push_subscriptions WHERE phone = :phone ORDER BY created_at, id"
+_SUBSCRIPTION_IDS = query(
+    "SELECT id FROM push_subscriptions WHERE phone = :phone ORDER BY created_at, id", "id"
 )
 # Alarm ids sort by creation time: of two codes given in one millisecond, the newer alarm's.
 _TARGET = "SELECT r.alarm_id, r.phone, r.role, r.name, a.state FROM reply_codes r"
-_BY_CODE = text(
+_TARGET_COLUMNS = ("alarm_id", "phone", "role", "name", "state")
+_BY_CODE = query(
     f"{_TARGET} JOIN alarms a ON a.id = r.alarm_id WHERE r.phone = :phone AND r.code = :code"
     f" ORDER BY CASE WHEN {_OPEN} THEN 0 ELSE 1 END, r.created_at DESC, r.alarm_id DESC"
-    " LIMIT 1"
+    " LIMIT 1",
+    *_TARGET_COLUMNS,
 )
-_LATEST = text(
+_LATEST = query(
     f"{_TARGET} JOIN alarms a ON a.id = r.alarm_id WHERE r.phone = :phone AND {_OPEN}"
-    " ORDER BY r.created_at DESC, r.alarm_id DESC LIMIT 1"
+    " ORDER BY r.created_at DESC, r.alarm_id DESC LIMIT 1",
+    *_TARGET_COLUMNS,
 )
-_BY_PHONE_AND_ALARM = text(
+_BY_PHONE_AND_ALARM = query(
     f"{_TARGET} JOIN alarms a ON a.id = r.alarm_id"
-    " WHERE r.phone = :phone AND r.alarm_id = :alarm_id"
+    " WHERE r.phone = :phone AND r.alarm_id = :alarm_id",
+    *_TARGET_COLUMNS,
 )
-_BY_TOKEN = text(
+_BY_TOKEN = query(
     "SELECT t.alarm_id, t.phone, t.role, t.name, a.state FROM ack_tokens t"
-    " JOIN alarms a ON a.id = t.alarm_id WHERE t.token = :token"
+    " JOIN alarms a ON a.id = t.alarm_id WHERE t.token = :token",
+    *_TARGET_COLUMNS,
 )
-_ADD_SUBSCRIPTION = text(
+_ADD_SUBSCRIPTION = query(
     "INSERT INTO push_subscriptions (id, phone, endpoint, p256dh, auth, created_at)"
     " VALUES (:id, :phone, :endpoint, :p256dh, :auth, :now) ON CONFLICT (endpoint) DO UPDATE"
     " SET phone = excluded.phone, p256dh = excluded.p256dh, auth = excluded.auth"
-    " RETURNING id"
+    " RETURNING id",
+    "id",
 )
-_SUBSCRIPTION = text(
-    "SELECT id, phone, endpoint, p256dh, auth FROM push_subscriptions WHERE id = :id"
+_SUBSCRIPTION = query(
+    "SELECT id, phone, endpoint, p256dh, auth FROM push_subscriptions WHERE id = :id",
+    "id",
+    "phone",
+    "endpoint",
+    "p256dh",
+    "auth",
 )
 _FORGET_SUBSCRIPTION = text("DELETE FROM push_subscriptions WHERE id = :id")
 _FORGET_ENDPOINT = text(

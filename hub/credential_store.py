@@ -16,21 +16,25 @@ from sqlalchemy import text
 from devices.topics import is_valid_id
 from hub.db import Conn, Database
 from hub.mosquitto_passwords import hash_mosquitto_password
+from hub.sql_text import query
 
 PASSWORD_BYTES = 24  # token_urlsafe: 32 characters, 192 bits
 HMAC_KEY_BYTES = 32
 
-_COLUMNS = "panel_id, password_hash, hmac_key, require_signed, provisioned_at"
-_KEY_OF = text("SELECT hmac_key FROM panel_credentials WHERE panel_id = :panel_id")
-_REQUIRE_SIGNED = text("SELECT require_signed FROM panel_credentials WHERE panel_id = :panel_id")
+_NAMES = ("panel_id", "password_hash", "hmac_key", "require_signed", "provisioned_at")
+_COLUMNS = ", ".join(_NAMES)
+_KEY_OF = query("SELECT hmac_key FROM panel_credentials WHERE panel_id = :panel_id", "hmac_key")
+_REQUIRE_SIGNED = query(
+    "SELECT require_signed FROM panel_credentials WHERE panel_id = :panel_id", "require_signed"
+)
 _PROVISION = text(
     f"INSERT INTO panel_credentials ({_COLUMNS}) VALUES (:panel_id, :password_hash, :hmac_key,"
     " :require_signed, :provisioned_at) ON CONFLICT (panel_id) DO UPDATE SET"
     " password_hash = excluded.password_hash, hmac_key = excluded.hmac_key,"
     " require_signed = excluded.require_signed, provisioned_at = excluded.provisioned_at"
 )
-_GET = text(f"SELECT {_COLUMNS} FROM panel_credentials WHERE panel_id = :panel_id")
-_ALL = text(f"SELECT {_COLUMNS} FROM panel_credentials ORDER BY panel_id")
+_GET = query(f"SELECT {_COLUMNS} FROM panel_credentials WHERE panel_id = :panel_id", *_NAMES)
+_ALL = query(f"SELECT {_COLUMNS} FROM panel_credentials ORDER BY panel_id", *_NAMES)
 _REVOKE = text("DELETE FROM panel_credentials WHERE panel_id = :panel_id")
 
 

@@ -13,13 +13,17 @@ from dataclasses import dataclass
 from sqlalchemy import text
 
 from hub.db import Conn, Database
+from hub.sql_text import query
 
 # The account column of an address's own row, which counts failures on every account.
 ANY_ACCOUNT = ""
 
-_FAILURES = text(
+_FAILURES = query(
     "SELECT account, failures, last_failed_at FROM login_failures WHERE address = :address"
-    " AND account IN (:any_account, :account) AND last_failed_at >= :since"
+    " AND account IN (:any_account, :account) AND last_failed_at >= :since",
+    "account",
+    "failures",
+    "last_failed_at",
 )
 _SWEEP = text("DELETE FROM login_failures WHERE last_failed_at < :since")
 _ADD_FAILURE = text(

@@ -6,28 +6,32 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy import Executable, text
 
 from alerts.channel import OutboxMessage
 from hub.alarm_store import AlarmTx
 from hub.db import Conn, Database
+from hub.sql_text import query
 
-_ENQUEUE = text(
+_ENQUEUE = query(
     "INSERT INTO outbox (alarm_id, channel, recipient, payload, idempotency_key, status,"
     " attempts, next_attempt_at, created_at) VALUES (:alarm_id, :channel, :recipient,"
     " :payload, :idempotency_key, 'queued', 0, :next_attempt_at, :now)"
-    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
+    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    "id",
 )
 # `alarm_id IS :alarm_id` is SQLite's alone: a message about no alarm is asked apart.
-_QUEUED_ABOUT = text(
-    "SELECT 1 FROM outbox WHERE channel = :channel AND recipient = :recipient"
-    " AND status = 'queued' AND alarm_id = :alarm_id LIMIT 1"
+_QUEUED_ABOUT = query(
+    "SELECT 1 AS found FROM outbox WHERE channel = :channel AND recipient = :recipient"
+    " AND status = 'queued' AND alarm_id = :alarm_id LIMIT 1",
+    "found",
 )
-_QUEUED_ABOUT_NONE = text(
-    "SELECT 1 FROM outbox WHERE channel = :channel AND recipient = :recipient"
-    " AND status = 'queued' AND alarm_id IS NULL LIMIT 1"
+_QUEUED_ABOUT_NONE = query(
+    "SELECT 1 AS found FROM outbox WHERE channel = :channel AND recipient = :recipient"
+    " AND status = 'queued' AND alarm_id IS NULL LIMIT 1",
+    "found",
 )
-_EXISTS = text("SELECT 1 FROM outbox WHERE idempotency_key = :key")
+_EXISTS = query("SELECT 1 AS found FROM outbox WHERE idempotency_key = :key", "found")
 
 
 class OutboxTx:
@@ -129,25 +133,36 @@ _OLDER_IN_LINE = (
     " AND (e.alarm_id = o.alarm_id OR (e.alarm_id IS NULL AND o.alarm_id IS NULL))"
     " AND e.status = 'queued' AND e.id < o.id"
 )
-_DUE = text(
-    "SELECT o.*, a.state AS alarm_state FROM outbox o LEFT JOIN alarms a ON a.id = o.alarm_id"
+_MESSAGE = ("id", "alarm_id", "channel", "recipient", "payload", "idempotency_key", "attempts")
+_MESSAGE_COLUMNS = ", ".join(f"o.{c}" for c in _MESSAGE) + ", a.state AS alarm_state"
+_DUE = query(
+    f"SELECT {_MESSAGE_COLUMNS} FROM outbox o LEFT JOIN alarms a ON a.id = o.alarm_id"
     " WHERE o.status = 'queued' AND o.next_attempt_at <= :now AND o.channel IN :channels"
-    f" AND NOT EXISTS ({_OLDER_IN_LINE}) ORDER BY o.id LIMIT :limit"
-).bindparams(bindparam("channels", expanding=True))
+    f" AND NOT EXISTS ({_OLDER_IN_LINE}) ORDER BY o.id LIMIT :limit",
+    *_MESSAGE,
+    "alarm_state",
+    lists=["channels"],
+)
 # Only the head of each recipient's line counts: a message waiting behind an older one
 # that is retrying later is not due, and must not wake the sender in a spin.
-_NEXT_DUE_AT = text(
-    "SELECT min(o.next_attempt_at) FROM outbox o WHERE o.status = 'queued'"
-    f" AND o.channel IN :channels AND NOT EXISTS ({_OLDER_IN_LINE})"
-).bindparams(bindparam("channels", expanding=True))
-_FOR_ALARM = text(
-    "SELECT id, channel, recipient, payload, status, attempts, created_at, sent_at,"
-    " provider_id, delivery, delivery_at, limited_at, last_error"
-    " FROM outbox WHERE alarm_id = :alarm_id ORDER BY id"
+_NEXT_DUE_AT = query(
+    "SELECT min(o.next_attempt_at) AS due_at FROM outbox o WHERE o.status = 'queued'"
+    f" AND o.channel IN :channels AND NOT EXISTS ({_OLDER_IN_LINE})",
+    "due_at",
+    lists=["channels"],
 )
-_RECENT_SENDS = text(
+_NOTIFICATION = (
+    "id", "channel", "recipient", "payload", "status", "attempts", "created_at", "sent_at",
+    "provider_id", "delivery", "delivery_at", "limited_at", "last_error",
+)  # fmt: skip
+_FOR_ALARM = query(
+    f"SELECT {', '.join(_NOTIFICATION)} FROM outbox WHERE alarm_id = :alarm_id ORDER BY id",
+    *_NOTIFICATION,
+)
+_RECENT_SENDS = query(
     "SELECT sent_at FROM outbox WHERE channel = :channel AND recipient = :recipient"
-    " AND sent_at >= :since AND status IN ('sending', 'sent', 'unknown') ORDER BY sent_at"
+    " AND sent_at >= :since AND status IN ('sending', 'sent', 'unknown') ORDER BY sent_at",
+    "sent_at",
 )
 _CLAIM = text(
     "UPDATE outbox SET status = 'sending', sent_at = :now WHERE id = :id AND status = 'queued'"
@@ -173,9 +188,13 @@ _MARK_UNKNOWN = text(
 _MARK_DROPPED = text(
     "UPDATE outbox SET status = 'dropped', last_error = :error WHERE id = :id AND status = 'queued'"
 )
-_QUEUED_FOR_HOLD = text(
+_QUEUED_FOR_HOLD = query(
     "SELECT alarm_id, channel, recipient, limited_at FROM outbox"
-    " WHERE id = :id AND status = 'queued'"
+    " WHERE id = :id AND status = 'queued'",
+    "alarm_id",
+    "channel",
+    "recipient",
+    "limited_at",
 )
 _HOLD = text(
     "UPDATE outbox SET next_attempt_at = :until, limited_at = coalesce(limited_at, :now),"
@@ -186,18 +205,27 @@ _RECOVER_INTERRUPTED = text(
     " last_error = 'the hub stopped while sending; the provider will be asked'"
     " WHERE status = 'sending'"
 )
-_IN_DOUBT = text(
-    "SELECT o.*, a.state AS alarm_state, coalesce(o.sent_at, o.created_at) AS claimed"
+_IN_DOUBT = query(
+    f"SELECT {_MESSAGE_COLUMNS}, coalesce(o.sent_at, o.created_at) AS claimed"
     " FROM outbox o LEFT JOIN alarms a ON a.id = o.alarm_id"
     " WHERE o.status = 'unknown' AND o.channel IN :channels"
-    " AND o.next_attempt_at <= :now ORDER BY o.id LIMIT :limit"
-).bindparams(bindparam("channels", expanding=True))
-_NEXT_DOUBT_AT = text(
-    "SELECT min(next_attempt_at) FROM outbox WHERE status = 'unknown' AND channel IN :channels"
-).bindparams(bindparam("channels", expanding=True))
-_KNOWN_PROVIDER_IDS = text(
-    "SELECT provider_id FROM outbox WHERE provider_id IN :provider_ids"
-).bindparams(bindparam("provider_ids", expanding=True))
+    " AND o.next_attempt_at <= :now ORDER BY o.id LIMIT :limit",
+    *_MESSAGE,
+    "alarm_state",
+    "claimed",
+    lists=["channels"],
+)
+_NEXT_DOUBT_AT = query(
+    "SELECT min(next_attempt_at) AS due_at FROM outbox"
+    " WHERE status = 'unknown' AND channel IN :channels",
+    "due_at",
+    lists=["channels"],
+)
+_KNOWN_PROVIDER_IDS = query(
+    "SELECT provider_id FROM outbox WHERE provider_id IN :provider_ids",
+    "provider_id",
+    lists=["provider_ids"],
+)
 _CONFIRM_SENT = text(
     "UPDATE outbox SET status = 'sent', provider_id = :provider_id, last_error = NULL"
     " WHERE id = :id AND status = 'unknown'"
@@ -211,15 +239,26 @@ _RECHECK_LATER = text(
     "UPDATE outbox SET next_attempt_at = :at, last_error = :error"
     " WHERE id = :id AND status = 'unknown'"
 )
-_ABOUT = text("SELECT alarm_id, channel, recipient FROM outbox WHERE id = :id")
-_BY_PROVIDER_ID = text(
-    "SELECT id, alarm_id, channel, recipient, delivery FROM outbox WHERE provider_id = :provider_id"
+_ABOUT = query(
+    "SELECT alarm_id, channel, recipient FROM outbox WHERE id = :id",
+    "alarm_id",
+    "channel",
+    "recipient",
+)
+_BY_PROVIDER_ID = query(
+    "SELECT id, alarm_id, channel, recipient, delivery FROM outbox"
+    " WHERE provider_id = :provider_id",
+    "id",
+    "alarm_id",
+    "channel",
+    "recipient",
+    "delivery",
 )
 _RECORD_DELIVERY = text(
     "UPDATE outbox SET delivery = :status, delivery_at = :now,"
     " last_error = coalesce(:error, last_error) WHERE id = :id"
 )
-_COUNTS = text("SELECT status, count(*) FROM outbox GROUP BY status")
+_COUNTS = query("SELECT status, count(*) AS n FROM outbox GROUP BY status", "status", "n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,7 +436,7 @@ class OutboxStore:
         self,
         message_id: int,
         now: int,
-        update: TextClause,
+        update: Executable,
         params: dict[str, Any],
         entry: str,
         detail: dict,
@@ -446,7 +485,7 @@ class OutboxStore:
 
     async def _update(
         self,
-        update: TextClause,
+        update: Executable,
         params: dict[str, Any],
         *,
         urgent: bool = False,

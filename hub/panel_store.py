@@ -7,10 +7,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, column, select, table, text
+from sqlalchemy import column, select, table, text
 
 from hub.db import Conn, Database
 from hub.presence import PanelPresence, PresenceRow
+from hub.sql_text import query
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,29 +37,33 @@ def _trouble(row: Any) -> Trouble:
 
 # At most one open trouble of a kind per panel (a partial unique index): a flapping
 # panel is one trouble.
-_OPEN_TROUBLE = text(
+_OPEN_TROUBLE = query(
     "INSERT INTO troubles (panel_id, kind, opened_at, detail)"
     " VALUES (:panel_id, :kind, :now, :detail)"
-    " ON CONFLICT (panel_id, kind) WHERE closed_at IS NULL DO NOTHING RETURNING id"
+    " ON CONFLICT (panel_id, kind) WHERE closed_at IS NULL DO NOTHING RETURNING id",
+    "id",
 )
 _CLOSE_TROUBLE = text(
     "UPDATE troubles SET closed_at = :now"
     " WHERE panel_id = :panel_id AND kind = :kind AND closed_at IS NULL"
 )
-_STATES_OF = text(
-    "SELECT panel_id, state FROM panel_state WHERE panel_id IN :panel_ids"
-).bindparams(bindparam("panel_ids", expanding=True))
+_STATES_OF = query(
+    "SELECT panel_id, state FROM panel_state WHERE panel_id IN :panel_ids",
+    "panel_id",
+    "state",
+    lists=["panel_ids"],
+)
 _SAVE_PRESENCE = text(
     "INSERT INTO panel_state (panel_id, state, last_seen, battery, fw, updated_at)"
     " VALUES (:panel_id, :state, :last_seen, :battery, :fw, :now) ON CONFLICT (panel_id)"
     " DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen,"
     " battery = excluded.battery, fw = excluded.fw, updated_at = excluded.updated_at"
 )
-_LOAD_PRESENCE = text("SELECT panel_id, state, last_seen, battery, fw FROM panel_state")
-_TROUBLES = table(
-    "troubles", *(column(c) for c in ("id", "panel_id", "kind", "opened_at", "closed_at", "detail"))
-)
-_TROUBLE_BY_ID = text("SELECT * FROM troubles WHERE id = :id")
+_PRESENCE = ("panel_id", "state", "last_seen", "battery", "fw")
+_LOAD_PRESENCE = query(f"SELECT {', '.join(_PRESENCE)} FROM panel_state", *_PRESENCE)
+_TROUBLE = ("id", "panel_id", "kind", "opened_at", "closed_at", "detail")
+_TROUBLES = table("troubles", *(column(c) for c in _TROUBLE))
+_TROUBLE_BY_ID = query(f"SELECT {', '.join(_TROUBLE)} FROM troubles WHERE id = :id", *_TROUBLE)
 _CLOSE_TROUBLE_BY_ID = text(
     "UPDATE troubles SET closed_at = :now WHERE id = :id AND closed_at IS NULL"
 )
@@ -130,13 +135,13 @@ class PanelStore:
         open_only: bool = True,
         limit: int = 500,
     ) -> list[Trouble]:
-        query = select(_TROUBLES).order_by(_TROUBLES.c.id.desc()).limit(limit)
+        statement = select(_TROUBLES).order_by(_TROUBLES.c.id.desc()).limit(limit)
         if open_only:
-            query = query.where(_TROUBLES.c.closed_at.is_(None))
+            statement = statement.where(_TROUBLES.c.closed_at.is_(None))
         if panel_ids is not None:
-            query = query.where(_TROUBLES.c.panel_id.in_(list(panel_ids)))
+            statement = statement.where(_TROUBLES.c.panel_id.in_(list(panel_ids)))
         return await self.db.read(
-            lambda conn: [_trouble(r) for r in conn.execute(query).mappings()]
+            lambda conn: [_trouble(r) for r in conn.execute(statement).mappings()]
         )
 
     async def get_trouble(self, trouble_id: int) -> Trouble | None:
