@@ -13,10 +13,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
+from sqlalchemy import text
 
-from hub.db import Database
+from hub.db import Conn, Database
 from hub.registry import PHONE_RE
+from hub.sql_text import query
 
 ROLES = ("admin", "police", "patrol")
 API_TOKEN_PREFIX = "thk_"
@@ -25,7 +26,62 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 # requests off the single writer.
 _LAST_USED_EVERY_MS = 60_000
 
-_USER_COLUMNS = "u.id, u.username, u.role, u.zones, u.phone, u.disabled"
+_USER = ("id", "username", "role", "zones", "phone", "disabled")
+_USER_COLUMNS = ", ".join(f"u.{c}" for c in _USER)
+# Usernames are unique whatever their case (`Alice` is `alice`); they are ASCII, where
+# lower() is the same in SQLite and PostgreSQL.
+_USER_ID = query("SELECT id FROM users WHERE lower(username) = lower(:username)", "id")
+_ADD_USER = query(
+    "INSERT INTO users (username, password_hash, role, zones, phone, created_at)"
+    " VALUES (:username, :password_hash, :role, :zones, :phone, :now) RETURNING id",
+    "id",
+)
+_FIND_USER = query(
+    f"SELECT {_USER_COLUMNS}, u.password_hash FROM users u"
+    " WHERE lower(u.username) = lower(:username)",
+    *_USER,
+    "password_hash",
+)
+_GET_USER = query(f"SELECT {_USER_COLUMNS} FROM users u WHERE u.id = :id", *_USER)
+_LIST_USERS = query(f"SELECT {_USER_COLUMNS} FROM users u ORDER BY lower(u.username)", *_USER)
+_COUNT_USERS = query("SELECT count(*) AS n FROM users", "n")
+_SET_DISABLED = text("UPDATE users SET disabled = :disabled WHERE id = :id")
+_SET_PASSWORD = text("UPDATE users SET password_hash = :password_hash WHERE id = :id")
+_END_SESSIONS_OF = text("DELETE FROM sessions WHERE user_id = :user_id")
+_SWEEP_SESSIONS = text("DELETE FROM sessions WHERE expires_at <= :now")
+_NEW_SESSION = text(
+    "INSERT INTO sessions (token_hash, user_id, csrf_token, created_at, expires_at)"
+    " VALUES (:token_hash, :user_id, :csrf_token, :now, :expires_at)"
+)
+_SESSION_USER = query(
+    f"SELECT {_USER_COLUMNS}, s.csrf_token FROM sessions s JOIN users u ON u.id = s.user_id"
+    " WHERE s.token_hash = :token_hash AND s.expires_at > :now AND u.disabled = 0",
+    *_USER,
+    "csrf_token",
+)
+_END_SESSION = text("DELETE FROM sessions WHERE token_hash = :token_hash")
+_NEW_API_TOKEN = text(
+    "INSERT INTO api_tokens (user_id, name, token_hash, created_at)"
+    " VALUES (:user_id, :name, :token_hash, :now)"
+)
+_TOKEN_USER = query(
+    f"SELECT {_USER_COLUMNS}, t.id AS token_id, t.last_used_at FROM api_tokens t"
+    " JOIN users u ON u.id = t.user_id WHERE t.token_hash = :token_hash AND u.disabled = 0",
+    *_USER,
+    "token_id",
+    "last_used_at",
+)
+_TOKEN_USED = text("UPDATE api_tokens SET last_used_at = :now WHERE id = :id")
+_LIST_API_TOKENS = query(
+    "SELECT id, user_id, name, created_at, last_used_at FROM api_tokens"
+    " WHERE user_id = :user_id ORDER BY id",
+    "id",
+    "user_id",
+    "name",
+    "created_at",
+    "last_used_at",
+)
+_REVOKE_API_TOKEN = text("DELETE FROM api_tokens WHERE id = :id")
 
 
 class AccountError(ValueError):
@@ -118,71 +174,62 @@ class AccountStore:
         zones = tuple(dict.fromkeys(zones))
         check_new_user(username, role, zones, phone)
 
-        def w(d: sqlite_utils.Database) -> User:
+        def w(conn: Conn) -> User:
             # One writer: nothing can take the name between this check and the insert.
-            if d.conn.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
+            if conn.execute(_USER_ID, {"username": username}).first():
                 raise AccountError(f"user {username!r} already exists")
-            cur = d.conn.execute(
-                "INSERT INTO users (username, password_hash, role, zones, phone, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (username, password_hash, role, json.dumps(list(zones)), phone, now),
-            )
-            return User(cur.lastrowid or 0, username, role, zones, phone, False)
+            user_id = conn.execute(
+                _ADD_USER,
+                {
+                    "username": username,
+                    "password_hash": password_hash,
+                    "role": role,
+                    "zones": json.dumps(list(zones)),
+                    "phone": phone,
+                    "now": now,
+                },
+            ).scalar_one()
+            return User(user_id, username, role, zones, phone, False)
 
         return await self.db.write(w)
 
     async def find_user(self, username: str) -> tuple[User, str] | None:
         """The user with this name (any case) and its password hash, for logging in."""
         row = await self.db.read(
-            lambda d: d.conn.execute(
-                f"SELECT {_USER_COLUMNS}, u.password_hash FROM users u WHERE u.username = ?",
-                (username,),
-            ).fetchone()
+            lambda conn: conn.execute(_FIND_USER, {"username": username}).first()
         )
         return (_user(row), row[6]) if row else None
 
     async def get_user(self, user_id: int) -> User | None:
-        row = await self.db.read(
-            lambda d: d.conn.execute(
-                f"SELECT {_USER_COLUMNS} FROM users u WHERE u.id = ?", (user_id,)
-            ).fetchone()
-        )
+        row = await self.db.read(lambda conn: conn.execute(_GET_USER, {"id": user_id}).first())
         return _user(row) if row else None
 
     async def list_users(self) -> list[User]:
-        """Every user, by username."""
-        rows = await self.db.read(
-            lambda d: d.conn.execute(
-                f"SELECT {_USER_COLUMNS} FROM users u ORDER BY u.username"
-            ).fetchall()
-        )
+        """Every user, by username (whatever its case)."""
+        rows = await self.db.read(lambda conn: conn.execute(_LIST_USERS).all())
         return [_user(r) for r in rows]
 
     async def count_users(self) -> int:
-        return await self.db.read(
-            lambda d: d.conn.execute("SELECT count(*) FROM users").fetchone()[0]
-        )
+        return await self.db.read(lambda conn: conn.execute(_COUNT_USERS).scalar_one())
 
     async def set_disabled(self, username: str, disabled: bool) -> None:
         """Disable (ending its sessions) or enable a user; AccountError if there is none."""
 
-        def w(d: sqlite_utils.Database) -> None:
-            user_id = _user_id(d, username)
-            d.conn.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
+        def w(conn: Conn) -> None:
+            user_id = _user_id(conn, username)
+            conn.execute(_SET_DISABLED, {"disabled": int(disabled), "id": user_id})
             if disabled:
-                d.conn.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+                conn.execute(_END_SESSIONS_OF, {"user_id": user_id})
 
         await self.db.write(w)
 
     async def set_password(self, username: str, password_hash: str) -> None:
         """Replace a user's password and end its sessions; AccountError if there is none."""
 
-        def w(d: sqlite_utils.Database) -> None:
-            user_id = _user_id(d, username)
-            d.conn.execute(
-                "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id)
-            )
-            d.conn.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+        def w(conn: Conn) -> None:
+            user_id = _user_id(conn, username)
+            conn.execute(_SET_PASSWORD, {"password_hash": password_hash, "id": user_id})
+            conn.execute(_END_SESSIONS_OF, {"user_id": user_id})
 
         await self.db.write(w)
 
@@ -191,97 +238,70 @@ class AccountStore:
     async def new_session(self, user_id: int, now: int, ttl_ms: int) -> tuple[str, str]:
         """A new login session: (session token for the cookie, its CSRF token)."""
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        session = {
+            "token_hash": token_hash(token),
+            "user_id": user_id,
+            "csrf_token": csrf,
+            "now": now,
+            "expires_at": now + ttl_ms,
+        }
 
-        def w(d: sqlite_utils.Database) -> None:
+        def w(conn: Conn) -> None:
             # Expired sessions are swept here: logins are rare enough to carry the cost.
-            d.conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-            d.conn.execute(
-                "INSERT INTO sessions (token_hash, user_id, csrf_token, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (token_hash(token), user_id, csrf, now, now + ttl_ms),
-            )
+            conn.execute(_SWEEP_SESSIONS, {"now": now})
+            conn.execute(_NEW_SESSION, session)
 
         await self.db.write(w)
         return token, csrf
 
     async def session_user(self, token: str, now: int) -> tuple[User, str] | None:
         """The user of a live session and its CSRF token; None if expired, unknown or disabled."""
-        row = await self.db.read(
-            lambda d: d.conn.execute(
-                f"SELECT {_USER_COLUMNS}, s.csrf_token FROM sessions s"
-                " JOIN users u ON u.id = s.user_id"
-                " WHERE s.token_hash = ? AND s.expires_at > ? AND u.disabled = 0",
-                (token_hash(token), now),
-            ).fetchone()
-        )
+        params = {"token_hash": token_hash(token), "now": now}
+        row = await self.db.read(lambda conn: conn.execute(_SESSION_USER, params).first())
         return (_user(row), row[6]) if row else None
 
     async def end_session(self, token: str) -> None:
-        await self.db.write(
-            lambda d: d.conn.execute(
-                "DELETE FROM sessions WHERE token_hash = ?", (token_hash(token),)
-            )
-        )
+        params = {"token_hash": token_hash(token)}
+        await self.db.write(lambda conn: conn.execute(_END_SESSION, params))
 
     # --- API tokens ----------------------------------------------------------------------
 
     async def new_api_token(self, user_id: int, name: str, now: int) -> str:
         """A new API token for the user: returned once, only its hash is kept."""
         token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-        def w(d: sqlite_utils.Database) -> None:
-            d.conn.execute(
-                "INSERT INTO api_tokens (user_id, name, token_hash, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (user_id, name, token_hash(token), now),
-            )
-
-        await self.db.write(w)
+        params = {"user_id": user_id, "name": name, "token_hash": token_hash(token), "now": now}
+        await self.db.write(lambda conn: conn.execute(_NEW_API_TOKEN, params))
         return token
 
     async def token_user(self, token: str, now: int) -> User | None:
         """The enabled user an API token belongs to, noting its use; None if unknown."""
         if not token.startswith(API_TOKEN_PREFIX):
             return None
-        row = await self.db.read(
-            lambda d: d.conn.execute(
-                f"SELECT {_USER_COLUMNS}, t.id, t.last_used_at FROM api_tokens t"
-                " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ? AND u.disabled = 0",
-                (token_hash(token),),
-            ).fetchone()
-        )
+        params = {"token_hash": token_hash(token)}
+        row = await self.db.read(lambda conn: conn.execute(_TOKEN_USER, params).first())
         if row is None:
             return None
         if row[7] is None or now - row[7] >= _LAST_USED_EVERY_MS:
-            await self.db.write(
-                lambda d: d.conn.execute(
-                    "UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now, row[6])
-                )
-            )
+            used = {"now": now, "id": row[6]}
+            await self.db.write(lambda conn: conn.execute(_TOKEN_USED, used))
         return _user(row)
 
     async def list_api_tokens(self, user_id: int) -> list[ApiToken]:
         """The user's API tokens, oldest first."""
         rows = await self.db.read(
-            lambda d: d.conn.execute(
-                "SELECT id, user_id, name, created_at, last_used_at FROM api_tokens"
-                " WHERE user_id = ? ORDER BY id",
-                (user_id,),
-            ).fetchall()
+            lambda conn: conn.execute(_LIST_API_TOKENS, {"user_id": user_id}).all()
         )
         return [ApiToken(*r) for r in rows]
 
     async def revoke_api_token(self, token_id: int) -> bool:
         """Delete an API token; False if there was none with this id."""
         return await self.db.write(
-            lambda d: (
-                d.conn.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,)).rowcount == 1
-            )
+            lambda conn: conn.execute(_REVOKE_API_TOKEN, {"id": token_id}).rowcount == 1
         )
 
 
-def _user_id(d: sqlite_utils.Database, username: str) -> int:
-    row = d.conn.execute("SELECT id FROM users WHERE username = ?", (username,)).fetchone()
-    if row is None:
+def _user_id(conn: Conn, username: str) -> int:
+    user_id = conn.execute(_USER_ID, {"username": username}).scalar()
+    if user_id is None:
         raise AccountError(f"no user {username!r}")
-    return int(row[0])
+    return int(user_id)

@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from alerts.channel import OutboxMessage
 from hub import escalation, lifecycle
 from hub.alarm_store import Alarm
 from hub.clock import Clock
-from hub.db import Database
+from hub.db import Conn, Database
 from hub.work import AfterCommit, AlarmChange, AlarmContext, Refused, Responder, Work
 
 
@@ -81,8 +79,8 @@ class AlarmService:
     async def _act(self, alarm_id: str, action: Action) -> ActionResult:
         now = self.clock.now_ms()
 
-        def work(d: sqlite_utils.Database) -> tuple[ActionResult, int]:
-            w = Work.begin(d, self.context, now)
+        def work(conn: Conn) -> tuple[ActionResult, int]:
+            w = Work.begin(conn, self.context, now)
             try:
                 alarm = action(w, lifecycle.get_alarm(w, alarm_id))
             except Refused as refusal:

@@ -88,7 +88,7 @@ class Hub:
         self.presence = PresenceTracker(on_change=self._on_panel_change)
         # Read when scraped, not set on every heartbeat.
         self.metrics.panels_online.set_function(self.presence.online_count)
-        self.db = Database(settings.db_path, on_commit=self.metrics.db_commit.observe)
+        self.db = Database(settings.database(), on_commit=self.metrics.db_commit.observe)
         self.alarms = AlarmStore(self.db)
         self.outbox = OutboxStore(self.db)
         self.contacts = ContactStore(self.db)
@@ -353,7 +353,7 @@ class Hub:
                     "hub started",
                     extra={
                         "broker": self.broker_address.display(),
-                        "db": self.settings.db_path,
+                        "db": self.db.display(),
                         "http": f"{self.settings.http_addr.rpartition(':')[0]}:{self.http_port}",
                         "schema_version": self.db.schema_version,
                     },

@@ -12,11 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-import sqlite_utils
-
 from devices.protocol import AlarmState, Reason
 from hub.alarm_store import Alarm, StepRecord
-from hub.db import Database
+from hub.db import Conn, Database
 from hub.messages import compose
 from hub.policy import Policy, Step, Unless
 from hub.recipients import Recipient, alarm_text, resolve_recipients, with_push
@@ -259,8 +257,8 @@ class EscalationEngine:
         while True:
             now = self.clock.now_ms()
 
-            def work(d: sqlite_utils.Database, now: int = now) -> tuple[int, Work, int | None]:
-                w = Work.begin(d, self.context, now)
+            def work(conn: Conn, now: int = now) -> tuple[int, Work, int | None]:
+                w = Work.begin(conn, self.context, now)
                 advanced = fire_due_steps(w, self.batch)
                 # Asked in the same transaction: a read of its own, on the reader pool,
                 # held up the engine's next run by a thread hop at every alarm.

@@ -304,8 +304,8 @@ class PanelIngest:
         now = self.clock.now_ms()
         # Urgent: the panel is waiting on this commit for its receipt.
         outcome = await self.db.write(
-            lambda d: self.handler.apply(
-                d, place, event, checked.payload_text, now, signed=checked.signed
+            lambda conn: self.handler.apply(
+                conn, place, event, checked.payload_text, now, signed=checked.signed
             ),
             urgent=True,
         )

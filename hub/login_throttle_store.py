@@ -10,12 +10,28 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import sqlite_utils
+from sqlalchemy import text
 
-from hub.db import Database
+from hub.db import Conn, Database
+from hub.sql_text import query
 
 # The account column of an address's own row, which counts failures on every account.
 ANY_ACCOUNT = ""
+
+_FAILURES = query(
+    "SELECT account, failures, last_failed_at FROM login_failures WHERE address = :address"
+    " AND account IN (:any_account, :account) AND last_failed_at >= :since",
+    "account",
+    "failures",
+    "last_failed_at",
+)
+_SWEEP = text("DELETE FROM login_failures WHERE last_failed_at < :since")
+_ADD_FAILURE = text(
+    "INSERT INTO login_failures (address, account, failures, last_failed_at)"
+    " VALUES (:address, :account, 1, :now) ON CONFLICT (address, account) DO UPDATE SET"
+    " failures = login_failures.failures + 1, last_failed_at = excluded.last_failed_at"
+)
+_CLEAR_ACCOUNT = text("DELETE FROM login_failures WHERE address = :address AND account = :account")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +58,9 @@ class LoginThrottleStore:
     ) -> tuple[Failures | None, Failures | None]:
         """(the address's failures, the account's failures from it), each if any since `since`."""
         account = account_key(username)
+        params = {"address": address, "any_account": ANY_ACCOUNT, "account": account}
         rows = await self.db.read(
-            lambda d: d.conn.execute(
-                "SELECT account, failures, last_failed_at FROM login_failures"
-                " WHERE address = ? AND account IN (?, ?) AND last_failed_at >= ?",
-                (address, ANY_ACCOUNT, account, since),
-            ).fetchall()
+            lambda conn: conn.execute(_FAILURES, {**params, "since": since}).all()
         )
         found = {row[0]: Failures(row[1], row[2]) for row in rows}
         return found.get(ANY_ACCOUNT), found.get(account)
@@ -60,16 +73,16 @@ class LoginThrottleStore:
         """
         account = account_key(username)
 
-        def w(d: sqlite_utils.Database) -> None:
+        def w(conn: Conn) -> None:
             # Each failure sweeps the rows that went stale since the one before: a
             # range of the age index, never a scan of the table.
-            d.conn.execute("DELETE FROM login_failures WHERE last_failed_at < ?", (since,))
-            d.conn.executemany(
-                "INSERT INTO login_failures (address, account, failures, last_failed_at)"
-                " VALUES (?, ?, 1, ?)"
-                " ON CONFLICT (address, account) DO UPDATE SET"
-                " failures = failures + 1, last_failed_at = excluded.last_failed_at",
-                [(address, ANY_ACCOUNT, now), (address, account, now)],
+            conn.execute(_SWEEP, {"since": since})
+            conn.execute(
+                _ADD_FAILURE,
+                [
+                    {"address": address, "account": ANY_ACCOUNT, "now": now},
+                    {"address": address, "account": account, "now": now},
+                ],
             )
 
         # Lazy: the commit may be shared with others; the caller still waits for it.
@@ -78,9 +91,5 @@ class LoginThrottleStore:
     async def clear_account(self, address: str, username: str) -> None:
         """Forget the failures of this account from this address, and only those."""
         account = account_key(username)
-        await self.db.write(
-            lambda d: d.conn.execute(
-                "DELETE FROM login_failures WHERE address = ? AND account = ?",
-                (address, account),
-            )
-        )
+        params = {"address": address, "account": account}
+        await self.db.write(lambda conn: conn.execute(_CLEAR_ACCOUNT, params))

@@ -10,7 +10,6 @@ import asyncio
 import ipaddress
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from urllib.parse import quote
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from devices import topics
 from hub.broker_config import (
@@ -33,7 +33,7 @@ from hub.broker_config import (
 )
 from hub.clock import SystemClock
 from hub.credential_store import CredentialStore, PanelSecrets
-from hub.db import Database
+from hub.db import Database, display_target
 from hub.migrations import SchemaTooNew
 from hub.mosquitto_passwords import hash_mosquitto_password
 from hub.problems import ConfigError
@@ -92,14 +92,14 @@ def _with_credentials(
     settings: Settings, work: Callable[[CredentialStore], Awaitable[T]], *, create: bool = False
 ) -> T:
     """Run work on the credentials of the configured database; database trouble → exit 1."""
-    if not create and not Path(settings.db_path).exists():
+    if not create and not settings.db_url and not Path(settings.db_path).exists():
         _fail(
             f"no database at {settings.db_path}: check --config or TENHUB_DB_PATH"
             " (provisioning a panel creates it)"
         )
 
     async def main() -> T:
-        db = Database(settings.db_path)
+        db = Database(settings.database())
         await db.open()
         try:
             return await work(CredentialStore(db))
@@ -110,8 +110,8 @@ def _with_credentials(
         return asyncio.run(main())
     except SchemaTooNew as exc:
         _fail(str(exc))
-    except (sqlite3.Error, OSError) as exc:
-        _fail(f"cannot use the database {settings.db_path}: {exc}")
+    except (SQLAlchemyError, OSError) as exc:
+        _fail(f"cannot use the database {display_target(settings.database())}: {exc}")
 
 
 # --- provision -----------------------------------------------------------------------------

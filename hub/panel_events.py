@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from alerts.channel import OutboxMessage
 from devices.protocol import (
     AckEvent,
@@ -25,6 +23,7 @@ from devices.protocol import (
 )
 from hub import lifecycle
 from hub.alarm_store import Alarm, StoredEvent
+from hub.db import Conn
 from hub.registry import PanelPlace
 from hub.supervision import open_trouble
 from hub.work import AlarmChange, AlarmContext, Refused, Responder, Work
@@ -53,7 +52,7 @@ class PanelEventHandler:
 
     def apply(
         self,
-        db: sqlite_utils.Database,
+        conn: Conn,
         place: PanelPlace,
         event: PanelEvent,
         payload_text: str,
@@ -66,7 +65,7 @@ class PanelEventHandler:
         A signed event must carry a `ts` near the hub's time (a replay window): a repeat
         of a stored event is still a duplicate, however late it comes.
         """
-        w = Work.begin(db, self.context, now)
+        w = Work.begin(conn, self.context, now)
         panel_id = place.household.panel
         stored = w.alarms.find_panel_event(panel_id, event.seq)
         if stored is not None and not counter_was_reset(stored, event, payload_text):

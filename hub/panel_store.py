@@ -7,10 +7,11 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
+from sqlalchemy import column, select, table, text
 
-from hub.db import Database
+from hub.db import Conn, Database
 from hub.presence import PanelPresence, PresenceRow
+from hub.sql_text import query
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,40 +35,69 @@ def _trouble(row: Any) -> Trouble:
     )
 
 
+# At most one open trouble of a kind per panel (a partial unique index): a flapping
+# panel is one trouble.
+_OPEN_TROUBLE = query(
+    "INSERT INTO troubles (panel_id, kind, opened_at, detail)"
+    " VALUES (:panel_id, :kind, :now, :detail)"
+    " ON CONFLICT (panel_id, kind) WHERE closed_at IS NULL DO NOTHING RETURNING id",
+    "id",
+)
+_CLOSE_TROUBLE = text(
+    "UPDATE troubles SET closed_at = :now"
+    " WHERE panel_id = :panel_id AND kind = :kind AND closed_at IS NULL"
+)
+_STATES_OF = query(
+    "SELECT panel_id, state FROM panel_state WHERE panel_id IN :panel_ids",
+    "panel_id",
+    "state",
+    lists=["panel_ids"],
+)
+_SAVE_PRESENCE = text(
+    "INSERT INTO panel_state (panel_id, state, last_seen, battery, fw, updated_at)"
+    " VALUES (:panel_id, :state, :last_seen, :battery, :fw, :now) ON CONFLICT (panel_id)"
+    " DO UPDATE SET state = excluded.state, last_seen = excluded.last_seen,"
+    " battery = excluded.battery, fw = excluded.fw, updated_at = excluded.updated_at"
+)
+_PRESENCE = ("panel_id", "state", "last_seen", "battery", "fw")
+_LOAD_PRESENCE = query(f"SELECT {', '.join(_PRESENCE)} FROM panel_state", *_PRESENCE)
+_TROUBLE = ("id", "panel_id", "kind", "opened_at", "closed_at", "detail")
+_TROUBLES = table("troubles", *(column(c) for c in _TROUBLE))
+_TROUBLE_BY_ID = query(f"SELECT {', '.join(_TROUBLE)} FROM troubles WHERE id = :id", *_TROUBLE)
+_CLOSE_TROUBLE_BY_ID = text(
+    "UPDATE troubles SET closed_at = :now WHERE id = :id AND closed_at IS NULL"
+)
+
+
 class TroubleTx:
     """Troubles inside the current write transaction."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
-        self.conn = db.conn
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
 
     def open(self, panel_id: str, kind: str, now: int, detail: dict | None = None) -> int | None:
         """Open a trouble; its id, or None when one of this kind is open already."""
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO troubles (panel_id, kind, opened_at, detail)"
-            " VALUES (?, ?, ?, ?)",
-            (panel_id, kind, now, json.dumps(detail) if detail else None),
-        )
-        return int(cur.lastrowid) if cur.rowcount == 1 and cur.lastrowid else None
+        return self.conn.execute(
+            _OPEN_TROUBLE,
+            {
+                "panel_id": panel_id,
+                "kind": kind,
+                "now": now,
+                "detail": json.dumps(detail) if detail else None,
+            },
+        ).scalar()
 
     def close(self, panel_id: str, kind: str, now: int) -> bool:
         """Close the open trouble of this kind; False when there was none."""
-        cur = self.conn.execute(
-            "UPDATE troubles SET closed_at = ? WHERE panel_id = ? AND kind = ?"
-            " AND closed_at IS NULL",
-            (now, panel_id, kind),
-        )
-        return cur.rowcount == 1
+        params = {"now": now, "panel_id": panel_id, "kind": kind}
+        return self.conn.execute(_CLOSE_TROUBLE, params).rowcount == 1
 
     def offline_panels(self, panel_ids: Collection[str]) -> list[str]:
         """Which of these panels were last known offline (or never heard)."""
-        marks = ", ".join("?" * len(panel_ids))
-        known = {
-            r[0]: r[1]
-            for r in self.conn.execute(
-                f"SELECT panel_id, state FROM panel_state WHERE panel_id IN ({marks})",
-                tuple(panel_ids),
-            )
-        }
+        if not panel_ids:
+            return []
+        rows = self.conn.execute(_STATES_OF, {"panel_ids": list(panel_ids)})
+        known = {r[0]: r[1] for r in rows}
         return [p for p in panel_ids if known.get(p) != "online"]
 
 
@@ -81,26 +111,21 @@ class PanelStore:
         """Write these panels' rows in one transaction (the caller keeps it short: an
         alarm's write waits behind it)."""
         values = [
-            (pid, state, last_seen or None, battery, fw, now)
+            {
+                "panel_id": pid,
+                "state": state,
+                "last_seen": last_seen or None,
+                "battery": battery,
+                "fw": fw,
+                "now": now,
+            }
             for pid, state, last_seen, battery, fw in rows
         ]
-        await self.db.write(
-            lambda d: d.conn.executemany(
-                "INSERT INTO panel_state (panel_id, state, last_seen, battery, fw, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (panel_id) DO UPDATE SET"
-                " state = excluded.state, last_seen = excluded.last_seen,"
-                " battery = excluded.battery, fw = excluded.fw,"
-                " updated_at = excluded.updated_at",
-                values,
-            )
-        )
+        if values:
+            await self.db.write(lambda conn: conn.execute(_SAVE_PRESENCE, values))
 
     async def load_presence(self) -> list[tuple[str, PanelPresence]]:
-        rows = await self.db.read(
-            lambda d: d.conn.execute(
-                "SELECT panel_id, state, last_seen, battery, fw FROM panel_state"
-            ).fetchall()
-        )
+        rows = await self.db.read(lambda conn: conn.execute(_LOAD_PRESENCE).all())
         return [(r[0], PanelPresence(r[1], r[2] or 0, r[3], r[4])) for r in rows]
 
     async def troubles(
@@ -110,32 +135,24 @@ class PanelStore:
         open_only: bool = True,
         limit: int = 500,
     ) -> list[Trouble]:
-        where, params = ["1 = 1"], []
+        statement = select(_TROUBLES).order_by(_TROUBLES.c.id.desc()).limit(limit)
         if open_only:
-            where.append("closed_at IS NULL")
+            statement = statement.where(_TROUBLES.c.closed_at.is_(None))
         if panel_ids is not None:
-            where.append(f"panel_id IN ({', '.join('?' * len(panel_ids))})")
-            params += list(panel_ids)
-        sql = f"SELECT * FROM troubles WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+            statement = statement.where(_TROUBLES.c.panel_id.in_(list(panel_ids)))
         return await self.db.read(
-            lambda d: [_trouble(r) for r in d.conn.execute(sql, (*params, limit)).fetchall()]
+            lambda conn: [_trouble(r) for r in conn.execute(statement).mappings()]
         )
 
     async def get_trouble(self, trouble_id: int) -> Trouble | None:
         row = await self.db.read(
-            lambda d: d.conn.execute(
-                "SELECT * FROM troubles WHERE id = ?", (trouble_id,)
-            ).fetchone()
+            lambda conn: conn.execute(_TROUBLE_BY_ID, {"id": trouble_id}).mappings().first()
         )
         return _trouble(row) if row else None
 
     async def close_trouble(self, trouble_id: int, now: int) -> bool:
         return await self.db.write(
-            lambda d: (
-                d.conn.execute(
-                    "UPDATE troubles SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
-                    (now, trouble_id),
-                ).rowcount
-                == 1
+            lambda conn: (
+                conn.execute(_CLOSE_TROUBLE_BY_ID, {"now": now, "id": trouble_id}).rowcount == 1
             )
         )

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from hub.clock import Clock, ScaledClock, SystemClock
+from hub.db import database_url
 from hub.problems import ConfigError, Problem
 
 # Keys whose variable is not TENHUB_<KEY>: Twilio's own names, kept as operators know them.
@@ -45,7 +46,12 @@ class Settings(BaseModel):
     broker_ca_file: str | None = None
     embedded_broker_addr: str = "127.0.0.1:1883"
     hub_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "tenhub-hub"
+    # The SQLite file, and the folder beside which the hub keeps its key files (the PIN
+    # key, the VAPID key) whichever database it uses.
     db_path: str = "tenhub.db"
+    # A PostgreSQL database (postgresql://user:password@host:port/dbname) instead of
+    # the SQLite file.
+    db_url: str | None = None
     registry: str | None = None
     policy: str | None = None
     http_addr: str = "127.0.0.1:8080"
@@ -108,6 +114,13 @@ class Settings(BaseModel):
         except OSError as exc:
             raise ValueError(f"{v}: {exc.strerror or exc}") from None
         return v
+
+    @field_validator("db_url")
+    @classmethod
+    def _check_db_url(cls, v: str | None) -> str | None:
+        if v:
+            database_url(v)
+        return v or None
 
     @field_validator("embedded_broker_addr", "http_addr")
     @classmethod
@@ -184,6 +197,10 @@ class Settings(BaseModel):
         if self.clock_speed == 1.0:
             return SystemClock()
         return ScaledClock(self.clock_speed, self.clock_epoch_ms or SystemClock().now_ms())
+
+    def database(self) -> str:
+        """The database to open: db_url if set, else the SQLite file db_path."""
+        return self.db_url or self.db_path
 
     def broker(self) -> BrokerAddress | None:
         """The external broker, or None for the embedded one."""

@@ -15,10 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-import sqlite_utils
-
 from hub.clock import Clock
-from hub.db import Database
+from hub.db import Conn, Database
 from hub.panel_store import PanelStore
 from hub.presence import PresenceTracker
 from hub.registry import PanelPlace
@@ -149,8 +147,8 @@ class PanelSupervisor:
             opening = to_open[start : start + _TROUBLES_PER_WRITE]
             closing = to_close[start : start + _TROUBLES_PER_WRITE]
             queued = await self.db.write(
-                lambda d, opening=opening, closing=closing: self._write_troubles(
-                    d, opening, closing, now
+                lambda conn, opening=opening, closing=closing: self._write_troubles(
+                    conn, opening, closing, now
                 )
             )
             assert self._open_offline is not None
@@ -161,9 +159,9 @@ class PanelSupervisor:
             logger.info("panels back online", extra={"count": len(to_close)})
 
     def _write_troubles(
-        self, d: sqlite_utils.Database, opening: list[PanelPlace], closing: list[str], now: int
+        self, conn: Conn, opening: list[PanelPlace], closing: list[str], now: int
     ) -> int:
-        work = Work.begin(d, self.context, now)
+        work = Work.begin(conn, self.context, now)
         for place in opening:
             last = self.presence.get(place.household.panel)
             detail = {"last_seen": last.last_seen} if last and last.last_seen else None

@@ -7,7 +7,6 @@ Exit codes: 0 done, 1 the request cannot be done (unknown user, bad zone, short 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -16,10 +15,11 @@ from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub.account_store import AccountError, AccountStore, User, check_new_user
 from hub.clock import SystemClock
-from hub.db import Database
+from hub.db import Database, display_target
 from hub.migrations import SchemaTooNew
 from hub.passwords import hash_password
 from hub.problems import ConfigError
@@ -67,11 +67,11 @@ def _with_accounts(
     settings: Settings, work: Callable[[AccountStore], Awaitable[T]], *, create: bool = False
 ) -> T:
     """Run work on the accounts of the configured database; AccountError → exit 1."""
-    if not create and not Path(settings.db_path).exists():
+    if not create and not settings.db_url and not Path(settings.db_path).exists():
         _fail(f"no database at {settings.db_path}: check --config or TENHUB_DB_PATH")
 
     async def main() -> T:
-        db = Database(settings.db_path)
+        db = Database(settings.database())
         await db.open()
         try:
             return await work(AccountStore(db))
@@ -84,8 +84,8 @@ def _with_accounts(
         _fail(str(exc))
     except SchemaTooNew as exc:
         _fail(str(exc))
-    except (sqlite3.Error, OSError) as exc:
-        _fail(f"cannot use the database {settings.db_path}: {exc}")
+    except (SQLAlchemyError, OSError) as exc:
+        _fail(f"cannot use the database {display_target(settings.database())}: {exc}")
 
 
 def _new_password_hash(from_stdin: bool) -> str:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import sqlite_utils
-
 from alerts.channel import OutboxMessage
 from devices.protocol import Reason
 from hub.alarm_store import Alarm, AlarmTx
 from hub.contact_store import ContactTx
+from hub.db import Conn
 from hub.outbox_store import OutboxTx
 from hub.panel_store import TroubleTx
 from hub.policy import PolicySet
@@ -78,8 +77,9 @@ class Work:
     fast_sends: list[OutboxMessage] = field(default_factory=list)
 
     @classmethod
-    def begin(cls, db: sqlite_utils.Database, context: AlarmContext, now: int) -> Work:
-        return cls(AlarmTx(db), OutboxTx(db), ContactTx(db), TroubleTx(db), context, now)
+    def begin(cls, conn: Conn, context: AlarmContext, now: int) -> Work:
+        """The lifecycle's view of the write transaction `conn` is in."""
+        return cls(AlarmTx(conn), OutboxTx(conn), ContactTx(conn), TroubleTx(conn), context, now)
 
     @property
     def registry(self) -> Registry:

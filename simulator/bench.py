@@ -258,7 +258,7 @@ class Bench:
             )  # fmt: skip
             await self._connect(phase, fleet)
             await self._loads(phase, fleet, registry, hub, probe)
-            phase.alarms_in_db = await _count_alarms(hub.db_path)
+            phase.alarms_in_db = await _count_alarms(hub.database)
             phase.hub_peak_rss_mb = round(peak_rss_mb(hub.proc.pid), 1)
             phase.reconnects = fleet.stats().reconnects
         finally:
@@ -379,9 +379,9 @@ class _HubReading:
             batch.hub_threads = thread_cpu_pct(before.threads, self.threads, self.at - before.at)
 
 
-async def _count_alarms(db_path: Path) -> int:
-    """Alarms in the hub's database, read beside the running hub."""
-    db = Database(db_path, readers=1)
+async def _count_alarms(database: str) -> int:
+    """Alarms in the hub's database (a SQLite file or a URL), read beside the running hub."""
+    db = Database(database, readers=1)
     await db.open()
     try:
         return await AlarmStore(db).count()

@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class HubProcess:
-    """One hub process on a fixed database and HTTP port; start, kill -9, start again."""
+    """One hub process on a fixed database and HTTP port; start, kill -9, start again.
+
+    The database is a SQLite file in `workdir`, or the one `TENHUB_DB_URL` in `env` names.
+    """
 
     def __init__(self, workdir: Path, http_port: int, env: dict[str, str]) -> None:
         self.workdir = workdir
@@ -30,6 +33,11 @@ class HubProcess:
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def database(self) -> str:
+        """What the hub stores in: the PostgreSQL URL, or the SQLite file."""
+        return self.env.get("TENHUB_DB_URL") or str(self.db_path)
 
     @property
     def url(self) -> str:

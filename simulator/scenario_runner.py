@@ -65,7 +65,14 @@ def _describe(e: Expectation) -> str:
 class ScenarioRun:
     """One run of one scenario."""
 
-    def __init__(self, scenario: Scenario, base: Path, console: Console, workdir: Path) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        base: Path,
+        console: Console,
+        workdir: Path,
+        db_url: str | None = None,
+    ) -> None:
         self.scenario = scenario
         self.console = console
         registry_path = (base / scenario.registry) if scenario.registry else EXAMPLE_REGISTRY
@@ -79,6 +86,7 @@ class ScenarioRun:
             heartbeat_s=scenario.heartbeat_s,
             policy_path=policy,
             unit_ids=set(scenario.units) if scenario.units else None,
+            db_url=db_url,
         )
         self.raised: list[Raised] = []
         self.report = Report(scenario.name)
@@ -342,9 +350,13 @@ class ScenarioRun:
 
 
 async def run_scenario(
-    path: str | Path, console: Console, *, workdir: Path | None = None
+    path: str | Path,
+    console: Console,
+    *,
+    workdir: Path | None = None,
+    db_url: str | None = None,
 ) -> Report:
-    """Load, run and check one scenario file."""
+    """Load, run and check one scenario file (the hub on PostgreSQL if db_url names one)."""
     scenario, base = load_scenario(path)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tenhub-scenario-"))
-    return await ScenarioRun(scenario, base, console, workdir).run()
+    return await ScenarioRun(scenario, base, console, workdir, db_url).run()

@@ -39,6 +39,7 @@ class World:
         heartbeat_s: float,
         policy_path: Path | None = None,
         unit_ids: set[str] | None = None,
+        db_url: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.registry = registry
@@ -62,6 +63,8 @@ class World:
         }
         if policy_path is not None:
             env["TENHUB_POLICY"] = str(policy_path)
+        if db_url is not None:  # PostgreSQL; else a SQLite file in the hub's folder
+            env["TENHUB_DB_URL"] = db_url
         self.hub = HubProcess(workdir / "hub", free_port(), env)
         # Panels beat in wall time; the hub expects a beat every heartbeat_s of hub time.
         self.fleet = AsyncFleet(
@@ -91,8 +94,8 @@ class World:
         failed = await self.fleet.start()
         if failed:
             raise RuntimeError(f"{len(failed)} panels could not connect: {sorted(failed)[:5]}")
-        # The hub's own stores, read-only use, on its database file.
-        self.db = Database(self.hub.db_path, readers=2)
+        # The hub's own stores, read-only use, on its database.
+        self.db = Database(self.hub.database, readers=2)
         await self.db.open()
         self.alarms = AlarmStore(self.db)
         self.outbox = OutboxStore(self.db)

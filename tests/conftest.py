@@ -1,15 +1,123 @@
-"""Shared fixtures: real brokers on free ports."""
+"""Shared fixtures: real brokers on free ports, and a database of each kind."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.brokers import EmbeddedBrokerThread, Mosquitto
+from tests.postgres import PostgresServer
+
+DB_KINDS = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db",
+        choices=[*DB_KINDS, "both"],
+        default="both",
+        help="which database the stories that store data run on (default: both)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Every test that touches the database, directly or through a hub, runs once per kind.
+    if "db_kind" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--db")
+        # Module scope: a module's fixtures that outlive one test (a hub shared by its
+        # stories) can depend on it; pytest runs a module's stories kind by kind.
+        metafunc.parametrize("db_kind", DB_KINDS if chosen == "both" else [chosen], scope="module")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Which broker and which database are independent of each other: a story runs on
+    # both brokers with SQLite, and on PostgreSQL with Mosquitto, not four times.
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        params = params.params if params else {}
+        pair = (params.get("broker"), params.get("db_kind"))
+        (drop if pair == ("embedded", "postgresql") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session, started the first time a test needs it."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file at the newest schema, copied for each test (faster than migrating)."""
+    from hub.db import create_engine
+    from hub.migrations import upgrade
+
+    path = tmp_path_factory.mktemp("template") / "tenhub.db"
+    engine = create_engine(path)
+    with engine.connect() as conn:
+        upgrade(conn)
+    engine.dispose()  # the WAL is copied back into the file as the last connection closes
+    return path
+
+
+@pytest.fixture
+def db_target(db_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's own database, at the newest schema: a SQLite file's path or a PostgreSQL URL.
+
+    Give it to `Database(...)`, or to a hub as TENHUB_DB_URL / db_url when it is a URL.
+    """
+    if db_kind == "sqlite":
+        path = tmp_path / "tenhub.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield str(path)
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture
+def empty_db_target(db_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Like `db_target`, but an empty database: no schema yet."""
+    if db_kind == "sqlite":
+        yield str(tmp_path / "empty.db")
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.new_database(migrated=False)
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def module_db_url(db_kind: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """For a hub shared by a module's stories: the db_url of a fresh PostgreSQL database,
+    or None (SQLite: the hub creates its file where its db_path says)."""
+    if db_kind == "sqlite":
+        yield None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
+
+
+def db_url_of(target: str) -> str | None:
+    """The db_url setting for a `db_target`: the URL, or None for a SQLite file."""
+    return target if "://" in target else None
 
 
 @pytest.fixture
@@ -60,9 +168,12 @@ def registry():
 class HubRunner:
     """Starts and stops hubs on one database and broker, as an operator would."""
 
-    def __init__(self, broker_url: str, db_path: Path, registry, **settings) -> None:
+    def __init__(
+        self, broker_url: str, db_path: Path, registry, db_url: str | None = None, **settings
+    ) -> None:
         self.broker_url = broker_url
-        self.db_path = db_path
+        self.db_path = db_path  # the SQLite file, or where key files go beside PostgreSQL
+        self.db_url = db_url
         self.registry = registry
         self.settings = settings
         self.hub = None
@@ -75,6 +186,7 @@ class HubRunner:
         settings = Settings(
             broker_url=self.broker_url,
             db_path=str(self.db_path),
+            db_url=self.db_url,
             http_addr="127.0.0.1:0",
             hub_client_id="tenhub-test-hub",
             **{**self.settings, **overrides},
@@ -98,12 +210,17 @@ class HubRunner:
                 await self._task
         self.hub = self._task = None
 
+    @property
+    def database(self) -> str:
+        """What the hub stores in: the PostgreSQL URL, or the SQLite file."""
+        return self.db_url or str(self.db_path)
+
 
 @pytest.fixture
-async def hub_runner(broker, tmp_path: Path, registry):
-    """A hub runner on the story's broker (Mosquitto, then embedded) and a fresh database."""
+async def hub_runner(broker, tmp_path: Path, registry, db_target: str):
+    """A hub runner on the story's broker and database, fresh for the test."""
     url = broker.url.replace("mqtt://", "mqtt://tenhub-test-hub@")
-    runner = HubRunner(url, tmp_path / "tenhub.db", registry)
+    runner = HubRunner(url, tmp_path / "tenhub.db", registry, db_url=db_url_of(db_target))
     yield runner
     await runner.stop()
 

@@ -18,6 +18,7 @@ from typing import Annotated
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI
 from typer.testing import CliRunner
 
@@ -29,7 +30,7 @@ from hub.passwords import hash_password, verify_password
 from hub.user_cli import users
 from hub.web import auth, services
 from hub.web.auth import csrf_protect, current_user, install_auth, page_user, require_role
-from tests.conftest import EXAMPLE_REGISTRY
+from tests.conftest import EXAMPLE_REGISTRY, db_url_of
 
 PUBLIC_URL = "http://hub.test"
 PASSWORD = "correct horse battery"
@@ -68,8 +69,8 @@ def build_app(hub: FakeHub) -> FastAPI:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path):
-    db = Database(tmp_path / "tenhub.db")
+async def hub(db_target: str):
+    db = Database(db_target)
     await db.open()
     yield FakeHub(AccountStore(db), LoginThrottleStore(db))
     await db.close()
@@ -377,13 +378,18 @@ async def test_only_hashes_of_session_and_api_tokens_are_stored(hub, app):
         await log_in(client, "desk-a")
         session = client.cookies[auth.SESSION_COOKIE]
 
-    def stored(d) -> list[str]:
-        rows = d.conn.execute(
-            "SELECT token_hash FROM sessions UNION ALL SELECT token_hash FROM api_tokens"
-        ).fetchall()
-        dump = "\n".join(d.conn.iterdump())
+    def stored(conn) -> list[str]:
+        hashes = conn.execute(
+            sa.text("SELECT token_hash FROM sessions UNION ALL SELECT token_hash FROM api_tokens")
+        ).scalars()
+        # Every value of every table, as a copy of the database would hold them.
+        dump = "\n".join(
+            repr(tuple(row))
+            for table in sa.inspect(conn).get_table_names()
+            for row in conn.execute(sa.text(f"SELECT * FROM {table}"))
+        )
         assert session not in dump and api_token not in dump
-        return sorted(r[0] for r in rows)
+        return sorted(hashes)
 
     expected = sorted(hashlib.sha256(t.encode()).hexdigest() for t in (session, api_token))
     assert await hub.accounts.db.read(stored) == expected
@@ -427,14 +433,20 @@ def test_passwords_are_salted_scrypt_and_short_ones_are_refused():
 # --- tenhub user -----------------------------------------------------------------------------
 
 
-def run_user_cli(tmp_path: Path, *args: str, stdin: str = "") -> object:
-    env = {"TENHUB_DB_PATH": str(tmp_path / "tenhub.db"), "TENHUB_REGISTRY": ""}
+def db_env(target: str) -> dict[str, str]:
+    """The environment that points `tenhub` at this database (a file or a URL)."""
+    url = db_url_of(target)
+    return {"TENHUB_DB_URL": url} if url else {"TENHUB_DB_PATH": target}
+
+
+def run_user_cli(target: str, *args: str, stdin: str = "") -> object:
+    env = {**db_env(target), "TENHUB_REGISTRY": ""}
     return CliRunner().invoke(users, list(args), input=stdin, env=env)
 
 
-def test_an_operator_adds_and_lists_users(tmp_path):
+def test_an_operator_adds_and_lists_users(db_target):
     added = run_user_cli(
-        tmp_path,
+        db_target,
         "add",
         "desk-a",
         "--role",
@@ -451,23 +463,23 @@ def test_an_operator_adds_and_lists_users(tmp_path):
     assert added.exit_code == 0, added.output
     assert "added police desk-a in z-a, z-b" in added.stdout
     chief = run_user_cli(
-        tmp_path, "add", "chief", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
+        db_target, "add", "chief", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
     )
     assert chief.exit_code == 0, chief.output
 
-    listed = run_user_cli(tmp_path, "list")
+    listed = run_user_cli(db_target, "list")
     assert listed.exit_code == 0
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["USERNAME", "ROLE", "ZONES", "PHONE", "STATUS"]
     assert lines[1].split() == ["chief", "admin", "*", "-", "active"]
     assert lines[2].split() == ["desk-a", "police", "z-a,z-b", "+15550009911", "active"]
 
-    assert run_user_cli(tmp_path, "disable", "desk-a").exit_code == 0
-    assert "disabled" in run_user_cli(tmp_path, "list").stdout.splitlines()[2]
-    assert run_user_cli(tmp_path, "enable", "desk-a").exit_code == 0
+    assert run_user_cli(db_target, "disable", "desk-a").exit_code == 0
+    assert "disabled" in run_user_cli(db_target, "list").stdout.splitlines()[2]
+    assert run_user_cli(db_target, "enable", "desk-a").exit_code == 0
 
     async def check() -> None:
-        db = Database(tmp_path / "tenhub.db")
+        db = Database(db_target)
         await db.open()
         try:
             found = await AccountStore(db).find_user("desk-a")
@@ -478,9 +490,9 @@ def test_an_operator_adds_and_lists_users(tmp_path):
     asyncio.run(check())
 
 
-def test_the_operator_is_told_what_is_wrong(tmp_path):
-    def refused(*args: str, stdin: str = PASSWORD + "\n") -> str:
-        result = run_user_cli(tmp_path, *args, stdin=stdin)
+def test_the_operator_is_told_what_is_wrong(db_target, tmp_path):
+    def refused(*args: str, stdin: str = PASSWORD + "\n", target: str = db_target) -> str:
+        result = run_user_cli(target, *args, stdin=stdin)
         assert result.exit_code == 1, result.output
         return result.stderr
 
@@ -504,11 +516,11 @@ def test_the_operator_is_told_what_is_wrong(tmp_path):
         "--password-stdin",
     )
     assert "unknown zone 'z-nowhere'" in unknown_zone
-    assert "no database" in refused("list")
+    assert "no database" in refused("list", target=str(tmp_path / "nowhere.db"))
 
     assert (
         run_user_cli(
-            tmp_path, "add", "chief", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
+            db_target, "add", "chief", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
         ).exit_code
         == 0
     )
@@ -517,10 +529,10 @@ def test_the_operator_is_told_what_is_wrong(tmp_path):
     assert "no user 'nobody'" in refused("passwd", "nobody", "--password-stdin")
 
 
-def test_zones_are_checked_against_the_registry(tmp_path, registry):
+def test_zones_are_checked_against_the_registry(db_target, registry):
     zone = registry.units[0].zone
     result = run_user_cli(
-        tmp_path,
+        db_target,
         "add",
         "desk-a",
         "--role",
@@ -535,18 +547,18 @@ def test_zones_are_checked_against_the_registry(tmp_path, registry):
     assert result.exit_code == 0, result.output
 
 
-def test_an_api_token_is_shown_once_and_a_new_password_ends_sessions(tmp_path):
+def test_an_api_token_is_shown_once_and_a_new_password_ends_sessions(db_target):
     run_user_cli(
-        tmp_path, "add", "chief", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
+        db_target, "add", "chief", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
     )
-    made = run_user_cli(tmp_path, "token", "chief", "--name", "cad-link")
+    made = run_user_cli(db_target, "token", "chief", "--name", "cad-link")
     assert made.exit_code == 0, made.output
     token = made.stdout.strip()
     assert re.fullmatch(r"thk_[A-Za-z0-9_-]{40,}", token)
     assert "not shown again" in made.stderr
 
     async def open_session() -> str:
-        db = Database(tmp_path / "tenhub.db")
+        db = Database(db_target)
         await db.open()
         try:
             accounts = AccountStore(db)
@@ -558,7 +570,7 @@ def test_an_api_token_is_shown_once_and_a_new_password_ends_sessions(tmp_path):
             await db.close()
 
     async def session_alive(session: str) -> bool:
-        db = Database(tmp_path / "tenhub.db")
+        db = Database(db_target)
         await db.open()
         try:
             return await AccountStore(db).session_user(session, 2) is not None
@@ -567,7 +579,7 @@ def test_an_api_token_is_shown_once_and_a_new_password_ends_sessions(tmp_path):
 
     session = asyncio.run(open_session())
     changed = run_user_cli(
-        tmp_path, "passwd", "chief", "--password-stdin", stdin="another long password\n"
+        db_target, "passwd", "chief", "--password-stdin", stdin="another long password\n"
     )
     assert changed.exit_code == 0, changed.output
     assert not asyncio.run(session_alive(session))
@@ -594,8 +606,8 @@ def tenhub(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.Compl
 
 
 @pytest.mark.skipif(not _user_command_mounted(), reason="`tenhub user` is not mounted yet")
-def test_tenhub_user_as_a_process(tmp_path):
-    env = {"TENHUB_DB_PATH": str(tmp_path / "tenhub.db")}
+def test_tenhub_user_as_a_process(db_target):
+    env = db_env(db_target)
     added = tenhub(
         env,
         "user",

@@ -25,11 +25,14 @@ PATROL_PHONE = "+15550009001"
 
 
 @pytest.fixture
-async def hub(mosquitto, tmp_path, registry):
-    from tests.conftest import HubRunner
+async def hub(mosquitto, tmp_path, registry, db_target):
+    from tests.conftest import HubRunner, db_url_of
 
     runner = HubRunner(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
+        tmp_path / "hub.db",
+        registry,
+        db_url=db_url_of(db_target),
     )
     hub = await runner.start()
     pw = await asyncio.to_thread(hash_password, PASSWORD)

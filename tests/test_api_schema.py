@@ -28,7 +28,7 @@ from schemathesis.errors import FailureGroup
 from hub.passwords import hash_password
 from hub.registry import load_registry
 from hub.web.contract import EPOCH_MS_MAX
-from tests.conftest import EXAMPLE_REGISTRY
+from tests.conftest import EXAMPLE_REGISTRY, db_url_of
 from tests.hub_thread import HubInThread
 
 # Bounded so that the whole run stays within a minute or two on a small machine; with no
@@ -44,13 +44,14 @@ CHECKS = [
 
 
 @pytest.fixture
-def running(mosquitto, tmp_path) -> Iterator[tuple[HubInThread, str]]:
+def running(mosquitto, tmp_path, db_target) -> Iterator[tuple[HubInThread, str]]:
     """A hub of its own (generated imports replace only its registry), and an admin's
     API token."""
     runner = HubInThread(
         mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
         tmp_path / "hub.db",
         load_registry(EXAMPLE_REGISTRY),
+        db_url=db_url_of(db_target),
     )
     hub = runner.start()
 

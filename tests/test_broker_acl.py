@@ -109,7 +109,7 @@ class GeneratedBroker(MosquittoProcess):
         return Client(self.port, "tenhub-hub", self.hub_password, **kw)
 
 
-def run_store(db_path: Path, op: str, *args: str) -> list:
+def run_store(db_path: Path | str, op: str, *args: str) -> list:
     """Run one CredentialStore operation on the database, as the CLI does."""
 
     async def main() -> list:
@@ -509,8 +509,8 @@ def test_a_hash_that_is_not_a_hash_never_reaches_a_file(tmp_path):
         panel_accounts(make_registry(), [row])
 
 
-def test_the_store_replaces_secrets_and_gives_the_writer_the_key(tmp_path):
-    db_path = tmp_path / "tenhub.db"
+def test_the_store_replaces_secrets_and_gives_the_writer_the_key(db_target):
+    db_path = db_target
     (first,) = run_store(db_path, "provision", "p-1a")
     (second,) = run_store(db_path, "provision", "p-1a")
     assert len(first.password) >= 24 and len(first.hmac_key) == 32
@@ -525,8 +525,8 @@ def test_the_store_replaces_secrets_and_gives_the_writer_the_key(tmp_path):
         await db.open()
         try:
 
-            def check(d):
-                tx = CredentialTx(d)
+            def check(conn):
+                tx = CredentialTx(conn)
                 return tx.key_of("p-1a"), tx.require_signed("p-1a"), tx.key_of("p-1b")
 
             return await db.write(check)

@@ -69,9 +69,11 @@ def mosquitto_broker(tmp_path_factory) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture(scope="module")
-def running(mosquitto_broker, tmp_path_factory, registry) -> Iterator[HubInThread]:
+def running(mosquitto_broker, tmp_path_factory, registry, module_db_url) -> Iterator[HubInThread]:
     url = mosquitto_broker.url.replace("mqtt://", "mqtt://tenhub-hub@")
-    runner = HubInThread(url, tmp_path_factory.mktemp("hub") / "hub.db", registry)
+    runner = HubInThread(
+        url, tmp_path_factory.mktemp("hub") / "hub.db", registry, db_url=module_db_url
+    )
     hub = runner.start()
     password_hash = hash_password(PASSWORD)
     for username, (role, zones) in USERS.items():

@@ -18,7 +18,7 @@ import pytest
 
 from devices.panel import ReferencePanel
 from tests.brokers import free_port, wait_for_port
-from tests.conftest import EXAMPLE_REGISTRY
+from tests.conftest import EXAMPLE_REGISTRY, db_url_of
 from tests.waiting import ProcessLogs, ProcessOutput, settled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +83,21 @@ def test_check_config_refuses_unknown_settings_keys_with_their_line(tmp_path):
     result = tenhub("check-config", "--config", str(config), "--registry", str(EXAMPLE_REGISTRY))
     assert result.returncode == 1
     assert f"{config}:2:1: error: broker_ulr: unknown key 'broker_ulr'" in result.stderr
+
+
+def test_check_config_refuses_a_database_url_the_hub_cannot_use_and_hides_its_password():
+    result = tenhub(
+        "check-config",
+        "--registry",
+        str(EXAMPLE_REGISTRY),
+        env={"TENHUB_DB_URL": "mysql://tenhub:s3cret@db.example/tenhub"},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "$TENHUB_DB_URL: error: db_url: 'mysql://tenhub:***@db.example/tenhub'" in (
+        result.stderr
+    )
+    assert "tenhub stores its data in PostgreSQL" in result.stderr
+    assert "s3cret" not in result.stderr
 
 
 def test_check_config_refuses_a_broker_ca_file_the_hub_could_not_use(tmp_path):
@@ -162,20 +177,23 @@ def _raise_one_fire(tmp_path: Path, broker_port: int) -> None:
         panel.stop()
 
 
-def _env_alone(tmp_path: Path, broker_port: int, http_port: int) -> dict[str, str]:
+def _env_alone(
+    tmp_path: Path, broker_port: int, http_port: int, db_url: str | None = None
+) -> dict[str, str]:
     """All `tenhub serve` needs from its environment: registry, database, embedded broker."""
     return {
         "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
         "TENHUB_DB_PATH": str(tmp_path / "hub.db"),
+        **({"TENHUB_DB_URL": db_url} if db_url else {}),
         "TENHUB_HTTP_ADDR": f"127.0.0.1:{http_port}",
         "TENHUB_EMBEDDED_BROKER_ADDR": f"127.0.0.1:{broker_port}",
         "TENHUB_LOG_FORMAT": "json",
     }
 
 
-def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path):
+def test_serve_runs_from_environment_variables_alone_and_stops_cleanly(tmp_path, db_target):
     broker_port, http_port = free_port(), free_port()
-    env = _env_alone(tmp_path, broker_port, http_port)
+    env = _env_alone(tmp_path, broker_port, http_port, db_url_of(db_target))
     err = _serve_and_raise_one_alarm(tmp_path, [], env, broker_port, http_port)
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     messages = [entry["msg"] for entry in logs]

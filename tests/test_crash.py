@@ -1,23 +1,25 @@
 """kill -9 and the ladder: every step that came due while the hub was dead fires once, at once.
 
 The hub runs as a real process against a real Mosquitto (which outlives it), with a ladder
-of seconds so the story takes seconds.
+of seconds so the story takes seconds; on SQLite and on PostgreSQL (which outlives it too).
 """
 
 from __future__ import annotations
 
-import sqlite3
+import json
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from devices.panel import ReferencePanel
+from hub.db import create_engine
 from simulator.hub_process import HubProcess
 from simulator.twilio_gateway import TwilioGateway
 from tests.brokers import free_port
-from tests.conftest import EXAMPLE_REGISTRY
+from tests.conftest import EXAMPLE_REGISTRY, db_url_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,9 +36,10 @@ SHORT_LADDER = textwrap.dedent("""\
 class CrashableHub(HubProcess):
     """The hub process with a short ladder, and what a test reads from its database."""
 
-    def __init__(self, tmp_path: Path, broker_port: int, **env: str) -> None:
+    def __init__(self, tmp_path: Path, broker_port: int, db_target: str, **env: str) -> None:
         policy = tmp_path / "policy.yaml"
         policy.write_text(SHORT_LADDER)
+        db_url = db_url_of(db_target)
         super().__init__(
             tmp_path / "hub",
             free_port(),
@@ -44,20 +47,27 @@ class CrashableHub(HubProcess):
                 "TENHUB_BROKER_URL": f"mqtt://tenhub-hub@127.0.0.1:{broker_port}",
                 "TENHUB_REGISTRY": str(EXAMPLE_REGISTRY),
                 "TENHUB_POLICY": str(policy),
+                # SQLite: the file the hub creates in its folder on its first start.
+                **({"TENHUB_DB_URL": db_url} if db_url else {}),
                 **env,
             },
         )
+        self._reader: sa.Engine | None = None
 
-    def query(self, sql: str, *params) -> list[tuple]:
-        """Read the hub's database from outside, read-only, as an operator's sqlite3 would."""
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+    def query(self, sql: str, **params) -> list[tuple]:
+        """Read the hub's database from outside, read-only, as an operator would."""
+        if self._reader is None:
+            self._reader = create_engine(self.database, read_only=True)
+        with self._reader.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql), params)]
+
+    def stop(self) -> None:
+        super().stop()
+        if self._reader is not None:
+            self._reader.dispose()
 
     def steps(self, alarm_id: str) -> dict[int, str]:
-        rows = self.query("SELECT step, outcome FROM alarm_steps WHERE alarm_id = ?", alarm_id)
+        rows = self.query("SELECT step, outcome FROM alarm_steps WHERE alarm_id = :a", a=alarm_id)
         return dict(rows)
 
     def wait_for_steps(self, alarm_id: str, count: int, timeout: float = 10) -> dict[int, str]:
@@ -69,8 +79,8 @@ class CrashableHub(HubProcess):
 
 
 @pytest.fixture
-def hub_process(tmp_path, mosquitto):
-    process = CrashableHub(tmp_path, mosquitto.port)
+def hub_process(tmp_path, mosquitto, db_target):
+    process = CrashableHub(tmp_path, mosquitto.port, db_target)
     yield process
     process.stop()
 
@@ -93,18 +103,21 @@ def panel(tmp_path, mosquitto):
 
 def fired_entries(hub: HubProcess, alarm_id: str) -> list[tuple[int, int, int]]:
     """(step, due_at, fired_at) of every step_fired entry on the alarm's timeline."""
-    return hub.query(
-        "SELECT json_extract(detail, '$.step'), json_extract(detail, '$.due_at'),"
-        " json_extract(detail, '$.fired_at') FROM alarm_timeline"
-        " WHERE alarm_id = ? AND entry = 'step_fired' ORDER BY id",
-        alarm_id,
-    )
+    details = [
+        json.loads(detail)
+        for (detail,) in hub.query(
+            "SELECT detail FROM alarm_timeline"
+            " WHERE alarm_id = :a AND entry = 'step_fired' ORDER BY id",
+            a=alarm_id,
+        )
+    ]
+    return [(d["step"], d["due_at"], d["fired_at"]) for d in details]
 
 
 def police_messages(hub: HubProcess, alarm_id: str) -> int:
     return hub.query(
-        "SELECT count(*) FROM outbox WHERE alarm_id = ? AND recipient = '+15550009911'",
-        alarm_id,
+        "SELECT count(*) FROM outbox WHERE alarm_id = :a AND recipient = '+15550009911'",
+        a=alarm_id,
     )[0][0]
 
 
@@ -142,14 +155,14 @@ def test_a_step_that_fired_just_before_a_kill_does_not_fire_again(hub_process, p
     assert [step for step, _, _ in fired_entries(hub_process, alarm_id)] == [0, 1, 2]
     assert police_messages(hub_process, alarm_id) == 2 * 2
     keys = hub_process.query(
-        "SELECT idempotency_key FROM outbox WHERE alarm_id = ? AND recipient = '+15550009911'",
-        alarm_id,
+        "SELECT idempotency_key FROM outbox WHERE alarm_id = :a AND recipient = '+15550009911'",
+        a=alarm_id,
     )
     assert len({k for (k,) in keys}) == 4
 
 
 def test_messages_queued_and_not_yet_sent_at_a_kill_all_go_out_after_the_restart_none_twice(
-    tmp_path, mosquitto, panel
+    tmp_path, mosquitto, panel, db_target
 ):
     """The provider is unreachable until after the kill, so no send is in doubt here: every
     message is queued, tried and not sent. A hub killed while the provider has taken a send
@@ -160,6 +173,7 @@ def test_messages_queued_and_not_yet_sent_at_a_kill_all_go_out_after_the_restart
     hub = CrashableHub(
         tmp_path,
         mosquitto.port,
+        db_target,
         TWILIO_ACCOUNT_SID=gateway.account_sid,
         TWILIO_AUTH_TOKEN=gateway.auth_token,
         TWILIO_FROM="+15550001000",
@@ -171,13 +185,13 @@ def test_messages_queued_and_not_yet_sent_at_a_kill_all_go_out_after_the_restart
         hub.wait_for_steps(alarm_id, 1)  # the first alert's SMS are queued
         deadline = time.monotonic() + 20
         while untried := hub.query(
-            "SELECT recipient, status, attempts FROM outbox WHERE alarm_id = ?"
-            " AND channel = 'sms' AND NOT (status = 'queued' AND attempts >= 1)", alarm_id,
+            "SELECT recipient, status, attempts FROM outbox WHERE alarm_id = :a"
+            " AND channel = 'sms' AND NOT (status = 'queued' AND attempts >= 1)", a=alarm_id,
         ):  # fmt: skip
             assert time.monotonic() < deadline, f"not all tried and waiting after 20 s: {untried}"
             time.sleep(0.05)
         queued = hub.query(
-            "SELECT recipient FROM outbox WHERE alarm_id = ? AND channel = 'sms'", alarm_id
+            "SELECT recipient FROM outbox WHERE alarm_id = :a AND channel = 'sms'", a=alarm_id
         )
         assert len(queued) >= 10, "every one tried, failed, waiting to be retried"
         hub.kill()
@@ -187,16 +201,16 @@ def test_messages_queued_and_not_yet_sent_at_a_kill_all_go_out_after_the_restart
         hub.wait_for_steps(alarm_id, 3)  # the whole (short) ladder has had its say
         deadline = time.monotonic() + 20
         while hub.query(
-            "SELECT count(*) FROM outbox WHERE alarm_id = ? AND channel = 'sms'"
+            "SELECT count(*) FROM outbox WHERE alarm_id = :a AND channel = 'sms'"
             " AND status != 'sent'",
-            alarm_id,
+            a=alarm_id,
         )[0][0]:
             assert time.monotonic() < deadline, "not all sent after the restart"
             time.sleep(0.1)
         rows = hub.query(
-            "SELECT recipient, count(*) FROM outbox WHERE alarm_id = ? AND channel = 'sms'"
+            "SELECT recipient, count(*) FROM outbox WHERE alarm_id = :a AND channel = 'sms'"
             " GROUP BY recipient",
-            alarm_id,
+            a=alarm_id,
         )
         for phone, count in rows:
             # Each message once: as many at the gateway as the outbox holds for the phone.

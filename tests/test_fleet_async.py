@@ -24,7 +24,7 @@ from simulator.paho_asyncio import AsyncPahoClient, ConnectRefused, Message
 from simulator.registry_gen import make_registry
 from simulator.virtual_panel import VirtualPanel
 from tests.brokers import Mosquitto
-from tests.conftest import HubRunner
+from tests.conftest import HubRunner, db_url_of
 from tests.waiting import until, within
 
 UNIT1 = [f"p-0001-{i:02d}" for i in range(1, 11)]
@@ -131,9 +131,12 @@ async def test_after_a_broker_crash_it_resubscribes_and_resends_the_unacknowledg
 
 
 @pytest.fixture
-async def hub_on_mosquitto(mosquitto, tmp_path: Path, registry):
+async def hub_on_mosquitto(mosquitto, tmp_path: Path, registry, db_target):
     runner = HubRunner(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-test-hub@"), tmp_path / "hub.db", registry
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-test-hub@"),
+        tmp_path / "hub.db",
+        registry,
+        db_url=db_url_of(db_target),
     )
     hub = await runner.start()
     yield hub
@@ -230,12 +233,15 @@ async def test_an_unanswered_event_repeats_byte_for_byte_until_its_receipt(
 
 
 async def test_a_thousand_panels_come_online_and_one_alarm_reaches_its_nine_neighbours(
-    mosquitto, tmp_path: Path
+    mosquitto, tmp_path: Path, db_target
 ):
     registry, problems = parse_registry(make_registry(100), "generated")
     assert registry is not None and problems == []
     runner = HubRunner(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-test-hub@"), tmp_path / "hub.db", registry
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-test-hub@"),
+        tmp_path / "hub.db",
+        registry,
+        db_url=db_url_of(db_target),
     )
     hub = await runner.start()
     fleet = AsyncFleet(registry, mosquitto.host, mosquitto.port, heartbeat_s=10)

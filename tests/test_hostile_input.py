@@ -22,6 +22,7 @@ from devices import topics
 from devices.panel import ReferencePanel
 from devices.protocol import MAX_PAYLOAD_BYTES, NO_SEQ, ReceiptStatus
 from hub.registry import parse_registry
+from tests.conftest import db_url_of
 from tests.hub_thread import HubInThread
 from tests.mqtt_probe import MqttProbe
 
@@ -140,14 +141,17 @@ class FailOnError(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory, registry):
+def running(tmp_path_factory, registry, module_db_url):
     from tests.brokers import Mosquitto
 
     workdir = tmp_path_factory.mktemp("hostile")
     broker = Mosquitto(workdir / "mosquitto")
     broker.start()
     running = HubInThread(
-        broker.url.replace("mqtt://", "mqtt://tenhub-hub@"), workdir / "hub.db", registry
+        broker.url.replace("mqtt://", "mqtt://tenhub-hub@"),
+        workdir / "hub.db",
+        registry,
+        db_url=module_db_url,
     )
     running.start()
     yield running, broker
@@ -290,13 +294,16 @@ def broker_batch(seed: int, registry) -> list[tuple[str, bytes]]:
 
 @pytest.mark.timeout(60)
 def test_generated_messages_through_a_real_broker_each_get_exactly_one_receipt(
-    mosquitto, tmp_path, registry
+    mosquitto, tmp_path, registry, db_target
 ):
     seed = int(os.environ.get("TENHUB_BROKER_FUZZ_SEED", random.randrange(2**32)))
     batch = broker_batch(seed, registry)
     errors = FailOnError()
     running = HubInThread(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
+        tmp_path / "hub.db",
+        registry,
+        db_url=db_url_of(db_target),
     )
     running.start()
     with contextlib.ExitStack() as cleanup:

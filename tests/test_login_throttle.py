@@ -20,7 +20,7 @@ from hub.passwords import hash_password
 from hub.problems import ConfigError
 from hub.settings import load_settings
 from hub.web import auth
-from tests.conftest import HubRunner
+from tests.conftest import HubRunner, db_url_of
 from tests.waiting import until
 
 # The policy as a user meets it: waits double from one second up to 15 minutes, and one
@@ -42,10 +42,16 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def runner(embedded_broker, tmp_path, registry, clock):
+async def runner(embedded_broker, tmp_path, registry, clock, db_target):
     """Hubs on one database; panels are not the subject, so none is due to go offline."""
     url = embedded_broker.url.replace("mqtt://", "mqtt://tenhub-test-hub@")
-    runner = HubRunner(url, tmp_path / "tenhub.db", registry, offline_after_s=30 * 86400)
+    runner = HubRunner(
+        url,
+        tmp_path / "tenhub.db",
+        registry,
+        db_url=db_url_of(db_target),
+        offline_after_s=30 * 86400,
+    )
     runner.clock = clock
     yield runner
     await runner.stop()

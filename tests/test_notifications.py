@@ -19,7 +19,7 @@ from hub.clock import ManualClock
 from hub.web.twilio_hooks import signature_of
 from simulator.push_service import PushService
 from simulator.twilio_gateway import TwilioGateway
-from tests.conftest import HubRunner, first_step_recorded
+from tests.conftest import HubRunner, db_url_of, first_step_recorded
 from tests.waiting import until as _until
 
 pytestmark = pytest.mark.asyncio
@@ -53,11 +53,12 @@ def clock():
 
 
 @pytest.fixture
-async def runner(mosquitto, tmp_path, registry, gateway, clock):
+async def runner(mosquitto, tmp_path, registry, gateway, clock, db_target):
     r = HubRunner(
         mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
         tmp_path / "hub.db",
         registry,
+        db_url=db_url_of(db_target),
         twilio_account_sid=gateway.account_sid,
         twilio_auth_token=gateway.auth_token,
         twilio_from=HUB_NUMBER,

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from devices.panel import ReferencePanel
 from devices.protocol import ReceiptStatus, canonical_json
 from devices.topics import event_topic, receipt_topic
 from hub.db import Database
-from hub.migrations import MIGRATIONS, apply_migrations
 from hub.passwords import hash_password
-from tests.conftest import EXAMPLE_REGISTRY, HubRunner
+from tests.conftest import EXAMPLE_REGISTRY, HubRunner, db_url_of
+from tests.legacy_schema import make_legacy_file
 from tests.mqtt_probe import MqttProbe
 from tests.test_api import PASSWORD, login
 
@@ -74,12 +75,15 @@ def logged(records: list[logging.LogRecord]) -> str:
 
 
 @pytest.fixture
-async def hub(mosquitto, tmp_path, registry):
+async def hub(mosquitto, tmp_path, registry, db_target):
     """A hub serving HTTP whose registry file is a copy of the example, and an admin."""
     registry_file = tmp_path / "registry.yaml"
     shutil.copyfile(EXAMPLE_REGISTRY, registry_file)
     runner = HubRunner(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
+        tmp_path / "hub.db",
+        registry,
+        db_url=db_url_of(db_target),
     )
     hub = await runner.start(registry=str(registry_file))
     pw = await asyncio.to_thread(hash_password, PASSWORD)
@@ -221,10 +225,11 @@ async def test_the_pins_a_household_types_are_not_kept_in_the_database(hub, pane
     assert (await hub.alarms.get(forced)).duress
 
     stored = await hub.db.read(
-        lambda d: [
-            row[0]
-            for row in d.conn.execute("SELECT payload FROM panel_events WHERE type = 'cancel'")
-        ]
+        lambda conn: list(
+            conn.execute(
+                sa.text("SELECT payload FROM panel_events WHERE type = 'cancel' ORDER BY seq")
+            ).scalars()
+        )
     )
     assert len(stored) == 2
     assert pins_in("\n".join(stored), {PIN, DURESS}) == set()
@@ -249,8 +254,8 @@ async def test_the_pins_a_household_types_are_not_kept_in_the_database(hub, pane
 async def test_a_database_from_before_loses_the_pins_its_cancels_held(tmp_path):
     # A hub of the version before kept each cancel as the panel sent it, PIN and all.
     path = tmp_path / "old.db"
+    make_legacy_file(path, up_to=11)
     conn = sqlite3.connect(path)
-    apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 11])
     cancel = canonical_json({"alarm_id": "a-1", "pin": DURESS, "seq": 9, "ts": 1, "type": "cancel"})
     conn.execute(
         "INSERT INTO panel_events (panel_id, seq, type, payload, status, received_at)"
@@ -263,8 +268,8 @@ async def test_a_database_from_before_loses_the_pins_its_cancels_held(tmp_path):
     db = Database(path)
     await db.open()
     try:
-        (payload,) = await db.read(
-            lambda d: d.conn.execute("SELECT payload FROM panel_events").fetchone()
+        payload = await db.read(
+            lambda conn: conn.execute(sa.text("SELECT payload FROM panel_events")).scalar_one()
         )
     finally:
         await db.close()

@@ -5,72 +5,73 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-import sqlite_utils
 
 from hub.alarm_store import Alarm, AlarmTx
 from hub.contact_store import ContactTx
-from hub.db import Database
-from hub.migrations import MIGRATIONS, apply_migrations
+from hub.db import Database, create_engine
+from tests.legacy_schema import make_legacy_file
 
 pytestmark = pytest.mark.asyncio
 
 PATROL = "+15550000201"
 
 
-def _alarm(n: int) -> Alarm:
+def _alarm(n: int, alarm_id: str | None = None) -> Alarm:
     return Alarm(
-        id=f"a-{n:04d}", unit_id="u-0001", household_id="h-01", panel_id="p-0001-01",
-        kind="burglary", state="raised", raised_at=n, panel_ts=n, seq=n, updated_at=n,
+        id=alarm_id or f"a-{n:04d}", unit_id="u-0001", household_id="h-01",
+        panel_id="p-0001-01", kind="burglary", state="raised", raised_at=n, panel_ts=n, seq=n,
+        updated_at=n,
     )  # fmt: skip
 
 
 async def _code(db: Database, n: int) -> int:
     """The patrol's code for alarm n, raising the alarm first if it is new."""
 
-    def write(d):
-        alarms = AlarmTx(d)
+    def write(conn):
+        alarms = AlarmTx(conn)
         if alarms.get_alarm(f"a-{n:04d}") is None:
             alarms.insert_alarm(_alarm(n))
-        return ContactTx(d).reply_code(PATROL, f"a-{n:04d}", "patrol", "Patrol 1", n)
+        return ContactTx(conn).reply_code(PATROL, f"a-{n:04d}", "patrol", "Patrol 1", n)
 
     return await db.write(write)
 
 
 async def _close(db: Database, n: int, state: str = "resolved") -> None:
-    await db.write(lambda d: AlarmTx(d).set_state(f"a-{n:04d}", state, n))
+    await db.write(lambda conn: AlarmTx(conn).set_state(f"a-{n:04d}", state, n))
 
 
-async def test_each_open_alarm_of_a_phone_has_its_own_code_and_the_lowest_free_is_reused(
-    tmp_path,
-):
-    db = Database(tmp_path / "hub.db")
+@pytest.fixture
+async def db(db_target):
+    db = Database(db_target)
     await db.open()
-    try:
-        assert [await _code(db, n) for n in (1, 2, 3)] == [1, 2, 3]
-        assert await _code(db, 2) == 2  # asked again: the same code, not a new one
-        await _close(db, 2)
-        assert await _code(db, 4) == 2  # the lowest code no open alarm uses
-        assert await _code(db, 5) == 4
-        await _close(db, 1, "cancelled")
-        await _close(db, 3)
-        assert await _code(db, 6) == 1
-        assert await _code(db, 7) == 3
-        assert await _code(db, 8) == 5
-        # A storm: hundreds of open alarms on one patrol's phone, every code distinct.
-        codes = [await _code(db, n) for n in range(9, 409)]
-        assert sorted(codes) == list(range(6, 406))
-        await _close(db, 200)
-        assert await _code(db, 409) == await _code(db, 409) == codes[200 - 9]
-        await _close(db, 10)  # and low down, among hundreds still open
-        assert await _code(db, 410) == codes[10 - 9] == 7
-        assert await _code(db, 411) == 406
-    finally:
-        await db.close()
+    yield db
+    await db.close()
+
+
+async def test_each_open_alarm_of_a_phone_has_its_own_code_and_the_lowest_free_is_reused(db):
+    assert [await _code(db, n) for n in (1, 2, 3)] == [1, 2, 3]
+    assert await _code(db, 2) == 2  # asked again: the same code, not a new one
+    await _close(db, 2)
+    assert await _code(db, 4) == 2  # the lowest code no open alarm uses
+    assert await _code(db, 5) == 4
+    await _close(db, 1, "cancelled")
+    await _close(db, 3)
+    assert await _code(db, 6) == 1
+    assert await _code(db, 7) == 3
+    assert await _code(db, 8) == 5
+    # A storm: hundreds of open alarms on one patrol's phone, every code distinct.
+    codes = [await _code(db, n) for n in range(9, 409)]
+    assert sorted(codes) == list(range(6, 406))
+    await _close(db, 200)
+    assert await _code(db, 409) == await _code(db, 409) == codes[200 - 9]
+    await _close(db, 10)  # and low down, among hundreds still open
+    assert await _code(db, 410) == codes[10 - 9] == 7
+    assert await _code(db, 411) == 406
 
 
 def _steps_of_next_code(db_path, phone: str, alarm_id: str) -> tuple[int, int]:
     """(the code a new alarm gets, SQLite VM steps spent finding it), rolled back after."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
+    engine = create_engine(db_path)
     steps = 0
 
     def count() -> int:
@@ -78,24 +79,22 @@ def _steps_of_next_code(db_path, phone: str, alarm_id: str) -> tuple[int, int]:
         steps += 1
         return 0
 
-    conn.execute("BEGIN")
-    conn.execute(
-        "INSERT INTO alarms (id, unit_id, household_id, panel_id, kind, state, raised_at,"
-        " panel_ts, seq, updated_at) VALUES (?, 'u-0001', 'h-01', 'p-0001-01', 'burglary',"
-        " 'raised', 1, 1, 1, 1)",
-        (alarm_id,),
-    )
-    conn.set_progress_handler(count, 1)
-    code = ContactTx(sqlite_utils.Database(conn)).reply_code(phone, alarm_id, "patrol", "P", 1)
-    conn.set_progress_handler(None, 1)
-    conn.execute("ROLLBACK")
-    conn.close()
+    with engine.connect() as conn, conn.begin() as tx:
+        AlarmTx(conn).insert_alarm(_alarm(1, alarm_id))
+        sqlite = conn.connection.driver_connection
+        sqlite.set_progress_handler(count, 1)
+        code = ContactTx(conn).reply_code(phone, alarm_id, "patrol", "P", 1)
+        sqlite.set_progress_handler(None, 1)
+        tx.rollback()
+    engine.dispose()
     return code, steps
 
 
 async def test_a_new_code_costs_the_same_after_months_of_closed_alarms(tmp_path):
     # A patrol phone hears of every alarm in its zone: in the field its codes pile up by
-    # the thousand, while only a few of its alarms are open at any time.
+    # the thousand, while only a few of its alarms are open at any time. Counted in the
+    # steps of SQLite's engine, which can count them; the embedded database is the one
+    # whose writer every alarm waits for.
     db = Database(tmp_path / "hub.db")
     await db.open()
     try:
@@ -104,8 +103,8 @@ async def test_a_new_code_costs_the_same_after_months_of_closed_alarms(tmp_path)
         code, fresh = _steps_of_next_code(db.path, PATROL, "a-new")
         assert code == 3
 
-        def history(d):
-            alarms, contacts = AlarmTx(d), ContactTx(d)
+        def history(conn):
+            alarms, contacts = AlarmTx(conn), ContactTx(conn)
             for n in range(3, 3003):
                 alarms.insert_alarm(_alarm(n))
                 contacts.reply_code(PATROL, f"a-{n:04d}", "patrol", "Patrol 1", n)
@@ -121,9 +120,10 @@ async def test_a_new_code_costs_the_same_after_months_of_closed_alarms(tmp_path)
 
 
 async def test_a_database_from_before_keeps_its_open_codes_and_frees_the_closed_ones(tmp_path):
+    # A file an older tenhub wrote, before the codes of closed alarms were freed.
     path = tmp_path / "hub.db"
+    make_legacy_file(path, up_to=6)
     conn = sqlite3.connect(path, isolation_level=None)
-    apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 6])
     for n, state in ((1, "resolved"), (2, "raised"), (3, "cancelled"), (4, "acknowledged")):
         conn.execute(
             "INSERT INTO alarms (id, unit_id, household_id, panel_id, kind, state, raised_at,"

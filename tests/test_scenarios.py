@@ -16,6 +16,7 @@ from rich.console import Console
 
 from simulator.scenario_model import Scenario, load_scenario
 from simulator.scenario_runner import run_scenario
+from tests.conftest import db_url_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = sorted((ROOT / "config" / "scenarios").glob("*.yaml"))
@@ -94,9 +95,11 @@ def test_the_seven_stories_of_the_readme_are_shipped_as_scenarios_that_play_them
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
-async def test_a_shipped_scenario_meets_its_expectations(path, tmp_path):
+async def test_a_shipped_scenario_meets_its_expectations(path, tmp_path, db_target):
     out = io.StringIO()
-    report = await run_scenario(path, Console(file=out, width=200), workdir=tmp_path)
+    report = await run_scenario(
+        path, Console(file=out, width=200), workdir=tmp_path, db_url=db_url_of(db_target)
+    )
     assert report.results, "a scenario that checks nothing proves nothing"
     assert report.passed, out.getvalue()
 

@@ -9,6 +9,7 @@ them (the request never reached the provider's books).
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -60,26 +61,29 @@ def until(condition, timeout: float, what: str):
 
 def sms_rows(hub: CrashableHub, alarm_id: str) -> list[tuple[int, str, str, str, str | None]]:
     """(id, recipient, text, status, provider id) of every SMS of the alarm."""
-    return hub.query(
-        "SELECT id, recipient, json_extract(payload, '$.text'), status, provider_id FROM outbox"
-        " WHERE alarm_id = ? AND channel = 'sms' ORDER BY id",
-        alarm_id,
+    rows = hub.query(
+        "SELECT id, recipient, payload, status, provider_id FROM outbox"
+        " WHERE alarm_id = :a AND channel = 'sms' ORDER BY id",
+        a=alarm_id,
     )
+    return [(i, to, json.loads(payload)["text"], st, sid) for i, to, payload, st, sid in rows]
 
 
 def timeline_count(hub: CrashableHub, alarm_id: str, entry: str) -> int:
     return hub.query(
-        "SELECT count(*) FROM alarm_timeline WHERE alarm_id = ? AND entry = ?", alarm_id, entry
+        "SELECT count(*) FROM alarm_timeline WHERE alarm_id = :a AND entry = :e",
+        a=alarm_id,
+        e=entry,
     )[0][0]
 
 
 def test_a_hub_killed_mid_send_tells_every_recipient_exactly_once_after_restart(
-    tmp_path, mosquitto, gateway, panel
+    tmp_path, mosquitto, gateway, panel, db_target
 ):
     # The first sends are taken and never answered; the rest are held before being taken.
     gateway.store.hang_next(TAKEN_THEN_SILENT, 120)
     gateway.store.stall_next(100, 120)
-    hub = CrashableHub(tmp_path, mosquitto.port, **twilio_env(gateway, timeout_s=60))
+    hub = CrashableHub(tmp_path, mosquitto.port, db_target, **twilio_env(gateway, timeout_s=60))
     try:
         hub.start()
         alarm_id = panel.raise_alarm("burglary").wait(5).alarm_id
@@ -125,11 +129,11 @@ def test_a_hub_killed_mid_send_tells_every_recipient_exactly_once_after_restart(
 
 
 def test_a_send_that_timed_out_is_confirmed_not_repeated_while_the_hub_runs(
-    tmp_path, mosquitto, gateway, panel
+    tmp_path, mosquitto, gateway, panel, db_target
 ):
     # The provider takes the first SMS and answers long after the hub's 1 s timeout.
     gateway.store.hang_next(1, 10)
-    hub = CrashableHub(tmp_path, mosquitto.port, **twilio_env(gateway, timeout_s=1))
+    hub = CrashableHub(tmp_path, mosquitto.port, db_target, **twilio_env(gateway, timeout_s=1))
     try:
         hub.start()
         alarm_id = panel.raise_alarm("burglary").wait(5).alarm_id

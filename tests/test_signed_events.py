@@ -13,7 +13,7 @@ from devices.protocol import ReceiptStatus
 from devices.signing import sign_event
 from devices.topics import event_topic, receipt_topic
 from hub.clock import ManualClock
-from tests.conftest import HubRunner
+from tests.conftest import HubRunner, db_url_of
 from tests.mqtt_probe import MqttProbe
 
 pytestmark = pytest.mark.asyncio
@@ -22,9 +22,12 @@ PANEL = "p-0001-03"
 
 
 @pytest.fixture
-async def hub(mosquitto, tmp_path, registry):
+async def hub(mosquitto, tmp_path, registry, db_target):
     runner = HubRunner(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
+        tmp_path / "hub.db",
+        registry,
+        db_url=db_url_of(db_target),
     )
     hub = await runner.start()
     yield hub
@@ -38,9 +41,12 @@ def clock():
 
 
 @pytest.fixture
-async def hub_on_a_held_clock(mosquitto, tmp_path, registry, clock):
+async def hub_on_a_held_clock(mosquitto, tmp_path, registry, clock, db_target):
     runner = HubRunner(
-        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"), tmp_path / "hub.db", registry
+        mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
+        tmp_path / "hub.db",
+        registry,
+        db_url=db_url_of(db_target),
     )
     runner.clock = clock
     hub = await runner.start()

@@ -9,12 +9,13 @@ import json
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from devices.panel import ReferencePanel
 from hub.clock import ManualClock
 from hub.passwords import hash_password
 from hub.presence import PresenceTracker
-from tests.conftest import HubRunner
+from tests.conftest import HubRunner, db_url_of
 from tests.waiting import until
 
 pytestmark = pytest.mark.asyncio
@@ -28,11 +29,12 @@ def clock():
 
 
 @pytest.fixture
-async def runner(mosquitto, tmp_path, registry, clock):
+async def runner(mosquitto, tmp_path, registry, clock, db_target):
     r = HubRunner(
         mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
         tmp_path / "hub.db",
         registry,
+        db_url=db_url_of(db_target),
         offline_after_s=OFFLINE_AFTER,
     )
     r.clock = clock
@@ -72,9 +74,12 @@ async def open_troubles(hub) -> dict[str, str]:
 
 async def trouble_sms(hub) -> list[tuple[str, str]]:
     rows = await hub.db.read(
-        lambda d: d.conn.execute(
-            "SELECT recipient, payload FROM outbox WHERE alarm_id IS NULL AND channel = 'sms'"
-        ).fetchall()
+        lambda conn: conn.execute(
+            sa.text(
+                "SELECT recipient, payload FROM outbox WHERE alarm_id IS NULL AND channel = 'sms'"
+                " ORDER BY id"
+            )
+        ).all()
     )
     return [(r[0], json.loads(r[1])["text"]) for r in rows]
 
@@ -197,7 +202,7 @@ async def test_an_alarm_names_the_neighbours_whose_buzzers_may_not_sound(runner,
 
 
 async def test_a_district_going_dark_is_recorded_without_holding_the_writer(
-    mosquitto, tmp_path, clock
+    mosquitto, tmp_path, clock, db_target
 ):
     from hub.registry import parse_registry
     from simulator.registry_gen import make_registry
@@ -208,6 +213,7 @@ async def test_a_district_going_dark_is_recorded_without_holding_the_writer(
         mosquitto.url.replace("mqtt://", "mqtt://tenhub-hub@"),
         tmp_path / "hub.db",
         district,
+        db_url=db_url_of(db_target),
         offline_after_s=OFFLINE_AFTER,
     )
     runner.clock = clock
@@ -307,7 +313,7 @@ async def test_panels_back_online_together_are_not_refreshed_together_every_minu
     assert max(after) <= 1_000, max(after)
 
 
-async def test_judging_ten_thousand_panels_lets_the_event_loop_run_between_slices(tmp_path):
+async def test_judging_ten_thousand_panels_lets_the_event_loop_run_between_slices(db_target):
     # Judged every second: in one go, 10,000 panels held the hub's event loop for
     # milliseconds, and an alarm arriving meanwhile waited for its turn.
     from hub.db import Database
@@ -321,7 +327,7 @@ async def test_judging_ten_thousand_panels_lets_the_event_loop_run_between_slice
     district, problems = parse_registry(make_registry(1000), "district.yaml")
     assert district is not None, problems
     clock = ManualClock()
-    db = Database(tmp_path / "hub.db")
+    db = Database(db_target)
     await db.open()
     presence = PresenceTracker()
     supervisor = PanelSupervisor(

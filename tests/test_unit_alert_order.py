@@ -41,8 +41,8 @@ class FlakyBroker:
 
 
 @pytest.fixture
-async def setting(tmp_path, registry):
-    db = Database(tmp_path / "hub.db")
+async def setting(db_target, registry):
+    db = Database(db_target)
     await db.open()
     clock = ManualClock(1_800_000_000_000)
     broker = FlakyBroker()
@@ -61,8 +61,8 @@ async def setting(tmp_path, registry):
 async def raise_alarm(db, context, clock, place):
     """Store an alarm as the panel's event does; (the alarm, its transaction's Work)."""
 
-    def work(d):
-        w = Work.begin(d, context, clock.now_ms())
+    def work(conn):
+        w = Work.begin(conn, context, clock.now_ms())
         alarm = lifecycle.raise_alarm(w, place, "burglary", clock.now_ms(), 1, fire_due=False)
         return alarm, w
 
@@ -102,8 +102,8 @@ async def test_cancelled_never_overtakes_a_raised_that_could_not_go(setting, reg
     broker.up = True  # back, but "raised" waits for its retry a second from now
     clock.advance(0.2)
 
-    def cancel(d):
-        w = Work.begin(d, context, clock.now_ms())
+    def cancel(conn):
+        w = Work.begin(conn, context, clock.now_ms())
         lifecycle.cancel_with_pin(w, lifecycle.get_alarm(w, alarm.id), place, "6305")
         return w
 
@@ -172,8 +172,8 @@ async def test_a_cancel_right_after_the_alert_went_out_goes_out_at_once_too(sett
     async with asyncio.timeout(5):
         await heard.wait()  # the unit heard it; the send's record is on its way
 
-    def cancel(d):
-        w = Work.begin(d, context, clock.now_ms())
+    def cancel(conn):
+        w = Work.begin(conn, context, clock.now_ms())
         lifecycle.cancel_with_pin(w, lifecycle.get_alarm(w, alarm.id), place, "6305")
         return w
 
@@ -198,8 +198,8 @@ async def test_a_unit_alert_never_waits_behind_sms_in_flight(setting, registry):
         outbox, {"panel": PanelChannel(broker.publish), "sms": SlowSms()}, clock, concurrency=1
     )
 
-    def queue_sms(d):
-        w = Work.begin(d, context, clock.now_ms())
+    def queue_sms(conn):
+        w = Work.begin(conn, context, clock.now_ms())
         w.queue_message(
             alarm_id=None, alarm_state=None, channel="sms", recipient="+15550000101",
             payload='{"text": "earlier news"}', key="sms-1",

@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 
 # The last millisecond of the year 9999: no clock reads later, and no date is written so.
 EPOCH_MS_MAX = 253_402_300_799_999
-SQLITE_INT_MAX = 2**63 - 1
+# The largest id either database gives a row (SQLite INTEGER, PostgreSQL BIGINT).
+ROW_ID_MAX = 2**63 - 1
 
 EpochMs = Annotated[int, Field(ge=0, le=EPOCH_MS_MAX)]
 """An instant in milliseconds since 1970-01-01 UTC, through the year 9999."""
@@ -21,7 +22,7 @@ EpochMs = Annotated[int, Field(ge=0, le=EPOCH_MS_MAX)]
 Limit = Annotated[int, Field(ge=1, le=1000)]
 """How many items a list answers at most."""
 
-RowId = Annotated[int, Field(ge=1, le=SQLITE_INT_MAX)]
+RowId = Annotated[int, Field(ge=1, le=ROW_ID_MAX)]
 """The number the database gave a stored row (a trouble)."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
 
 from hub.metrics import CONTENT_TYPE_LATEST
 from hub.web.contract import PLAIN_TEXT
@@ -50,14 +51,18 @@ async def healthz(
     db_ok = True
     db_error = None
     try:
-        await db.read(lambda d: d.execute("SELECT 1").fetchone())
+        await db.read(lambda conn: conn.execute(text("SELECT 1")).scalar_one())
     except Exception as exc:
         db_ok, db_error = False, str(exc)
     connected = broker.connected()
     body: dict[str, Any] = {
         "status": "ok" if connected and db_ok else "degraded",
         "broker": {"connected": connected, "url": broker.url},
-        "database": {"ok": db_ok, "schema_version": db.schema_version},
+        "database": {
+            "ok": db_ok,
+            "kind": db.dialect,  # sqlite or postgresql
+            "schema_version": db.schema_version,
+        },
         "panels_online": presence.online_count(),
         "channels": sorted(channels),
         "jobs": {runner.job.name: {"runs": runner.runs} for runner in jobs},

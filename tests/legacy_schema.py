@@ -1,16 +1,14 @@
-"""Schema migrations: numbered, applied in order, recorded in `PRAGMA user_version`.
+"""The schema as tenhub kept it before Alembic: numbered SQL scripts and PRAGMA user_version.
 
-A migration is never edited once released; a change of schema is a new migration.
+Kept verbatim from the last release that used them, so the tests can make the files such
+a tenhub wrote and check that this one upgrades them in place.
 """
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 
-logger = logging.getLogger(__name__)
-
-MIGRATIONS: list[tuple[int, str, str]] = [
+LEGACY_MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
         "alarms, timeline, panel events, outbox",
@@ -342,31 +340,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 
 
-class SchemaTooNew(RuntimeError):
-    """The database was written by a newer tenhub than this one."""
-
-
-def apply_migrations(conn: sqlite3.Connection, migrations: list[tuple[int, str, str]]) -> int:
-    """Bring the database up to the newest migration; returns the schema version."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    newest = migrations[-1][0] if migrations else 0
-    if current > newest:
-        raise SchemaTooNew(
-            f"database schema version {current} is newer than this tenhub knows ({newest});"
-            " run a newer tenhub"
-        )
-    for version, title, sql in migrations:
-        if version <= current:
-            continue
-        logger.info("applying migration", extra={"version": version, "title": title})
-        # executescript commits first, so the statements run in an explicit transaction.
-        try:
+def make_legacy_file(path, up_to: int = LEGACY_MIGRATIONS[-1][0]) -> None:
+    """A SQLite file at schema version `up_to`, as the old tenhub left it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for version, _title, sql in LEGACY_MIGRATIONS:
+            if version > up_to:
+                break
             conn.executescript(
                 f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
             )
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        current = version
-    return current
+    finally:
+        conn.close()
