@@ -15,36 +15,36 @@ from alerts.panel_channel import PanelChannel
 from alerts.rate_limit import RateLimiter, Tier
 from alerts.reconcile import DOUBT_SETTLE_MS, SendReconciler
 from alerts.sender import OutboxSender
-from hub.account_store import AccountStore
-from hub.alarm_service import AlarmService
-from hub.alarm_store import AlarmStore
-from hub.channels import delivery_channels
+from hub.accounts.account_store import AccountStore
+from hub.accounts.login_throttle_store import LoginThrottleStore
+from hub.alarms.alarm_service import AlarmService
+from hub.alarms.alarm_store import AlarmStore
+from hub.alarms.channels import delivery_channels
+from hub.alarms.contact_store import ContactStore
+from hub.alarms.escalation import EscalationEngine
+from hub.alarms.outbox_store import OutboxStore
+from hub.alarms.policy import DEFAULT_POLICIES, PolicySet
+from hub.alarms.work import AlarmChange, AlarmContext, LifecycleRules
+from hub.broker.credential_store import CredentialStore
+from hub.broker.embedded_broker import EmbeddedBroker
+from hub.broker.mqtt_transport import MqttTransport
 from hub.clock import Clock
-from hub.contact_store import ContactStore
-from hub.credential_store import CredentialStore
-from hub.db import Database
-from hub.embedded_broker import EmbeddedBroker
-from hub.escalation import EscalationEngine
 from hub.events import EventBus
-from hub.ingest import PanelIngest
+from hub.intake.ingest import PanelIngest
+from hub.intake.panel_events import EventOutcome, PanelEventHandler
+from hub.intake.panel_keys import KeyRefresher, KeyRing
+from hub.intake.rejects import RejectLog
 from hub.jobs import JobRunner
-from hub.keyring import KeyRefresher, KeyRing
-from hub.login_throttle_store import LoginThrottleStore
 from hub.metrics import HubMetrics
-from hub.mqtt_transport import MqttTransport
-from hub.outbox_store import OutboxStore
-from hub.panel_events import EventOutcome, PanelEventHandler
-from hub.panel_store import PanelStore
-from hub.pins import PinDigest, pin_key_path, seal_pins
-from hub.policy import DEFAULT_POLICIES, PolicySet
-from hub.presence import PresenceTracker
-from hub.registry import Registry
-from hub.rejects import RejectLog
+from hub.panels.panel_store import PanelStore
+from hub.panels.presence import PresenceTracker
+from hub.panels.supervision import PanelSupervisor
+from hub.registry.model import Registry
+from hub.registry.pins import PinDigest, pin_key_path, seal_pins
 from hub.settings import BrokerAddress, Settings, parse_host_port
-from hub.supervision import PanelSupervisor
+from hub.storage.db import Database
 from hub.web import BrokerLink, LiveRegistry, WebServices, create_web_app
 from hub.web.server import EmbeddedServer
-from hub.work import AlarmChange, AlarmContext, LifecycleRules
 
 logger = logging.getLogger(__name__)
 

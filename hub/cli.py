@@ -14,9 +14,9 @@ import typer
 from rich.console import Console
 
 from hub import event_loop
-from hub.policy import DEFAULT, DEFAULT_POLICIES, PolicySet, format_duration
+from hub.alarms.policy import DEFAULT, DEFAULT_POLICIES, PolicySet, format_duration
 from hub.problems import ConfigError, Problem
-from hub.registry import Registry, load_registry
+from hub.registry.model import Registry, load_registry
 from hub.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -116,7 +116,7 @@ async def _serve(hub: object) -> None:
 def _policies_or_exit(path: str | None) -> PolicySet:
     if path is None:
         return DEFAULT_POLICIES
-    from hub.policy_file import load_policies
+    from hub.alarms.policy_file import load_policies
 
     try:
         return load_policies(path)
@@ -130,8 +130,8 @@ def check_config(
     config: ConfigOption = None, registry: RegistryOption = None, policy: PolicyOption = None
 ) -> None:
     """Check the settings, the registry and the policies; print every problem with its place."""
-    from hub.policy_file import parse_policies
-    from hub.registry import parse_registry
+    from hub.alarms.policy_file import parse_policies
+    from hub.registry.model import parse_registry
 
     try:
         settings = load_settings(
@@ -273,8 +273,8 @@ def _demo_registry(path: Path) -> Path:
 
 
 def _mount_subcommands() -> None:
-    from hub.panel_cli import broker_config, panels
-    from hub.user_cli import users
+    from hub.accounts.user_cli import users
+    from hub.panels.panel_cli import broker_config, panels
     from simulator.cli import sim
     from simulator.cli_bench import bench
 

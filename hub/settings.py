@@ -23,8 +23,8 @@ from pydantic import (
 )
 
 from hub.clock import Clock, ScaledClock, SystemClock
-from hub.db import database_url
 from hub.problems import ConfigError, Problem
+from hub.storage.db import database_url
 
 # Keys whose variable is not TENHUB_<KEY>: Twilio's own names, kept as operators know them.
 _ENV_NAMES = {

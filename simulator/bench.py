@@ -31,10 +31,10 @@ from urllib.parse import quote
 import httpx
 
 from hub import event_loop
-from hub.alarm_store import AlarmStore
-from hub.db import Database
-from hub.registry import Registry, load_registry
+from hub.alarms.alarm_store import AlarmStore
+from hub.registry.model import Registry, load_registry
 from hub.settings import BrokerAddress
+from hub.storage.db import Database
 from simulator.bench_load import (
     AlarmLoad,
     AlarmWatch,

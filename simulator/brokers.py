@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from hub.embedded_broker import EmbeddedBroker
+from hub.broker.embedded_broker import EmbeddedBroker
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from devices.protocol import AlarmKind, ReceiptStatus
 from hub.problems import ConfigError
-from hub.registry import Registry, load_registry
+from hub.registry.model import Registry, load_registry
 from hub.settings import BrokerAddress
 from simulator.fleet_async import AsyncFleet, FleetStats
 from simulator.registry_gen import default_zones, make_registry

@@ -23,7 +23,7 @@ from rich.console import Console
 from devices.panel import ReferencePanel
 from hub.app import Hub
 from hub.passwords import hash_password
-from hub.registry import Registry, parse_registry
+from hub.registry.model import Registry, parse_registry
 from hub.settings import Settings
 from simulator.demo_stories import loop_of, watch_the_web
 from simulator.demo_story import AlertBoard, Stage, Tally, plural, summary

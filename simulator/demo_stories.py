@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from devices.protocol import AlarmKind
-from hub.registry import Unit
-from hub.work import Responder
+from hub.alarms.work import Responder
+from hub.registry.model import Unit
 from simulator.demo_story import Raised, Stage, plural, print_step, raise_and_follow, sms_of
 
 DEMO = Responder("user:demo", "police")  # the demo's own desk, told apart from a user's

@@ -16,7 +16,7 @@ from rich.console import Console
 from devices.panel import AlertChange, ReferencePanel
 from devices.protocol import AlarmKind, ReceiptStatus
 from hub.app import Hub
-from hub.registry import Household, Unit
+from hub.registry.model import Household, Unit
 from simulator.twilio_gateway import TwilioGateway
 
 ROLE_WORDS = {

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from devices.panel import AlertChange, ReferencePanel
-from hub.registry import Registry
+from hub.registry.model import Registry
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from devices.protocol import Receipt
 from devices.unit_alarms import AlertChange
-from hub.registry import Registry
+from hub.registry.model import Registry
 from simulator.virtual_panel import PendingEvent, VirtualPanel
 
 logger = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hub.alarm_store import Alarm, StepRecord, TimelineEntry
-from hub.panel_store import Trouble
-from hub.policy import LIFECYCLE, Policy, format_duration
+from hub.alarms.alarm_store import Alarm, StepRecord, TimelineEntry
+from hub.alarms.policy import LIFECYCLE, Policy, format_duration
+from hub.alarms.trouble_store import Trouble
 from simulator.scenario_model import Expectation
 
 

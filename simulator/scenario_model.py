@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from hub.policy import parse_duration
+from hub.alarms.policy import parse_duration
 from hub.problems import ConfigError, Problem, format_path
-from hub.yaml_source import YamlDocument
+from hub.registry.yaml_source import YamlDocument
 
 Role = Literal["neighbors", "key_households", "patrol", "police", "command"]
 State = Literal["raised", "acknowledged", "on_scene", "resolved", "cancelled"]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from hub.policy import format_duration
-from hub.registry import Registry, load_registry
+from hub.alarms.policy import format_duration
+from hub.registry.model import Registry, load_registry
 from simulator.scenario_checks import AlarmFacts, Facts, check
 from simulator.scenario_model import Expectation, Scenario, Step, load_scenario
 from simulator.scenario_world import World

@@ -11,11 +11,11 @@ import logging
 import time
 from pathlib import Path
 
-from hub.alarm_store import AlarmStore
-from hub.db import Database
-from hub.outbox_store import OutboxStore
-from hub.panel_store import PanelStore
-from hub.registry import Registry
+from hub.alarms.alarm_store import AlarmStore
+from hub.alarms.outbox_store import OutboxStore
+from hub.panels.panel_store import PanelStore
+from hub.registry.model import Registry
+from hub.storage.db import Database
 from simulator.brokers import EmbeddedBrokerThread, Mosquitto, free_port, mosquitto_available
 from simulator.fleet_async import AsyncFleet
 from simulator.hub_process import HubProcess

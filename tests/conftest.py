@@ -62,8 +62,8 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file at the newest schema, copied for each test (faster than migrating)."""
-    from hub.db import create_engine
-    from hub.migrations import upgrade
+    from hub.storage.db import create_engine
+    from hub.storage.migrations import upgrade
 
     path = tmp_path_factory.mktemp("template") / "tenhub.db"
     engine = create_engine(path)
@@ -160,7 +160,7 @@ EXAMPLE_REGISTRY = Path(__file__).resolve().parent.parent / "config" / "registry
 
 @pytest.fixture(scope="session")
 def registry():
-    from hub.registry import load_registry
+    from hub.registry.model import load_registry
 
     return load_registry(EXAMPLE_REGISTRY)
 

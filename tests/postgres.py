@@ -18,8 +18,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from hub.db import create_engine
-from hub.migrations import upgrade
+from hub.storage.db import create_engine
+from hub.storage.migrations import upgrade
 from tests.brokers import free_port
 
 TEMPLATE = "tenhub_template"

@@ -22,12 +22,12 @@ import sqlalchemy as sa
 from fastapi import Depends, FastAPI
 from typer.testing import CliRunner
 
-from hub.account_store import AccountError, AccountStore, User
+from hub.accounts.account_store import AccountError, AccountStore, User
+from hub.accounts.login_throttle_store import LoginThrottleStore
+from hub.accounts.user_cli import users
 from hub.clock import ManualClock
-from hub.db import Database
-from hub.login_throttle_store import LoginThrottleStore
 from hub.passwords import hash_password, verify_password
-from hub.user_cli import users
+from hub.storage.db import Database
 from hub.web import auth, services
 from hub.web.auth import csrf_protect, current_user, install_auth, page_user, require_role
 from tests.conftest import EXAMPLE_REGISTRY, db_url_of

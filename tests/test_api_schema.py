@@ -26,7 +26,7 @@ from schemathesis.checks import (
 from schemathesis.errors import FailureGroup
 
 from hub.passwords import hash_password
-from hub.registry import load_registry
+from hub.registry.model import load_registry
 from hub.web.contract import EPOCH_MS_MAX
 from tests.conftest import EXAMPLE_REGISTRY, db_url_of
 from tests.hub_thread import HubInThread

@@ -30,16 +30,21 @@ from typer.testing import CliRunner
 
 from devices import topics
 from devices.panel import ReferencePanel
-from hub.broker_config import (
+from hub.broker.broker_config import (
     BrokerConfigError,
     hub_password,
     panel_accounts,
     write_broker_config,
 )
-from hub.credential_store import CredentialStore, CredentialTx, PanelSecrets, StoredCredential
-from hub.db import Database
-from hub.mosquitto_passwords import hash_mosquitto_password, verify_mosquitto_password
-from hub.registry import Household, Registry, Unit, parse_registry
+from hub.broker.credential_store import (
+    CredentialStore,
+    CredentialTx,
+    PanelSecrets,
+    StoredCredential,
+)
+from hub.broker.mosquitto_passwords import hash_mosquitto_password, verify_mosquitto_password
+from hub.registry.model import Household, Registry, Unit, parse_registry
+from hub.storage.db import Database
 from tests.brokers import MosquittoProcess, free_port
 from tests.tls_certs import make_tls_files
 from tests.waiting import ProcessLogs
@@ -541,7 +546,7 @@ def test_the_store_replaces_secrets_and_gives_the_writer_the_key(db_target):
 
 def cli_app() -> typer.Typer:
     """The commands mounted as `tenhub` mounts them."""
-    from hub.panel_cli import broker_config, panels
+    from hub.panels.panel_cli import broker_config, panels
 
     app = typer.Typer()
     app.add_typer(panels, name="panel")

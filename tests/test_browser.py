@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from playwright import sync_api
 
+from hub.alarms.work import Responder
 from hub.passwords import hash_password
-from hub.work import Responder
 from tests.brokers import Mosquitto
 from tests.hub_thread import HubInThread
 

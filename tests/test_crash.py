@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from devices.panel import ReferencePanel
-from hub.db import create_engine
+from hub.storage.db import create_engine
 from simulator.hub_process import HubProcess
 from simulator.twilio_gateway import TwilioGateway
 from tests.brokers import free_port

@@ -14,8 +14,8 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from hub.db import IDLE_CHECKPOINT_COMMITS, Database, create_engine
-from hub.migrations import SchemaTooNew, head
+from hub.storage.db import IDLE_CHECKPOINT_COMMITS, Database, create_engine
+from hub.storage.migrations import SchemaTooNew, head
 from tests.legacy_schema import make_legacy_file
 from tests.waiting import until, within
 
@@ -371,11 +371,11 @@ async def test_each_commit_is_timed_and_a_slow_disk_is_logged_without_flooding_t
 
     # A disk slower than the limit, for every commit from here: said once, then counted.
     db.slow_commit_s = 0.0
-    with caplog.at_level(logging.WARNING, logger="hub.db"):
+    with caplog.at_level(logging.WARNING, logger="hub.storage.db"):
         for i in range(5):
             await db.write(insert_into_t(i))
     assert db.slow_commits == 5
-    warnings = [r.getMessage() for r in caplog.records if r.name == "hub.db"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "hub.storage.db"]
     assert len(warnings) == 1, warnings
     assert "the disk is slow" in warnings[0] and "every receipt waits" in warnings[0]
     await db.close()

@@ -13,8 +13,8 @@ import pytest
 
 from devices.protocol import ReceiptStatus
 from devices.topics import receipt_topic, unit_alert_topic
+from hub.alarms.work import Responder
 from hub.clock import ManualClock
-from hub.work import Responder
 from tests.conftest import first_step_recorded
 from tests.mqtt_probe import MqttProbe
 from tests.waiting import until

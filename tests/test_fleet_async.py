@@ -18,7 +18,7 @@ import pytest
 from devices.protocol import AlarmState, ReceiptStatus, canonical_json
 from devices.signing import sign_event, verify_event
 from devices.topics import event_topic, receipt_topic, status_topic
-from hub.registry import parse_registry
+from hub.registry.model import parse_registry
 from simulator.fleet_async import AsyncFleet
 from simulator.paho_asyncio import AsyncPahoClient, ConnectRefused, Message
 from simulator.registry_gen import make_registry

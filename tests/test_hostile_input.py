@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from devices import topics
 from devices.panel import ReferencePanel
 from devices.protocol import MAX_PAYLOAD_BYTES, NO_SEQ, ReceiptStatus
-from hub.registry import parse_registry
+from hub.registry.model import parse_registry
 from tests.conftest import db_url_of
 from tests.hub_thread import HubInThread
 from tests.mqtt_probe import MqttProbe

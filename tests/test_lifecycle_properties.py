@@ -22,12 +22,12 @@ from hypothesis.stateful import (
 )
 
 from devices.protocol import AlarmKind
-from hub import lifecycle
-from hub.db import create_engine
-from hub.escalation import escalate_now, fire_due_steps
-from hub.policy import DEFAULT_POLICIES, LIFECYCLE, Policy
-from hub.registry import load_registry
-from hub.work import AlarmContext, LifecycleRules, Refused, Responder, Work
+from hub.alarms import lifecycle
+from hub.alarms.escalation import escalate_now, fire_due_steps
+from hub.alarms.policy import DEFAULT_POLICIES, LIFECYCLE, Policy
+from hub.alarms.work import AlarmContext, LifecycleRules, Refused, Responder, Work
+from hub.registry.model import load_registry
+from hub.storage.db import create_engine
 from tests.conftest import EXAMPLE_REGISTRY
 
 REGISTRY = load_registry(EXAMPLE_REGISTRY)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from hub.broker.mqtt_transport import MqttTransport, NotConnected
 from hub.metrics import HubMetrics
-from hub.mqtt_transport import MqttTransport, NotConnected
 from hub.settings import BrokerAddress
 from simulator.brokers import Mosquitto
 from tests.mqtt_probe import MqttProbe

@@ -25,8 +25,8 @@ import yaml
 from devices.panel import ReferencePanel
 from devices.protocol import ReceiptStatus, canonical_json
 from devices.topics import event_topic, receipt_topic
-from hub.db import Database
 from hub.passwords import hash_password
+from hub.storage.db import Database
 from tests.conftest import EXAMPLE_REGISTRY, HubRunner, db_url_of
 from tests.legacy_schema import make_legacy_file
 from tests.mqtt_probe import MqttProbe

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.policy import (
+from hub.alarms.policy import (
     DEFAULT_POLICIES,
     Policy,
     PolicySet,
@@ -19,7 +19,7 @@ from hub.policy import (
     format_duration,
     parse_duration,
 )
-from hub.policy_file import load_policies, parse_policies
+from hub.alarms.policy_file import load_policies, parse_policies
 from hub.problems import ConfigError
 from tests.conftest import EXAMPLE_REGISTRY
 from tests.test_cli import tenhub
@@ -449,7 +449,7 @@ def test_a_late_first_step_is_a_warning_only(
     path = tmp_path / "policy.yaml"
     body = textwrap.indent(textwrap.dedent(snippet), "  ")
     path.write_text("policies:\n" + body + DEFAULT, encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="hub.policy_file"):
+    with caplog.at_level(logging.WARNING, logger="hub.alarms.policy_file"):
         assert load_policies(path).for_kind("fire").steps[0].after_ms == 30_000
     assert "the first step fires after 30s" in caplog.text
 

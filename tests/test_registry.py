@@ -11,7 +11,7 @@ import pytest
 
 from hub.passwords import hash_password, hash_pin
 from hub.problems import ConfigError, Problem
-from hub.registry import PanelPlace, Registry, load_registry, parse_registry
+from hub.registry.model import PanelPlace, Registry, load_registry, parse_registry
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "registry.example.yaml"
 
@@ -534,7 +534,7 @@ def test_load_registry_logs_warnings(tmp_path: Path, caplog: pytest.LogCaptureFi
         + SERVICES,
         encoding="utf-8",
     )
-    with caplog.at_level(logging.WARNING, logger="hub.registry"):
+    with caplog.at_level(logging.WARNING, logger="hub.registry.model"):
         registry = load_registry(path)
     assert registry.counts()["households"] == 1
     assert "household u-0001/h-01 has no phones" in caplog.text

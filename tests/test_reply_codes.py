@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from hub.alarm_store import Alarm, AlarmTx
-from hub.contact_store import ContactTx
-from hub.db import Database, create_engine
+from hub.alarms.alarm_store import Alarm, AlarmTx
+from hub.alarms.contact_store import ContactTx
+from hub.storage.db import Database, create_engine
 from tests.legacy_schema import make_legacy_file
 
 pytestmark = pytest.mark.asyncio

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hub.alarm_store import StoredEvent
-from hub.stored_events import RecentEvents
+from hub.alarms.alarm_store import StoredEvent
+from hub.intake.stored_events import RecentEvents
 
 
 def stored(panel_id: str, seq: int) -> StoredEvent:

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from devices.panel import ReferencePanel
 from hub.clock import ManualClock
+from hub.panels.presence import PresenceTracker
 from hub.passwords import hash_password
-from hub.presence import PresenceTracker
 from tests.conftest import HubRunner, db_url_of
 from tests.waiting import until
 
@@ -204,7 +204,7 @@ async def test_an_alarm_names_the_neighbours_whose_buzzers_may_not_sound(runner,
 async def test_a_district_going_dark_is_recorded_without_holding_the_writer(
     mosquitto, tmp_path, clock, db_target
 ):
-    from hub.registry import parse_registry
+    from hub.registry.model import parse_registry
     from simulator.registry_gen import make_registry
 
     district, problems = parse_registry(make_registry(25), "district.yaml")  # 250 panels
@@ -316,12 +316,12 @@ async def test_panels_back_online_together_are_not_refreshed_together_every_minu
 async def test_judging_ten_thousand_panels_lets_the_event_loop_run_between_slices(db_target):
     # Judged every second: in one go, 10,000 panels held the hub's event loop for
     # milliseconds, and an alarm arriving meanwhile waited for its turn.
-    from hub.db import Database
-    from hub.panel_store import PanelStore
-    from hub.policy import DEFAULT_POLICIES
-    from hub.registry import parse_registry
-    from hub.supervision import PanelSupervisor
-    from hub.work import AlarmContext
+    from hub.alarms.policy import DEFAULT_POLICIES
+    from hub.alarms.work import AlarmContext
+    from hub.panels.panel_store import PanelStore
+    from hub.panels.supervision import PanelSupervisor
+    from hub.registry.model import parse_registry
+    from hub.storage.db import Database
     from simulator.registry_gen import make_registry
 
     district, problems = parse_registry(make_registry(1000), "district.yaml")

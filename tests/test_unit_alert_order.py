@@ -15,12 +15,12 @@ import pytest
 from alerts.channel import OutboxMessage
 from alerts.panel_channel import PanelChannel
 from alerts.sender import Backoff, OutboxSender
-from hub import lifecycle
+from hub.alarms import lifecycle
+from hub.alarms.outbox_store import OutboxStore
+from hub.alarms.policy import DEFAULT_POLICIES
+from hub.alarms.work import FAST_PATH_GRACE_MS, AlarmContext, Work
 from hub.clock import ManualClock
-from hub.db import Database
-from hub.outbox_store import OutboxStore
-from hub.policy import DEFAULT_POLICIES
-from hub.work import FAST_PATH_GRACE_MS, AlarmContext, Work
+from hub.storage.db import Database
 from tests.conftest import first_step_recorded
 from tests.waiting import until, within
 
@@ -283,7 +283,7 @@ async def test_a_cancel_queued_behind_an_alert_still_going_out_follows_it_at_onc
     # The fast path's grace would bring the sender's next look at "raised"'s row (and
     # so "cancelled" behind it); an hour long here, only the end of the send ahead of
     # "cancelled" can bring it within the test.
-    monkeypatch.setattr("hub.work.FAST_PATH_GRACE_MS", 3_600_000)
+    monkeypatch.setattr("hub.alarms.work.FAST_PATH_GRACE_MS", 3_600_000)
     heard: list[tuple[str, str]] = []
     raiser = panels(UNIT1[0])[0]
     panels(UNIT1[1], on_alert=lambda c: heard.append((c.alert.alarm_id, c.alert.state.value)))

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiomqtt
 import pytest
 
 from devices.device_signal import SignalType
 from devices.protocol import AlarmKind, ProtocolError, validate_event
 from devices.zigbee2mqtt import DeviceStates, DeviceTopic, TopicKind, action_alarm, parse_topic
+from tests.mqtt_probe import MqttProbe
 
 # Tuya TS0215A_sos (BT400B, Woox R7052, Nedis ZBPB10BK): IAS ACE emergency + battery.
 SOS_BUTTON = {"action": "emergency", "battery": 100, "voltage": 3000, "linkquality": 120}
@@ -217,22 +217,23 @@ async def test_payloads_replayed_through_mosquitto_give_each_meaning_once(mosqui
         ("zigbee2mqtt/bridge/state", b'{"state":"online"}', True),
         ("zigbee2mqtt/2-101 sos/availability", b'{"state":"offline"}', True),
     ]
+    probe = MqttProbe("127.0.0.1", mosquitto.port, "z2m-replay", ["zigbee2mqtt/#"])
+    try:
+        for topic, body, retain in sends:
+            probe.client.publish(topic, body, qos=1, retain=retain).wait_for_publish(5)
+        last = "zigbee2mqtt/2-101 sos/availability"
+        await asyncio.to_thread(probe.wait_for, last, 2, 10.0)
+        received = probe.raw_messages()
+    finally:
+        probe.close()
+    assert len(received) == len(sends)
     states = DeviceStates()
     told: list[tuple[str, str, object]] = []
-    async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
-        await client.subscribe("zigbee2mqtt/#", qos=1)
-        for topic, body, retain in sends:
-            await client.publish(topic, body, qos=1, retain=retain)
-        async with asyncio.timeout(10):
-            received = 0
-            async for message in client.messages:
-                received += 1
-                where = parse_topic(str(message.topic))
-                if where is not None:
-                    for s in states.signals(where, message.payload):
-                        told.append((where.device, s.type.value, s.kind or s.condition))
-                if received == len(sends):
-                    break
+    for topic, body in received:
+        where = parse_topic(topic)
+        if where is not None:
+            for s in states.signals(where, body):
+                told.append((where.device, s.type.value, s.kind or s.condition))
     assert told == [
         ("2-101 sos", "online", None),
         ("2-101 sos", "alarm", AlarmKind.PANIC),

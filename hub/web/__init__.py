@@ -1,6 +1,6 @@
-"""The hub's HTTP side: health, metrics and the JSON API (FastAPI)."""
+"""Web: the police desk, the alarm pages, the patrol's phone page, admin, and the JSON API.
 
-from hub.web.app import create_web_app
-from hub.web.services import BrokerLink, LiveRegistry, WebServices
-
-__all__ = ["BrokerLink", "LiveRegistry", "WebServices", "create_web_app"]
+Pages and routes (FastAPI) get the parts of the hub they use as typed dependencies
+(`hub.web.services`), handed over by the wiring in `hub.app`; nothing here imports the
+wiring. Also the Twilio webhooks, Web Push subscriptions, health and metrics.
+"""

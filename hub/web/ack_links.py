@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
+from hub.alarms.work import Responder
 from hub.web.alarm_views import describe
 from hub.web.services import AlarmActionsDep, AlarmStoreDep, ContactStoreDep, RegistryDep
-from hub.work import Responder
 
 router = APIRouter(tags=["acknowledge links"])
 

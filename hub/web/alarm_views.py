@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from hub.alarm_store import Alarm, AlarmStore
-from hub.outbox_store import OutboxStore
-from hub.policy import Policy
-from hub.registry import Registry
+from hub.alarms.alarm_store import Alarm, AlarmStore
+from hub.alarms.outbox_store import OutboxStore
+from hub.alarms.policy import Policy
+from hub.registry.model import Registry
 
 OPEN_STATES = ("raised", "acknowledged", "on_scene")
 _STATE_URGENCY = {"raised": 0, "acknowledged": 1, "on_scene": 2}

@@ -12,11 +12,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from hub.account_store import User
-from hub.alarm_service import ActionResult, AlarmService
-from hub.alarm_store import Alarm, AlarmStore
-from hub.outbox_store import OutboxStore
-from hub.registry import Registry
+from hub.accounts.account_store import User
+from hub.alarms.alarm_service import ActionResult, AlarmService
+from hub.alarms.alarm_store import Alarm, AlarmStore
+from hub.alarms.outbox_store import OutboxStore
+from hub.alarms.work import Responder
+from hub.registry.model import Registry
 from hub.web.alarm_views import OPEN_STATES, detail, summaries, urgency_key
 from hub.web.auth import csrf_protect, current_user
 from hub.web.contract import EpochMs, Limit, refusals
@@ -27,7 +28,6 @@ from hub.web.services import (
     RegistryDep,
     RejectsDep,
 )
-from hub.work import Responder
 
 router = APIRouter(prefix="/api", tags=["alarms"], responses=refusals(401))
 CurrentUser = Annotated[User, Depends(current_user)]

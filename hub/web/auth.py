@@ -22,9 +22,9 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from hub.account_store import ROLES, AccountStore, User
+from hub.accounts.account_store import ROLES, AccountStore, User
+from hub.accounts.login_throttle_store import Failures, LoginThrottleStore
 from hub.clock import Clock
-from hub.login_throttle_store import Failures, LoginThrottleStore
 from hub.passwords import hash_password, verify_password
 from hub.web.contract import pages, refusals
 from hub.web.services import AccountStoreDep, ClockDep, LoginFailuresDep, PublicUrlDep

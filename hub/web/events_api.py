@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from hub.account_store import User
+from hub.accounts.account_store import User
 from hub.events import EventBus
 from hub.web.auth import current_user
 from hub.web.contract import document, refusals

@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from hub.account_store import User
+from hub.accounts.account_store import User
 from hub.settings import Settings
 from hub.web.alarms_api import visible_alarm
 from hub.web.auth import page_user

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from hub.account_store import User
+from hub.accounts.account_store import User
 from hub.web.auth import csrf_protect, current_user
 from hub.web.contract import refusals
 from hub.web.services import ChannelsDep, ClockDep, ContactStoreDep

@@ -10,10 +10,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from hub.account_store import User
-from hub.pins import seal_pins
-from hub.registry import Registry, parse_registry
-from hub.registry_io import (
+from hub.accounts.account_store import User
+from hub.registry.model import Registry, parse_registry
+from hub.registry.pins import seal_pins
+from hub.registry.registry_io import (
     households_csv,
     merge_households_csv,
     registry_file_yaml,

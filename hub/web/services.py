@@ -16,22 +16,22 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 
 from alerts.channel import Channel
-from hub.account_store import AccountStore
-from hub.alarm_service import AlarmService
-from hub.alarm_store import AlarmStore
+from hub.accounts.account_store import AccountStore
+from hub.accounts.login_throttle_store import LoginThrottleStore
+from hub.alarms.alarm_service import AlarmService
+from hub.alarms.alarm_store import AlarmStore
+from hub.alarms.contact_store import ContactStore
+from hub.alarms.outbox_store import OutboxStore
 from hub.clock import Clock
-from hub.contact_store import ContactStore
-from hub.db import Database
 from hub.events import EventBus
+from hub.intake.rejects import RejectLog
 from hub.jobs import JobRunner
-from hub.login_throttle_store import LoginThrottleStore
 from hub.metrics import HubMetrics
-from hub.outbox_store import OutboxStore
-from hub.panel_store import PanelStore
-from hub.presence import PresenceTracker
-from hub.registry import Registry
-from hub.rejects import RejectLog
+from hub.panels.panel_store import PanelStore
+from hub.panels.presence import PresenceTracker
+from hub.registry.model import Registry
 from hub.settings import Settings
+from hub.storage.db import Database
 
 
 @dataclass(frozen=True)

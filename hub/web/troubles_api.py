@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path
 
-from hub.account_store import User
-from hub.registry import Registry
+from hub.accounts.account_store import User
+from hub.registry.model import Registry
 from hub.web.auth import csrf_protect, current_user, require_role
 from hub.web.contract import RowId, refusals
 from hub.web.services import ClockDep, PanelStoreDep, RegistryDep

@@ -19,8 +19,9 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
+from hub.alarms.outbox_store import OutboxStore
+from hub.alarms.work import Responder
 from hub.clock import Clock
-from hub.outbox_store import OutboxStore
 from hub.web.alarm_views import describe
 from hub.web.contract import PLAIN_TEXT, document
 from hub.web.services import (
@@ -33,7 +34,6 @@ from hub.web.services import (
     RegistryDep,
     SettingsDep,
 )
-from hub.work import Responder
 
 logger = logging.getLogger(__name__)
 _UNSIGNED = {

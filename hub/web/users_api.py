@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from hub.account_store import AccountError, User
+from hub.accounts.account_store import AccountError, User
 from hub.passwords import hash_password
 from hub.web.auth import csrf_protect, require_role
 from hub.web.contract import refusals
