@@ -241,7 +241,7 @@ class ReferencePanel:
         self.clock_offset_ms = hub_time - _now_ms()
         fields = resend_fields(event.payload)
         self._forget(event.seq)
-        event._arm(self._state.add_new(self._builder(event.type, fields)))
+        event.arm(self._state.add_new(self._builder(event.type, fields)))
         event.resent += 1
         with self._lock:
             self._pending[event.seq] = event
@@ -288,7 +288,7 @@ class ReferencePanel:
             return
         self._forget(seq)
         self._log(logging.ERROR, "event gave up without receipt", seq=seq, attempts=event.attempts)
-        event._finish(None, time.monotonic())
+        event.finish(None, time.monotonic())
 
     def _forget(self, seq: int) -> None:
         try:
@@ -423,7 +423,7 @@ class ReferencePanel:
         ):
             return
         self._forget(receipt.seq)
-        event._finish(receipt, arrived)
+        event.finish(receipt, arrived)
         level = logging.WARNING if receipt.status == ReceiptStatus.REJECTED else logging.INFO
         self._log(
             level,

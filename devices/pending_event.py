@@ -18,7 +18,7 @@ class EventInFlight:
     )  # fmt: skip
 
     def __init__(self, payload: dict[str, Any]) -> None:
-        self._arm(payload)
+        self.arm(payload)
         self.attempts = 0
         self.resent = 0  # times it went again under a new seq (the hub's clock disagreed)
         self.receipt: Receipt | None = None
@@ -26,7 +26,8 @@ class EventInFlight:
         self.first_sent_at: float | None = None  # time.monotonic()
         self.receipt_at: float | None = None
 
-    def _arm(self, payload: dict[str, Any]) -> None:
+    def arm(self, payload: dict[str, Any]) -> None:
+        """Carry `payload` from now on: its seq and its exact bytes (a resend under a new seq)."""
         self.payload = payload
         self.seq: int = payload["seq"]
         self.body = canonical_json(payload).encode()
@@ -62,7 +63,8 @@ class PendingEvent(EventInFlight):
         self._done.wait(timeout)
         return self.receipt
 
-    def _finish(self, receipt: Receipt | None, at: float) -> None:
+    def finish(self, receipt: Receipt | None, at: float) -> None:
+        """Settle it: the receipt that came at `at`, or None when the panel gave up."""
         self.receipt = receipt
         self.receipt_at = at if receipt is not None else None
         self.gave_up = receipt is None

@@ -82,7 +82,7 @@ class PendingEvent(EventInFlight):
 
     def rearm(self, payload: dict[str, Any]) -> None:
         """Carry a new payload (a new seq) from the next copy on."""
-        self._arm(payload)
+        self.arm(payload)
 
     def finish(self, receipt: Receipt | None) -> None:
         """End the event: with its receipt, or None when the panel gave up or stopped."""
