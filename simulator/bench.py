@@ -34,7 +34,7 @@ from hub import event_loop
 from hub.alarms.alarm_store import AlarmStore
 from hub.registry.model import Registry, load_registry
 from hub.settings import BrokerAddress
-from hub.storage.db import Database
+from hub.storage.db import Database, create_sibling_database, drop_database
 from simulator.bench_load import (
     AlarmLoad,
     AlarmWatch,
@@ -86,6 +86,9 @@ class BenchConfig:
     load_drain_s: float = 150.0
     final_drain_s: float = 30.0  # at the end of a fleet: for whatever is still on its way
     broker_url: str | None = None  # None: a Mosquitto of the bench's own
+    # None: a SQLite file per fleet size; a postgresql:// URL: a fresh database per fleet
+    # size on that server (created beside the one named, dropped afterwards).
+    db_url: str | None = None
 
 
 QUICK = BenchConfig(
@@ -236,6 +239,9 @@ class Bench:
             "TWILIO_AUTH_TOKEN": self.gateway.auth_token,
             "TWILIO_FROM": HUB_NUMBER,
         }
+        if self.config.db_url is not None:
+            name = f"tenhub_bench_{units}_{os.getpid()}"
+            env["TENHUB_DB_URL"] = create_sibling_database(self.config.db_url, name)
         return HubProcess(workdir, free_port(), env)
 
     async def _phase(self, units: int, address: BrokerAddress, probe: BrokerProbe) -> PhaseResult:
@@ -267,6 +273,8 @@ class Bench:
                 await fleet.stop()
                 gc.unfreeze()  # this fleet is done with: its objects may be collected again
             await asyncio.to_thread(hub.stop)
+            if "TENHUB_DB_URL" in hub.env:
+                await asyncio.to_thread(drop_database, hub.env["TENHUB_DB_URL"])
         return phase
 
     async def _connect(self, phase: PhaseResult, fleet: AsyncFleet) -> None:

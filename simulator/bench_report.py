@@ -238,7 +238,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "# tenhub bench",
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, {m['os']}, "
-        f"Python {m['python']}, {m['broker']}, tenhub {m['tenhub']}; {m['date']}; "
+        f"Python {m['python']}, {m['broker']}, {m.get('database', 'SQLite')}, "
+        f"tenhub {m['tenhub']}; {m['date']}; "
         f"run took {doc['elapsed_s']:g} s.",
     ]
     if floor := m.get("sqlite_commit_ms"):

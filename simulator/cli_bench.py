@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from hub.settings import BrokerAddress
+from hub.storage.db import database_url, display_target
 from simulator.bench import (
     FULL,
     QUICK,
@@ -130,6 +131,15 @@ def bench(
             "instead of a Mosquitto of its own."
         ),
     ] = None,
+    db_url: Annotated[
+        str | None,
+        typer.Option(
+            "--db-url",
+            help="Keep the hub's state in PostgreSQL (postgresql://user:pass@host/db): a "
+            "fresh database per fleet size on that server, dropped afterwards. "
+            "Default: a SQLite file.",
+        ),
+    ] = None,
 ) -> None:
     """Measure alarm latency and throughput through the hub, beside the bare broker.
 
@@ -148,12 +158,23 @@ def bench(
             err.print("tenhub bench: mqtts:// is not supported by the fleet", style="red")
             raise typer.Exit(2)
         shown = address.display()
+    database = "SQLite"
+    if db_url is not None:
+        try:
+            if database_url(db_url).get_backend_name() != "postgresql":
+                raise ValueError(f"{display_target(db_url)}: --db-url takes a postgresql:// URL")
+        except ValueError as exc:
+            err.print(f"tenhub bench: {exc}", style="red", markup=False)
+            raise typer.Exit(2) from None
+        database = f"PostgreSQL at {display_target(db_url)}"
     setup_logging("error")
-    config = dataclasses.replace(QUICK if quick else FULL, broker_url=broker)
+    config = dataclasses.replace(QUICK if quick else FULL, broker_url=broker, db_url=db_url)
     machine = machine_info(shown)
+    machine["database"] = database
     err.print(
         f"tenhub bench ({'quick' if quick else 'full'}): {machine['cores']} cores, "
-        f"{machine['memory_gib']} GiB, Python {machine['python']}, {machine['broker']}",
+        f"{machine['memory_gib']} GiB, Python {machine['python']}, {machine['broker']}, "
+        f"{machine['database']}",
         markup=False,
     )
     started = time.monotonic()

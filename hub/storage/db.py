@@ -116,6 +116,35 @@ def _without_password(text: str) -> str:
         return text.split("@")[-1]
 
 
+def create_sibling_database(server_url: str, name: str) -> str:
+    """Create an empty PostgreSQL database `name` on the server of `server_url`; its URL.
+
+    For tools that need a database of their own per run (the bench): the hub creates its
+    schema when it opens it.
+    """
+    url = database_url(server_url)
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    """Drop the PostgreSQL database of `url` (from its server's `postgres` database)."""
+    target = database_url(url)
+    admin = sa.create_engine(
+        target.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 def create_engine(target: str | Path, *, read_only: bool = False, pool_size: int = 1) -> sa.Engine:
     """An engine on the database, set up as the hub uses it.
 
