@@ -4,3 +4,8 @@ Pages and routes (FastAPI) get the parts of the hub they use as typed dependenci
 (`hub.web.services`), handed over by the wiring in `hub.app`; nothing here imports the
 wiring. Also the Twilio webhooks, Web Push subscriptions, health and metrics.
 """
+
+from hub.web.app import create_web_app
+from hub.web.services import BrokerLink, LiveRegistry, WebServices
+
+__all__ = ["BrokerLink", "LiveRegistry", "WebServices", "create_web_app"]
