@@ -153,6 +153,50 @@ class Location(_Model):
     lon: float = Field(ge=-180, le=180)
 
 
+def _check_dc09_key(value: str) -> str:
+    # The value is not repeated: problems are printed, logged and sent back to browsers.
+    if not re.fullmatch(r"[0-9A-Fa-f]*", value):
+        raise _invalid("a DC-09 key is written in hex (0-9, A-F)")
+    if len(value) not in (32, 48, 64):
+        raise _invalid(
+            f"a DC-09 key is AES-128, -192 or -256: 32, 48 or 64 hex digits, not {len(value)}"
+        )
+    return value
+
+
+def _check_dc09_account(value: str) -> str:
+    if not re.fullmatch(r"[0-9A-F]{3,16}", value):
+        raise _invalid(
+            f"{value!r} is not a DC-09 account: 3 to 16 digits or capitals A-F, as the panel"
+            " sends it after '#'"
+        )
+    return value
+
+
+Dc09Account = Annotated[
+    str,
+    BeforeValidator(_refuse_number("1234", "its leading zeros would be lost")),
+    AfterValidator(_check_dc09_account),
+]
+Dc09Key = Annotated[
+    str,
+    BeforeValidator(_refuse_number("00112233445566778899AABBCCDDEEFF", "it is no key", "a key")),
+    AfterValidator(_check_dc09_key),
+]
+
+
+class Dc09Link(_Model):
+    """The SIA DC-09 account a household's alarm panel reports under, and its AES key (in
+    hex; absent when the panel sends in clear)."""
+
+    account: Dc09Account
+    key: Dc09Key | None = None
+
+    def key_bytes(self) -> bytes | None:
+        """The AES key as bytes, or None for an account that sends in clear."""
+        return bytes.fromhex(self.key) if self.key else None
+
+
 class Household(_Model):
     """One home of a unit and the alarm panel installed there.
 
@@ -171,6 +215,9 @@ class Household(_Model):
     duress_pin_hash: PinHash | None = None
     pin_set: bool | None = None
     duress_pin_set: bool | None = None
+    # The household's panel reports over SIA DC-09 (a commercial alarm panel) under this
+    # account, instead of over tenhub's MQTT protocol.
+    dc09: Dc09Link | None = None
 
     @property
     def has_pin(self) -> bool:
@@ -246,6 +293,7 @@ class Registry(_Model):
     _patrols: dict[str, list[Patrol]] = PrivateAttr(default_factory=dict)
     _desks: dict[str, list[PoliceDesk]] = PrivateAttr(default_factory=dict)
     _phones: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+    _dc09: dict[str, PanelPlace] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any, /) -> None:
         def phone(number: str, who: str) -> None:
@@ -256,6 +304,8 @@ class Registry(_Model):
             for household in unit.households:
                 self._households.setdefault((unit.id, household.id), household)
                 self._panels.setdefault(household.panel, PanelPlace(unit, household))
+                if household.dc09 is not None:
+                    self._dc09.setdefault(household.dc09.account, PanelPlace(unit, household))
                 for number in household.phones:
                     phone(number, f"household {unit.id}/{household.id}")
         for patrol in self.patrols:
@@ -280,6 +330,18 @@ class Registry(_Model):
     def panel_place(self, panel_id: str) -> PanelPlace | None:
         """The unit and household of a panel; None for a panel not in the registry."""
         return self._panels.get(panel_id)
+
+    def dc09_place(self, account: str) -> PanelPlace | None:
+        """The unit and household whose panel reports under this DC-09 account, if any."""
+        return self._dc09.get(account)
+
+    def dc09_keys(self) -> dict[str, bytes]:
+        """The AES key of every DC-09 account that has one, by account."""
+        return {
+            account: key
+            for account, place in self._dc09.items()
+            if place.household.dc09 and (key := place.household.dc09.key_bytes())
+        }
 
     def unit(self, unit_id: str) -> Unit | None:
         """The unit with this id, if any."""
@@ -442,6 +504,7 @@ class _Checker:
         """Check every household; returns the (unit id, household id) pairs that exist."""
         existing: set[tuple[str, str]] = set()
         panels: dict[str, tuple[DataPath, str]] = {}
+        accounts: dict[str, tuple[DataPath, str]] = {}
         for unit_path, unit in units:
             unit_id = _text(unit, "id")
             entries = [((*unit_path, "households", i), h) for i, h in _mappings(unit, "households")]
@@ -459,6 +522,7 @@ class _Checker:
                         "are local to their unit, like h-01 (the full name is unit/household)",
                     )
                 self._check_panel(panels, path, household, full_name)
+                self._check_dc09_account(accounts, path, household, full_name)
                 self._check_pins(path, household, full_name)
                 if not household.get("phones"):
                     self._add(
@@ -492,6 +556,27 @@ class _Checker:
             (*path, "panel"),
             f"duplicate panel id '{panel}': it already belongs to household {owner} "
             f"({self._line(first_path)}): {rule}",
+        )
+
+    def _check_dc09_account(
+        self,
+        accounts: dict[str, tuple[DataPath, str]],
+        path: DataPath,
+        household: dict,
+        full_name: str,
+    ) -> None:
+        link = household.get("dc09")
+        account = _text(link, "account") if isinstance(link, dict) else None
+        if account is None:
+            return
+        if account not in accounts:
+            accounts[account] = ((*path, "dc09", "account"), full_name)
+            return
+        first_path, owner = accounts[account]
+        self._add(
+            (*path, "dc09", "account"),
+            f"duplicate DC-09 account '{account}': it already belongs to household {owner}"
+            f" ({self._line(first_path)}): the receiver could not tell whose alarm it is",
         )
 
     def _check_pins(self, path: DataPath, household: dict, full_name: str) -> None:

@@ -125,6 +125,11 @@ def merge_households_csv(
                 household[key] = cell
         rows_by_unit.setdefault(unit_id, []).append({"line": line, "household": household})
     for unit_id, rows in rows_by_unit.items():
+        # The CSV has no column for a DC-09 link: a household keeps the one it had.
+        links = {h["id"]: h["dc09"] for h in units[unit_id]["households"] if h.get("dc09")}
+        for r in rows:
+            if r["household"]["id"] in links:
+                r["household"]["dc09"] = links[r["household"]["id"]]
         units[unit_id]["households"] = [r["household"] for r in rows]
     if problems:
         return None, problems
