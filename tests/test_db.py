@@ -33,7 +33,7 @@ def values_of_t(order_by: str = "v"):
 async def test_a_new_database_gets_the_newest_schema_and_keeps_it_on_reopen(empty_db_target):
     db = Database(empty_db_target)
     await db.open()
-    assert db.schema_version == head() == 12
+    assert db.schema_version == head() == 13
     await db.close()
     again = Database(empty_db_target)
     await again.open()
