@@ -27,7 +27,14 @@ def household_actor(place: PanelPlace) -> str:
 
 
 def raise_alarm(
-    w: Work, place: PanelPlace, kind: str, panel_ts: int, seq: int, *, fire_due: bool = True
+    w: Work,
+    place: PanelPlace,
+    kind: str,
+    panel_ts: int,
+    seq: int,
+    *,
+    fire_due: bool = True,
+    duress: bool = False,
 ) -> Alarm:
     """Store a new alarm, tell its unit, and fire the ladder's steps that are due at once.
 
@@ -38,8 +45,14 @@ def raise_alarm(
     Storm guard: while the household has an open alarm of the same kind, pressing again
     adds to that alarm's timeline instead of starting a second ladder (a hundred presses
     must not become a hundred rounds of SMS).
+
+    `duress` (a panel's hold-up or duress code) raises it as a duress PIN leaves it: no
+    buzzer anywhere, and straight to its police step.
     """
     open_alarm = w.alarms.open_alarm_of(place.unit.id, place.household.id, kind)
+    if open_alarm is not None and duress and not open_alarm.duress:
+        _duress(w, open_alarm, place, shown="nothing")
+        return w.reload(open_alarm)
     if open_alarm is not None:
         repeats = w.alarms.count_timeline(open_alarm.id, "repeated") + 1
         w.alarms.append_timeline(
@@ -69,6 +82,7 @@ def raise_alarm(
         ladder=policy.to_json(),
         next_step=0,
         next_step_at=w.now + policy.steps[0].after_ms,
+        duress=int(duress),
     )
     w.alarms.insert_alarm(alarm)
     neighbours = [p for p in w.registry.unit_panels(place.unit.id) if p != alarm.panel_id]
@@ -90,8 +104,11 @@ def raise_alarm(
             "offline_neighbours": offline,
         },
     )
-    queue_unit_alert(w, alarm, AlarmState.RAISED, entry)
+    queue_unit_alert(w, alarm, AlarmState.RAISED, entry)  # none under duress
     w.changed(alarm, "raised")
+    if duress:
+        _duress(w, alarm, place, shown="nothing")
+        return w.reload(alarm)
     if fire_due:
         advance_ladder(w, alarm)
     return alarm

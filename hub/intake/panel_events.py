@@ -59,11 +59,13 @@ class PanelEventHandler:
         now: int,
         *,
         signed: bool = False,
+        duress: bool = False,
     ) -> EventOutcome:
         """Dedupe, apply and record one event; returns the receipt to send after commit.
 
         A signed event must carry a `ts` near the hub's time (a replay window): a repeat
-        of a stored event is still a duplicate, however late it comes.
+        of a stored event is still a duplicate, however late it comes. `duress` raises an
+        alarm under duress (a device's hold-up code): silent, straight to the police.
         """
         w = Work.begin(conn, self.context, now)
         panel_id = place.household.panel
@@ -78,7 +80,7 @@ class PanelEventHandler:
                 # The ladder's first step is the engine's, woken by this commit: the
                 # receipt and the buzzers wait only for the alarm itself to be stored.
                 alarm = lifecycle.raise_alarm(
-                    w, place, event.kind.value, event.ts, event.seq, fire_due=False
+                    w, place, event.kind.value, event.ts, event.seq, fire_due=False, duress=duress
                 )
                 new_alarm = alarm.seq == event.seq  # else a repeat joined an open alarm
             elif isinstance(event, AckEvent):
