@@ -30,6 +30,7 @@ from hub.broker.embedded_broker import EmbeddedBroker
 from hub.broker.mqtt_transport import MqttTransport
 from hub.clock import Clock
 from hub.events import EventBus
+from hub.intake.dc09_receiver import Dc09Receiver
 from hub.intake.ingest import PanelIngest
 from hub.intake.panel_events import EventOutcome, PanelEventHandler
 from hub.intake.panel_keys import KeyRefresher, KeyRing
@@ -118,6 +119,19 @@ class Hub:
             max_payload_bytes=settings.max_payload_bytes,
             keys=self.keys,
         )
+        # Alarm panels that report over SIA DC-09, when an address is set for them.
+        self.dc09: Dc09Receiver | None = None
+        if settings.dc09_addr:
+            self.dc09 = Dc09Receiver(
+                *parse_host_port(settings.dc09_addr),
+                context=self.context,
+                db=self.db,
+                handler=PanelEventHandler(self.context),
+                clock=self.clock,
+                presence=self.presence,
+                rejects=self.rejects,
+                on_stored=self._on_stored,
+            )
         self.transport = MqttTransport(
             self.broker_address,
             settings.hub_client_id,
@@ -348,6 +362,8 @@ class Hub:
                     tg.create_task(self.ingest.run(), name="ingest"),
                     *(tg.create_task(r.run(), name=r.job.name) for r in self.job_runners),
                 ]
+                if self.dc09 is not None:
+                    tasks.append(tg.create_task(self.dc09.run(), name=self.dc09.name))
                 web_task = tg.create_task(server.serve(sockets=[http_socket]), name="web")
                 logger.info(
                     "hub started",
@@ -356,6 +372,7 @@ class Hub:
                         "db": self.db.display(),
                         "http": f"{self.settings.http_addr.rpartition(':')[0]}:{self.http_port}",
                         "schema_version": self.db.schema_version,
+                        "dc09": f"{self.dc09.host}:{self.dc09.port}" if self.dc09 else None,
                     },
                 )
                 self.started.set()
@@ -363,7 +380,11 @@ class Hub:
                 # In order: stop taking messages, finish those taken (their receipts and
                 # acknowledgements go out on the open connection), then stop the rest.
                 self.transport.stop_reading()
+                if self.dc09 is not None:
+                    self.dc09.stop_reading()
                 await self.ingest.drain()
+                if self.dc09 is not None:
+                    await self.dc09.drain()
                 tasks[0].cancel()
                 self.events.close()  # the dashboards' live streams end, not hold the web up
                 server.should_exit = True

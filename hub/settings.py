@@ -56,6 +56,9 @@ class Settings(BaseModel):
     policy: str | None = None
     http_addr: str = "127.0.0.1:8080"
     public_url: str | None = None
+    # Where the hub receives SIA DC-09 alarm panels, over TCP and UDP (`0.0.0.0:9000`);
+    # unset: no DC-09 receiver.
+    dc09_addr: str | None = None
     # Proxies (addresses or networks) whose X-Forwarded-For names the client; none: the
     # client is the peer of the connection, and no client can choose its own address.
     forwarded_allow_ips: tuple[str, ...] = ()
@@ -127,6 +130,13 @@ class Settings(BaseModel):
     def _check_addr(cls, v: str) -> str:
         parse_host_port(v)
         return v
+
+    @field_validator("dc09_addr")
+    @classmethod
+    def _check_dc09_addr(cls, v: str | None) -> str | None:
+        if v:
+            parse_host_port(v)
+        return v or None
 
     @field_validator("forwarded_allow_ips", mode="before")
     @classmethod

@@ -359,7 +359,7 @@ def test_unknown_key_is_an_error_listing_the_allowed_keys() -> None:
     assert line_of(text, "unknown key") == [
         "registry.yaml:9:9: error: units[0].households[0].phone: unknown key 'phone' "
         "(allowed: id, address, panel, phones, pin, duress_pin, pin_hash, duress_pin_hash,"
-        " pin_set, duress_pin_set, dc09)"
+        " pin_set, duress_pin_set, language, dc09)"
     ]
 
 

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from devices.topics import ID_RE
+from hub.i18n.catalogues import available_languages, language_tag
 from hub.passwords import hash_cost, verify_password
 from hub.problems import (
     ConfigError,
@@ -123,6 +124,13 @@ def _check_pin_hash(value: str) -> str:
     return value
 
 
+def _check_language(value: str) -> str:
+    tag = language_tag(value)
+    if tag is None:
+        raise _invalid(f"unknown language {value!r}: use one of {', '.join(available_languages())}")
+    return tag
+
+
 Id = Annotated[str, AfterValidator(_check_id)]
 HouseholdId = Annotated[str, AfterValidator(_check_household_id)]
 HouseholdRef = Annotated[str, AfterValidator(_check_household_ref)]
@@ -137,6 +145,7 @@ Pin = Annotated[
     AfterValidator(_check_pin),
 ]
 PinHash = Annotated[str, AfterValidator(_check_pin_hash)]
+Language = Annotated[str, AfterValidator(_check_language)]
 
 
 # --- models --------------------------------------------------------------------------------
@@ -215,6 +224,7 @@ class Household(_Model):
     duress_pin_hash: PinHash | None = None
     pin_set: bool | None = None
     duress_pin_set: bool | None = None
+    language: Language | None = None  # None: the deployment's
     # The household's panel reports over SIA DC-09 (a commercial alarm panel) under this
     # account, instead of over tenhub's MQTT protocol.
     dc09: Dc09Link | None = None
@@ -246,6 +256,7 @@ class PatrolMember(_Model):
 
     name: str
     phone: Phone
+    language: Language | None = None  # None: the deployment's
 
 
 class Patrol(_Model):
@@ -262,6 +273,7 @@ class PoliceDesk(_Model):
     id: Id
     zones: list[Id]
     phone: Phone
+    language: Language | None = None  # None: the deployment's
 
 
 class CommandPost(_Model):
@@ -269,6 +281,7 @@ class CommandPost(_Model):
 
     id: Id
     phone: Phone
+    language: Language | None = None  # None: the deployment's
 
 
 @dataclass(frozen=True)
@@ -293,11 +306,14 @@ class Registry(_Model):
     _patrols: dict[str, list[Patrol]] = PrivateAttr(default_factory=dict)
     _desks: dict[str, list[PoliceDesk]] = PrivateAttr(default_factory=dict)
     _phones: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+    _languages: dict[str, str] = PrivateAttr(default_factory=dict)
     _dc09: dict[str, PanelPlace] = PrivateAttr(default_factory=dict)
 
     def model_post_init(self, context: Any, /) -> None:
-        def phone(number: str, who: str) -> None:
+        def phone(number: str, who: str, language: str | None = None) -> None:
             self._phones.setdefault(number, []).append(who)
+            if language:
+                self._languages.setdefault(number, language)
 
         for unit in self.units:
             self._units.setdefault(unit.id, unit)
@@ -307,21 +323,25 @@ class Registry(_Model):
                 if household.dc09 is not None:
                     self._dc09.setdefault(household.dc09.account, PanelPlace(unit, household))
                 for number in household.phones:
-                    phone(number, f"household {unit.id}/{household.id}")
+                    phone(number, f"household {unit.id}/{household.id}", household.language)
         for patrol in self.patrols:
             self._patrols.setdefault(patrol.zone, []).append(patrol)
             for member in patrol.members:
-                phone(member.phone, f"patrol {patrol.id} ({member.name})")
+                phone(member.phone, f"patrol {patrol.id} ({member.name})", member.language)
         for desk in self.police_desks:
-            phone(desk.phone, f"police desk {desk.id}")
+            phone(desk.phone, f"police desk {desk.id}", desk.language)
             for zone in dict.fromkeys(desk.zones):
                 self._desks.setdefault(zone, []).append(desk)
         for post in self.command:
-            phone(post.phone, f"command post {post.id}")
+            phone(post.phone, f"command post {post.id}", post.language)
 
     def who_has_phone(self, number: str) -> list[str]:
         """Who this phone number belongs to (households, patrol members, desks, command)."""
         return list(self._phones.get(number, []))
+
+    def language_of_phone(self, number: str) -> str | None:
+        """The language the registry gives this phone's owner (the first one given), if any."""
+        return self._languages.get(number)
 
     def panel_places(self) -> Mapping[str, PanelPlace]:
         """Every panel's place, by panel id (read-only)."""

@@ -81,7 +81,8 @@ def merge_households_csv(
 
     Units the CSV does not name keep their households. A PIN cell holds the new PIN, or
     `set` to keep the PIN the hub holds (see `hub.registry.pins.seal_pins`), or nothing for no
-    PIN. Problems name the CSV line.
+    PIN. An optional `language` column sets a household's language; without it, a household
+    keeps the one it had. Problems name the CSV line.
     """
     reader = csv.DictReader(io.StringIO(text, newline=""))  # csv reads \r, \n, \r\n itself
     try:
@@ -103,6 +104,12 @@ def merge_households_csv(
     data = registry.model_dump(mode="json", exclude_none=True)
     units = {u["id"]: u for u in data["units"]}
     rows_by_unit: dict[str, list[dict[str, Any]]] = {}
+    languages = {
+        (u["id"], h["id"]): h["language"]
+        for u in data["units"]
+        for h in u["households"]
+        if h.get("language")
+    }
     problems: list[Problem] = []
     for line, row in enumerate(rows, start=2):
         unit_id = (row.get("unit_id") or "").strip()
@@ -117,6 +124,10 @@ def merge_households_csv(
             "panel": (row.get("panel") or "").strip(),
             "phones": (row.get("phones") or "").split(),
         }
+        # A household's language: the CSV's optional column, else the one it had.
+        language = (row.get("language") or "").strip() or languages.get((unit_id, household["id"]))
+        if language:
+            household["language"] = language
         for key in _PIN_KEYS:
             cell = (row.get(key) or "").strip()
             if cell.lower() == PIN_SET:
