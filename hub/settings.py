@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -23,6 +24,7 @@ from pydantic import (
 )
 
 from hub.clock import Clock, ScaledClock, SystemClock
+from hub.i18n.catalogues import DEFAULT_LANGUAGE, available_languages, language_tag
 from hub.problems import ConfigError, Problem
 from hub.storage.db import database_url
 
@@ -92,6 +94,10 @@ class Settings(BaseModel):
     map_tile_url: str | None = None
     map_tile_attribution: str = ""
     map_max_zoom: Annotated[int, Field(ge=1, le=22)] = 19
+    # The language of whoever the registry gives none (a tag with a catalogue: en, zh-CN),
+    # and the time zone of the times in messages (an IANA name).
+    language: str = DEFAULT_LANGUAGE
+    timezone: str = "Asia/Shanghai"
 
     @field_validator("broker_url")
     @classmethod
@@ -183,6 +189,27 @@ class Settings(BaseModel):
         parts = urlsplit(self.map_tile_url)
         # `{s}.tiles.example.org` spreads tiles over subdomains: allow them all.
         return f"{parts.scheme}://{parts.netloc.replace('{s}', '*')}"
+
+    @field_validator("language")
+    @classmethod
+    def _check_language(cls, v: str) -> str:
+        tag = language_tag(v)
+        if tag is None:
+            raise ValueError(
+                f"unknown language {v!r}: use one of {', '.join(available_languages())}"
+            )
+        return tag
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v!r}: use an IANA name like Asia/Shanghai"
+            ) from None
+        return v
 
     @field_validator("log_level")
     @classmethod
