@@ -82,6 +82,8 @@ class Hub:
                 max_wrong_pins=settings.max_wrong_pins,
             ),
             public_url=self.public_url,
+            language=settings.language,
+            timezone=settings.timezone,
         )
         self.metrics = HubMetrics()
         self.rejects = RejectLog()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.requests import ClientDisconnect
 
+from hub.i18n.segments import sms_length
 from simulator.twilio_store import (
     GatewayStore,
     PlacedCall,
@@ -415,7 +415,8 @@ def message_json(m: SentMessage, account_sid: str) -> dict[str, Any]:
         "from": m.from_,
         "messaging_service_sid": None,
         "num_media": "0",
-        "num_segments": str(max(1, math.ceil(len(m.body) / 160))),
+        # As Twilio counts them: GSM-7 or UCS-2 (any Chinese text), 160/153 or 70/67.
+        "num_segments": str(sms_length(m.body).segments),
         "price": None,
         "price_unit": "USD",
         "sid": m.sid,

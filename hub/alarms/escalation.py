@@ -16,7 +16,13 @@ from devices.protocol import AlarmState, Reason
 from hub.alarms.alarm_store import Alarm, StepRecord
 from hub.alarms.messages import compose
 from hub.alarms.policy import Policy, Step, Unless
-from hub.alarms.recipients import Recipient, alarm_text, resolve_recipients, with_push
+from hub.alarms.recipients import (
+    AlarmNotice,
+    Recipient,
+    alarm_notice,
+    resolve_recipients,
+    with_push,
+)
 from hub.alarms.work import AfterCommit, AlarmContext, Refused, Responder, Work
 from hub.storage.db import Conn, Database
 
@@ -87,13 +93,12 @@ def go_to_police(w: Work, alarm: Alarm) -> None:
     policy = _policy(alarm)
     steps = policy.steps
     police = policy.police_step()
-    label = "DURESS code entered at the panel: the household may be held; do not call it"
     if police is not None and alarm.next_step is not None and alarm.next_step <= police:
         for index in range(alarm.next_step, police):
             step = steps[index]
             _skip(w, alarm, index, step, alarm.raised_at + step.after_ms, "duress")
         step = steps[police]
-        _fire(w, alarm, police, step, alarm.raised_at + step.after_ms, label=label, forced="duress")
+        _fire(w, alarm, police, step, alarm.raised_at + step.after_ms, forced="duress")
         following = police + 1
         if following < len(steps):
             w.alarms.set_next_step(alarm.id, following, alarm.raised_at + steps[following].after_ms)
@@ -102,7 +107,7 @@ def go_to_police(w: Work, alarm: Alarm) -> None:
         advance_ladder(w, alarm)
         return
     recipients = _recipients(w, alarm, ("police",))
-    _queue(w, alarm, "duress", recipients, alarm_text(w.registry, alarm, label))
+    _queue(w, alarm, "duress", recipients, alarm_notice(w.registry, alarm, duress=True))
     w.alarms.append_timeline(
         alarm.id,
         w.now,
@@ -149,15 +154,14 @@ def _fire(
     step: Step,
     due_at: int,
     *,
-    label: str | None = None,
     forced: str | None = None,
 ) -> None:
     """Tell the step's people. `forced` says why it fires before its time or despite its
-    `unless` (duress, escalated by a user)."""
+    `unless` (duress, escalated by a user); under duress the message says so."""
     name = step.label(index)
     recipients = _recipients(w, alarm, step.notify)
-    text = alarm_text(w.registry, alarm, label or f"Escalation: {name}")
-    _queue(w, alarm, f"step{index}", recipients, text)
+    notice = alarm_notice(w.registry, alarm, name, duress=forced == "duress")
+    _queue(w, alarm, f"step{index}", recipients, notice)
     w.alarms.record_step(StepRecord(alarm.id, index, "fired", due_at, w.now, forced))
     w.alarms.append_timeline(
         alarm.id,
@@ -202,7 +206,9 @@ def _recipients(w: Work, alarm: Alarm, roles: tuple[str, ...]) -> list[Recipient
     return with_push(resolve_recipients(w.registry, alarm, roles), w.contacts.subscription_ids)
 
 
-def _queue(w: Work, alarm: Alarm, key: str, recipients: list[Recipient], text: str) -> None:
+def _queue(
+    w: Work, alarm: Alarm, key: str, recipients: list[Recipient], notice: AlarmNotice
+) -> None:
     for r in recipients:
         key_of_message = f"{alarm.id}:{key}:{r.channel}:{r.address}"
         if w.outbox.exists(key_of_message):
@@ -212,7 +218,15 @@ def _queue(w: Work, alarm: Alarm, key: str, recipients: list[Recipient], text: s
             alarm_state=alarm.state,
             channel=r.channel,
             recipient=r.address,
-            payload=compose(w.contacts, alarm, r, text, w.context.public_url, w.now),
+            payload=compose(
+                w.contacts,
+                notice,
+                r,
+                w.context.public_url,
+                w.now,
+                w.context.language,
+                w.context.timezone,
+            ),
             key=key_of_message,
         )
 

@@ -1,11 +1,12 @@
-"""Who a step of the ladder reaches: roles resolved against the registry, and what they are told."""
+"""Who a step of the ladder reaches: roles resolved against the registry, in which
+language, and what the step is about."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from hub.alarms.alarm_store import Alarm
+from hub.i18n.catalogues import N_
 from hub.registry.model import Registry
 
 # How each role is reached; push joins when responders have subscriptions.
@@ -18,23 +19,46 @@ ROLE_CHANNELS: dict[str, tuple[str, ...]] = {
 }
 
 KIND_WORDS = {
-    "panic": "PANIC",
-    "burglary": "BURGLARY",
-    "fire": "FIRE",
-    "medical": "MEDICAL EMERGENCY",
-    "gas": "GAS LEAK",
+    "panic": N_("PANIC"),
+    "burglary": N_("BURGLARY"),
+    "fire": N_("FIRE"),
+    "medical": N_("MEDICAL EMERGENCY"),
+    "gas": N_("GAS LEAK"),
 }
+
+# The built-in ladder's step names, in the catalogue; a policy file's own names are
+# shown as written.
+STEP_NAMES = (
+    N_("first alert"),
+    N_("police"),
+    N_("police handling"),
+    N_("support"),
+    N_("containment"),
+    N_("region-wide"),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
-    """One person or desk to reach, by one channel at one address."""
+    """One person or desk to reach, by one channel at one address, in a language."""
 
     role: str
     name: str  # household u-0001/h-02, patrol member, desk or command post id
     channel: str
     address: str  # phone number; for push, the subscription id
     phone: str  # who it is: the person's phone, also for push
+    language: str | None = None  # None: the deployment's
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmNotice:
+    """What a step tells about an alarm, before it is put in anyone's language."""
+
+    alarm: Alarm
+    place: str | None  # the unit's name; None when the unit left the registry
+    address: str | None  # the household's address within it
+    step: str | None  # the step's name; None under duress
+    duress: bool = False
 
 
 def with_push(recipients: list[Recipient], subscriptions_of) -> list[Recipient]:
@@ -46,7 +70,7 @@ def with_push(recipients: list[Recipient], subscriptions_of) -> list[Recipient]:
             continue
         seen.add(r.phone)
         extra += [
-            Recipient(r.role, r.name, "push", sub_id, r.phone)
+            Recipient(r.role, r.name, "push", sub_id, r.phone, r.language)
             for sub_id in subscriptions_of(r.phone)
         ]
     return recipients + extra
@@ -61,49 +85,53 @@ def resolve_recipients(registry: Registry, alarm: Alarm, roles: tuple[str, ...])
     unit = registry.unit(alarm.unit_id)
     if unit is None:  # the unit left the registry since the alarm was raised
         return []
-    people: list[tuple[str, str, list[str]]] = []  # (role, name, phones)
+    people: list[tuple[str, str, list[str], str | None]] = []  # (role, name, phones, language)
     for role in roles:
         if role == "neighbors":
             people += [
-                (role, f"{unit.id}/{h.id}", list(h.phones))
+                (role, f"{unit.id}/{h.id}", list(h.phones), h.language)
                 for h in unit.households
                 if h.id != alarm.household_id
             ]
         elif role == "key_households":
             people += [
-                (role, f"{u.id}/{h.id}", list(h.phones))
+                (role, f"{u.id}/{h.id}", list(h.phones), h.language)
                 for u, h in registry.key_households_of(unit.id)
                 if not (u.id == alarm.unit_id and h.id == alarm.household_id)
             ]
         elif role == "patrol":
             people += [
-                (role, f"{p.id}/{m.name}", [m.phone])
+                (role, f"{p.id}/{m.name}", [m.phone], m.language)
                 for p in registry.patrols_in_zone(unit.zone)
                 for m in p.members
             ]
         elif role == "police":
-            people += [(role, d.id, [d.phone]) for d in registry.desks_for_zone(unit.zone)]
+            people += [
+                (role, d.id, [d.phone], d.language) for d in registry.desks_for_zone(unit.zone)
+            ]
         elif role == "command":
-            people += [(role, c.id, [c.phone]) for c in registry.command]
+            people += [(role, c.id, [c.phone], c.language) for c in registry.command]
     seen: set[tuple[str, str]] = set()
     recipients = []
-    for role, name, phones in people:
+    for role, name, phones, language in people:
         for channel in ROLE_CHANNELS.get(role, ("sms",)):
             for phone in phones:
                 if (channel, phone) not in seen:
                     seen.add((channel, phone))
-                    recipients.append(Recipient(role, name, channel, phone, phone))
+                    recipients.append(Recipient(role, name, channel, phone, phone, language))
     return recipients
 
 
-def alarm_text(registry: Registry, alarm: Alarm, step_label: str) -> str:
-    """The short message a step sends: what, where, since when, which step."""
+def alarm_notice(
+    registry: Registry, alarm: Alarm, step: str | None = None, *, duress: bool = False
+) -> AlarmNotice:
+    """What a step sends about the alarm: what, where, since when, which step (or duress)."""
     unit = registry.unit(alarm.unit_id)
     household = registry.household(alarm.unit_id, alarm.household_id)
-    where = f"{unit.name}, {household.address}" if unit and household else alarm.unit_id
-    since = time.strftime("%H:%M", time.localtime(alarm.raised_at / 1000))
-    kind = KIND_WORDS.get(alarm.kind, alarm.kind.upper())
-    return (
-        f"tenhub {kind} at {where} ({alarm.unit_id}/{alarm.household_id}) since {since}."
-        f" {step_label}. Alarm {alarm.id}."
+    return AlarmNotice(
+        alarm,
+        unit.name if unit else None,
+        household.address if household else None,
+        step,
+        duress,
     )

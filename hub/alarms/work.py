@@ -59,6 +59,8 @@ class AlarmContext:
     policies: PolicySet
     rules: LifecycleRules = LifecycleRules()
     public_url: str = "http://127.0.0.1:8080"  # how phones and browsers reach the hub
+    language: str = "en"  # whom the registry gives none is written to in this one
+    timezone: str = "Asia/Shanghai"  # the times in messages
 
 
 @dataclass

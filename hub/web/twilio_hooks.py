@@ -19,10 +19,14 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
+from hub.alarms.alarm_store import AlarmStore
+from hub.alarms.messages import kind_word, place_of
 from hub.alarms.outbox_store import OutboxStore
+from hub.alarms.recipients import alarm_notice
 from hub.alarms.work import Responder
 from hub.clock import Clock
-from hub.web.alarm_views import describe
+from hub.i18n.catalogues import Translator, translator
+from hub.registry.model import Registry
 from hub.web.contract import PLAIN_TEXT, document
 from hub.web.services import (
     AlarmActionsDep,
@@ -46,8 +50,9 @@ router = APIRouter(
     prefix="/twilio", tags=["twilio webhooks"], include_in_schema=True, responses=_UNSIGNED
 )
 
-_CODE = re.compile(r"^\s*(?:ack\s*)?#?(\d{1,4})\s*$", re.IGNORECASE)
-_BARE_ACK = re.compile(r"^\s*(ack|ok|yes|coming)\s*[.!]*\s*$", re.IGNORECASE)
+_CODE = re.compile(r"^\s*(?:(?:ack|收到|确认)\s*)?#?(\d{1,4})\s*[.。]?\s*$", re.IGNORECASE)
+# A word that takes the latest alarm, in English or Chinese ("got it", "confirm", "OK").
+_BARE_ACK = re.compile(r"^\s*(ack|ok|yes|coming|收到|确认|好|好的)\s*[.!。！]*\s*$", re.IGNORECASE)
 TWIML = "application/xml"
 _TWIML_ANSWER = document(TWIML, {"type": "string"})
 
@@ -146,14 +151,17 @@ async def inbound_sms(
     if form is None:
         return _forbidden()
     phone, body = form.get("From", ""), form.get("Body", "")
+    t = translator(registry.language_of_phone(phone) or settings.language)
     if not registry.who_has_phone(phone):
         logger.info("SMS from an unknown number", extra={"phone": phone})
-        return _sms("This number is not registered with tenhub; nothing was changed.")
+        return _sms(t.gettext("This number is not registered with tenhub; nothing was changed."))
     meaning = parse_reply(body)
     if meaning is None:
         return _sms(
-            "Not understood. Reply with the number in the alarm message (for example 3),"
-            " or ACK for the latest alarm."
+            t.gettext(
+                "Not understood. Reply with the number in the alarm message (for example 3),"
+                " or ACK for the latest alarm."
+            )
         )
     target = (
         await contacts.latest(phone)
@@ -161,15 +169,35 @@ async def inbound_sms(
         else await contacts.by_code(phone, int(meaning))
     )
     if target is None:
-        what = "no open alarm was sent to you" if meaning == "latest" else f"no alarm {meaning}"
-        return _sms(f"Nothing to acknowledge: {what}. Nothing was changed.")
+        if meaning == "latest":
+            return _sms(
+                t.gettext(
+                    "Nothing to acknowledge: no open alarm was sent to you. Nothing was changed."
+                )
+            )
+        return _sms(
+            t.gettext("Nothing to acknowledge: no alarm %(code)s. Nothing was changed.")
+            % {"code": meaning}
+        )
     result = await actions.acknowledge(
         target.alarm_id, Responder(f"phone:{phone}", target.role), "sms"
     )
-    where = await describe(alarms, registry, target.alarm_id)
+    where = await _described(alarms, registry, target.alarm_id, t)
     if not result.ok:
-        return _sms(f"The alarm at {where} is already over. Nothing was changed.")
-    return _sms(f"Thank you: you acknowledged the alarm at {where}.")
+        return _sms(
+            t.gettext("The alarm at %(where)s is already over. Nothing was changed.")
+            % {"where": where}
+        )
+    return _sms(t.gettext("Thank you: you acknowledged the alarm at %(where)s.") % {"where": where})
+
+
+async def _described(store: AlarmStore, registry: Registry, alarm_id: str, t: Translator) -> str:
+    """Where and what an alarm is, in the replier's language: `Block 3, 2-101 (FIRE)`."""
+    alarm = await store.get(alarm_id)
+    if alarm is None:
+        return alarm_id
+    where = place_of(alarm_notice(registry, alarm), t)
+    return t.gettext("%(where)s (%(kind)s)") % {"where": where, "kind": kind_word(alarm.kind, t)}
 
 
 @router.post(
@@ -182,6 +210,7 @@ async def voice_keypress(
     request: Request,
     settings: SettingsDep,
     public_url: PublicUrlDep,
+    registry: RegistryDep,
     contacts: ContactStoreDep,
     actions: AlarmActionsDep,
 ) -> Response:
@@ -190,13 +219,17 @@ async def voice_keypress(
         return _forbidden()
     alarm_id = request.query_params.get("alarm_id", "")
     phone = form.get("Called") or form.get("To", "")
+    t = translator(registry.language_of_phone(phone) or settings.language)
     reply = VoiceResponse()
     target = await contacts.by_phone_and_alarm(phone, alarm_id)
     if form.get("Digits") != "1" or target is None:
-        reply.say("Nothing was acknowledged. Goodbye.")
+        reply.say(t.gettext("Nothing was acknowledged. Goodbye."), language=t.language)
         return Response(str(reply), media_type=TWIML)
     result = await actions.acknowledge(alarm_id, Responder(f"phone:{phone}", target.role), "voice")
-    reply.say("Acknowledged. Thank you." if result.ok else "This alarm is already over.")
+    if result.ok:
+        reply.say(t.gettext("Acknowledged. Thank you."), language=t.language)
+    else:
+        reply.say(t.gettext("This alarm is already over."), language=t.language)
     return Response(str(reply), media_type=TWIML)
 
 
