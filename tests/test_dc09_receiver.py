@@ -10,6 +10,7 @@ Mosquitto, the database of each kind, the local SMS gateway behind the twilio cl
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from datetime import UTC, datetime
 
@@ -20,8 +21,12 @@ from my_dc09_spt.msg.dc05_msg import dc05_msg
 
 from devices import dc09
 from devices.dc09 import Dc09Message, Token
+from hub.alarms.alarm_store import AlarmStore
 from hub.registry.model import Registry, parse_registry
+from hub.storage.db import Database
+from simulator.hub_process import HubProcess
 from simulator.twilio_gateway import TwilioGateway
+from tests.brokers import free_port
 from tests.conftest import EXAMPLE_REGISTRY, HubRunner, db_url_of
 from tests.waiting import until
 
@@ -300,3 +305,69 @@ def test_check_config_names_a_bad_dc09_link(links: list[str], says: str):
     registry, problems = parse_registry(_registry_text(*links), "r.yaml")
     assert registry is None
     assert any(says in p.message for p in problems), [p.format() for p in problems]
+
+
+# --- a hub killed with SIGKILL while a message is in flight --------------------------------
+
+
+def _send_raw(port: int, payload: bytes, read: bool, wait_s: float = 0.0) -> bytes | None:
+    """As a panel over TCP: send, then read the answer (or wait and go, without reading)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(payload)
+        if not read:
+            time.sleep(wait_s)
+            return None
+        answer = b""
+        while not answer.endswith(b"\r"):
+            chunk = sock.recv(1024)
+            if not chunk:
+                return None
+            answer += chunk
+        return answer
+
+
+async def test_a_hub_killed_while_a_message_is_in_flight_stores_the_panels_copy_once(
+    mosquitto, tmp_path, db_target
+):
+    registry_file = tmp_path / "registry.yaml"
+    registry_file.write_text(
+        EXAMPLE_REGISTRY.read_text().replace(
+            "panel: p-0001-02,", f'panel: p-0001-02, dc09: {{account: "{CLEAR}"}},', 1
+        )
+    )
+    dc09_port = free_port()
+    env = {
+        "TENHUB_BROKER_URL": f"mqtt://tenhub-hub@127.0.0.1:{mosquitto.port}",
+        "TENHUB_REGISTRY": str(registry_file),
+        "TENHUB_DC09_ADDR": f"127.0.0.1:{dc09_port}",
+    }
+    if url := db_url_of(db_target):
+        env["TENHUB_DB_URL"] = url
+    hub = HubProcess(tmp_path / "hub", free_port(), env)
+    await asyncio.to_thread(hub.start)
+    # Killed sooner or later after the frame arrived: before its commit, or after it and
+    # before the panel read the ACK. Either way the panel's copy must end up stored once.
+    delays = [0.0, 0.01, 0.3]
+    try:
+        for nr, delay in enumerate(delays, start=100):
+            sent = frame(nr, "#1234|1130 01 003")
+            await asyncio.to_thread(_send_raw, dc09_port, sent, False, delay)
+            await asyncio.to_thread(hub.kill)
+            await asyncio.to_thread(hub.start)
+            again = frame(nr, "#1234|1130 01 003")  # the panel's copy, on its clock of now
+            answer = await asyncio.to_thread(_send_raw, dc09_port, again, True)
+            assert answer is not None, hub.tail()
+            assert (dc09.decode(answer).token, dc09.decode(answer).seq) == (Token.ACK, nr)
+    finally:
+        await asyncio.to_thread(hub.stop)
+
+    db = Database(hub.database)
+    await db.open()
+    try:
+        store = AlarmStore(db)
+        [alarm] = [a for a in await store.list_recent() if a.household_id == "h-02"]
+        entries = [e.entry for e in await store.timeline(alarm.id)]
+    finally:
+        await db.close()
+    # One message, one press: the first raised the alarm, each later one joined it.
+    assert entries.count("raised") + entries.count("repeated") == len(delays)
