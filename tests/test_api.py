@@ -94,7 +94,7 @@ async def test_a_desk_sees_and_acts_only_in_its_zones(hub):
     async with aclosing(desk):
         listed = (await desk.get("/api/alarms", params={"state": "open"})).json()
         assert [a["id"] for a in listed] == [mine]
-        assert listed[0]["zone"] == "z-qiaokou" and listed[0]["address"] == "2-102"
+        assert listed[0]["zone"] == "z-qiaokou" and listed[0]["address"] == "1单元102室"
         assert (await desk.get(f"/api/alarms/{theirs}")).status_code == 404
         for action in ("acknowledge", "on_scene", "escalate", "false_alarm"):
             refused = await desk.post(
@@ -277,10 +277,10 @@ async def test_households_go_out_and_come_back_as_csv(hub):
             "unit_id,household_id,address,panel,phones,pin,duress_pin"
         )
         assert len(exported.splitlines()) == 31
-        moved = exported.replace("u-0001,h-10,2-502", "u-0001,h-10,2-503")
+        moved = exported.replace("u-0001,h-10,1单元502室", "u-0001,h-10,1单元503室")
         ok = await admin.put("/api/registry/households.csv", content=moved, headers=headers)
         assert ok.status_code == 200, ok.text
-        assert hub.registry.household("u-0001", "h-10").address == "2-503"
+        assert hub.registry.household("u-0001", "h-10").address == "1单元503室"
         clash = moved.replace("p-0001-09", "p-0001-10")
         refused = await admin.put("/api/registry/households.csv", content=clash, headers=headers)
         assert refused.status_code == 422

@@ -181,8 +181,9 @@ def test_an_import_the_parsers_cannot_read_is_refused_and_changes_nothing(runnin
         assert runner.hub.registry.counts() == before
 
         exported = api.get("/api/registry/households.csv").text
-        moved = exported.replace("u-0001,h-10,2-502", "u-0001,h-10,2-503").replace("\n", "\r")
+        moved = exported.replace("u-0001,h-10,1单元502室", "u-0001,h-10,1单元503室")
+        moved = moved.replace("\n", "\r")
         old_mac = api.put("/api/registry/households.csv", content=moved)
         assert old_mac.status_code == 200, old_mac.text
-        assert runner.hub.registry.household("u-0001", "h-10").address == "2-503"
+        assert runner.hub.registry.household("u-0001", "h-10").address == "1单元503室"
         assert runner.hub.registry.counts() == before

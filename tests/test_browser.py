@@ -201,8 +201,8 @@ def test_the_desk_sees_a_new_alarm_at_once_and_the_patrol_sees_it_taken(open_as,
     row = desk.locator(f'tr[data-alarm-id="{alarm_id}"]')
     expect(row).to_be_visible()
     expect(row).to_have_class(re.compile(r"\bflash\b"))  # for 10 s from its arrival
-    expect(row).to_contain_text("Block 3, Building 2")
-    expect(row).to_contain_text("2-101")
+    expect(row).to_contain_text("宝丰花园小区2栋")
+    expect(row).to_contain_text("1单元101室")
     row.click()
     expect(desk).to_have_url(re.compile(f"/alarms/{alarm_id}$"))
     expect(desk.get_by_test_id("alarm-state")).to_have_text("raised")
@@ -343,11 +343,11 @@ def test_the_desk_names_who_answered_by_address_and_role(open_as, fleet):
     desk = open_as("desk-qiaokou", "/desk")
     live_and_loaded(desk, "#alarms")
     alarm_id = raise_alarm(fleet["p-0001-01"], "burglary")
-    receipt = fleet["p-0001-08"].ack(alarm_id).wait(20)  # the neighbour at 2-402 is coming
+    receipt = fleet["p-0001-08"].ack(alarm_id).wait(20)  # the neighbour at 1单元402室 is coming
     assert receipt is not None and receipt.status == "accepted", receipt
 
     answered = desk.locator(f'tr[data-alarm-id="{alarm_id}"] [data-testid="answered"]')
-    expect(answered).to_have_text("2-402 (neighbour, panel)")
+    expect(answered).to_have_text("1单元402室 (neighbour, panel)")
 
 
 def test_the_countdown_keeps_to_one_line(open_as, fleet):

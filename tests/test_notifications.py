@@ -153,7 +153,7 @@ async def test_the_patrol_replies_with_its_code_and_the_police_step_is_skipped(
 
     (to_patrol,) = await sms_to(gateway, PATROL_1)
     (to_key,) = await sms_to(gateway, KEY_HOUSEHOLD)
-    assert "BURGLARY" in to_patrol.body and "Block 3, Building 2, 2-102" in to_patrol.body
+    assert "BURGLARY" in to_patrol.body and "2栋, 1单元102室" in to_patrol.body
     assert to_patrol.from_ == HUB_NUMBER
     assert "Reply 1 to acknowledge" in to_key.body
     assert gateway.messages(DESK) == [], "the desk is not told before its step"

@@ -120,7 +120,7 @@ async def test_a_dead_panel_is_a_trouble_its_household_hears_of_once(runner, clo
     assert (await open_troubles(hub))["p-0001-02"] == "offline"
     to_household = [text for phone, text in await trouble_sms(hub) if phone == "+15550000102"]
     assert len(to_household) == 1
-    assert "2-102" in to_household[0] and "offline" in to_household[0]
+    assert "1单元102室" in to_household[0] and "offline" in to_household[0]
     assert alive.connected
 
     panel_of("p-0001-02")  # power is back
@@ -183,7 +183,7 @@ async def test_tamper_and_faults_become_troubles_the_desk_can_close(runner, cloc
     ) as client:
         listed = (await client.get("/api/troubles", headers=auth)).json()
         tamper = next(t for t in listed if t["kind"] == "tamper")
-        assert tamper["address"] == "2-301" and tamper["detail"] == {"detail": "cover opened"}
+        assert tamper["address"] == "1单元301室" and tamper["detail"] == {"detail": "cover opened"}
         closed = await client.post(f"/api/troubles/{tamper['id']}/close", headers=auth)
         assert closed.status_code == 200
     assert {t.kind for t in await hub.panels.troubles()} == {"low_battery"}
