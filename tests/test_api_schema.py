@@ -75,6 +75,7 @@ def api_client(runner: HubInThread, token: str) -> httpx.Client:
     )
 
 
+@pytest.mark.one_database  # the HTTP contract, not the storage under it
 def test_every_operation_answers_as_declared_and_never_with_a_server_error(running):
     runner, token = running
     base_url = runner.hub.public_url

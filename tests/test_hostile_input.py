@@ -169,6 +169,7 @@ def event_messages_seen(hub) -> float:
     )
 
 
+@pytest.mark.one_database  # the rules' answers; the stores run on both elsewhere
 def test_a_hundred_thousand_generated_messages_in_process_are_each_answered_by_the_rules(
     running,
 ):
