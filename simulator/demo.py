@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import secrets
 import shutil
 import signal
@@ -17,6 +18,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich.console import Console
 
@@ -152,6 +154,8 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         calls_per_15min=DEMO_CALLS_PER_15MIN,
         map_tile_url=options.tile_url or (tiles.url_template if tiles else None),
         map_tile_attribution=options.tile_attribution if options.tile_url else ATTRIBUTION,
+        # The console prints the machine's time: the SMS it shows should say the same.
+        timezone=_local_zone() or Settings.model_fields["timezone"].default,
     )
     hub = Hub(settings, registry)
     stop = asyncio.Event()
@@ -274,3 +278,18 @@ def _done(options: DemoOptions, loops: int, raised: int) -> bool:
     return bool(
         (options.loops and loops >= options.loops) or (options.alarms and raised >= options.alarms)
     )
+
+
+def _local_zone() -> str | None:
+    """This machine's time zone by its IANA name (from TZ or /etc/localtime), if it has one."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    if not name:
+        target = os.path.realpath("/etc/localtime")
+        if "zoneinfo/" not in target:
+            return None
+        name = target.split("zoneinfo/", 1)[1]
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+    return name
